@@ -1,0 +1,121 @@
+"""Deciding, poll by poll, whether a pushed signal took effect (pure; ``now`` passed in).
+
+Sidekiq pops one signal per heartbeat (``RPOP`` inside the beat's MULTI, which also
+refreshes ``EXPIRE <identity> 60``), and reports ``quiet = "true"`` one beat later.
+So, on the Redis clock:
+
+* *delivered*: the signal list is empty and the last beat (``now - (60 s - PTTL)``)
+  is not older than the push;
+* *quiet*: the hash says ``quiet = "true"``;
+* *expired*: the list is empty, no beat since the push, and 60 s have passed: the
+  process never took it, so it is pushed again while the deadline allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from quiesce.fleet import ProcessRecord
+from quiesce.keys import HEARTBEAT_TTL_S, SIGNAL_TTL_S
+from quiesce.plan import Outcome
+
+BEAT_CLOCK_SLACK_MS = 1000
+"""PTTL and TIME are read a few ms apart inside one pipeline; never trust them closer."""
+
+
+class Until(enum.StrEnum):
+    DELIVERED = "delivered"
+    QUIET = "quiet"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PollRow:
+    """What one poll pipeline returns for one target."""
+
+    in_set: bool
+    quiet: str | None
+    beat: str | None
+    pttl_ms: int
+    signals_len: int
+
+
+class Verdict(enum.Enum):
+    WAITING = "waiting"
+    CONFIRMED = "confirmed"
+    VANISHED = "vanished"
+    REPUSH = "repush"
+
+
+@dataclasses.dataclass(slots=True)
+class Target:
+    """Mutable progress of one signalled process during the wait."""
+
+    record: ProcessRecord
+    pushed_at_ms: int
+    pushes: int = 1
+    outcome: Outcome = Outcome.PENDING
+    confirmed_at_ms: int | None = None
+    last_beat_ms: int | None = None
+    """Redis-clock time of the newest beat seen, when the hash has a TTL."""
+    beat_seen: float | None = None
+    """The ``beat`` field at the last push, to notice beats of hashes with no TTL."""
+
+    @property
+    def identity(self) -> str:
+        return self.record.identity
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not Outcome.PENDING
+
+    def beat_since_push(self, row: PollRow) -> bool:
+        if self.last_beat_ms is not None:
+            return self.last_beat_ms >= self.pushed_at_ms - BEAT_CLOCK_SLACK_MS
+        beat = _number(row.beat)
+        return beat is not None and beat != self.beat_seen
+
+
+def assess(target: Target, row: PollRow, now_ms: int, until: Until) -> Verdict:
+    if row.pttl_ms >= 0:
+        target.last_beat_ms = now_ms - (HEARTBEAT_TTL_S * 1000 - row.pttl_ms)
+    if not row.in_set or row.pttl_ms == -2:
+        return Verdict.VANISHED
+    if row.quiet == "true":
+        return Verdict.CONFIRMED
+    beat_after = target.beat_since_push(row)
+    if until is Until.DELIVERED and row.signals_len == 0 and beat_after:
+        return Verdict.CONFIRMED
+    expired = now_ms - target.pushed_at_ms >= SIGNAL_TTL_S * 1000
+    if row.signals_len == 0 and not beat_after and expired:
+        return Verdict.REPUSH
+    return Verdict.WAITING
+
+
+def apply(target: Target, verdict: Verdict, now_ms: int) -> None:
+    if verdict is Verdict.CONFIRMED:
+        target.outcome = Outcome.CONFIRMED
+        target.confirmed_at_ms = now_ms
+    elif verdict is Verdict.VANISHED:
+        target.outcome = Outcome.VANISHED
+
+
+def repushed(target: Target, pushed_at_ms: int, row: PollRow) -> None:
+    target.pushed_at_ms = pushed_at_ms
+    target.pushes += 1
+    target.beat_seen = _number(row.beat)
+
+
+def finalize(target: Target, last_row: PollRow | None) -> None:
+    """At the deadline: a target still pending is stalled (no beat since the push) or not."""
+    if target.done:
+        return
+    beat_after = last_row is not None and target.beat_since_push(last_row)
+    target.outcome = Outcome.NOT_CONFIRMED if beat_after else Outcome.STALLED
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,228 @@
+"""Raw Redis rows -> ``ProcessRecord``, for any Sidekiq from 5.2 to 8.1 (pure, tolerant).
+
+Decoding is per process, never per fleet: during a deploy old and new Sidekiq versions
+beat side by side. A row that cannot be decoded becomes a record with ``problem`` set,
+so the rest of the fleet is unaffected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from quiesce.deploy import DeployRecord
+from quiesce.fleet import FleetSnapshot, ProcessRecord, ServerInfo, SidekiqVersion, split_identity
+from quiesce.keys import HEARTBEAT_TTL_S
+
+OLDEST_SUPPORTED = (5, 2)
+FIRST_UNSUPPORTED = (9, 0)
+_VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RawProcess:
+    """What one snapshot pipeline returns for one member of ``processes``."""
+
+    identity: str
+    fields: Mapping[str, str | None]
+    pttl_ms: int
+    """``PTTL <identity>``: -2 when the hash is gone, -1 when it has no TTL."""
+    signals: Sequence[str] = ()
+    """``LRANGE <identity>-signals 0 -1``: newest first, as LPUSH stores them."""
+    redis: str = ""
+    error: str | None = None
+    """Set when Redis answered the row with an error (e.g. the key is not a hash)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RawSnapshot:
+    """What one snapshot of one Redis server returns, before decoding."""
+
+    redis: str
+    time: float
+    """Epoch seconds on the Redis server's clock (``TIME``)."""
+    rows: tuple[RawProcess, ...]
+    connected_clients: int | None = None
+    maxclients: int | None = None
+    latest_deploy: str | None = None
+
+
+def decode_snapshot(raw: RawSnapshot) -> FleetSnapshot:
+    return FleetSnapshot(
+        processes=tuple(decode_process(row, raw.time) for row in raw.rows),
+        taken_at=raw.time,
+        servers=(ServerInfo(raw.redis, raw.connected_clients, raw.maxclients),),
+        latest_deploy=DeployRecord.parse(raw.latest_deploy),
+    )
+
+
+class _Unreadable(Exception):
+    """Internal: carries the one-line reason a row is unreadable."""
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    match = _VERSION_RE.match(text.strip())
+    if not match:
+        return None
+    major, minor, patch = match.groups()
+    return int(major), int(minor), int(patch or 0)
+
+
+def beat_interval_for(numbers: tuple[int, int, int]) -> float:
+    """``BEAT_PAUSE``: 5 s up to 6.5.x, 10 s from 7.0.0."""
+    return 10.0 if numbers >= (7, 0, 0) else 5.0
+
+
+def read_version(info: Mapping[str, Any], fields: Mapping[str, str | None]) -> SidekiqVersion:
+    """``info.version`` (7.0.2+), else inferred from which fields the process writes."""
+    raw = info.get("version")
+    if raw is not None:
+        numbers = parse_version(str(raw))
+        if numbers is None:
+            raise _Unreadable(f"unparseable Sidekiq version {raw!r}")
+        if not OLDEST_SUPPORTED <= numbers[:2] < FIRST_UNSUPPORTED:
+            raise _Unreadable(f"unsupported Sidekiq version {raw} (quiesce knows 5.2 to 8.x)")
+        return SidekiqVersion(str(raw), inferred=False, beat_interval_s=beat_interval_for(numbers))
+    # 7.0.0/7.0.1 write no version and look like 6.5 but beat every 10 s: stay conservative.
+    if fields.get("rtt_us") is not None:
+        return SidekiqVersion("6.2-7.0.1", inferred=True, beat_interval_s=10.0)
+    if fields.get("rss") is not None:
+        return SidekiqVersion("6.1.3-6.1.x", inferred=True, beat_interval_s=5.0)
+    return SidekiqVersion("5.2-6.1.2", inferred=True, beat_interval_s=5.0)
+
+
+def _int_field(fields: Mapping[str, str | None], name: str) -> int | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise _Unreadable(f"field {name!r} is not an integer: {value[:40]!r}") from None
+
+
+def _float_field(fields: Mapping[str, str | None], name: str) -> float | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise _Unreadable(f"field {name!r} is not a number: {value[:40]!r}") from None
+
+
+def _str_list(info: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = info.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Unreadable(f"info.{key} is not a list of strings")
+    return tuple(dict.fromkeys(value))
+
+
+def _concurrency(info: Mapping[str, Any], fields: Mapping[str, str | None]) -> int | None:
+    # 8.1.2 moved it from info into the hash; the hash field wins when present.
+    from_hash = _int_field(fields, "concurrency")
+    if from_hash is not None:
+        return from_hash
+    value = info.get("concurrency")
+    if isinstance(value, int):
+        return value
+    capsules = info.get("capsules")
+    if isinstance(capsules, dict):
+        total = [c.get("concurrency") for c in capsules.values() if isinstance(c, dict)]
+        if total and all(isinstance(c, int) for c in total):
+            return sum(c for c in total if isinstance(c, int))
+    return None
+
+
+def _decode_info(raw_info: str | None) -> dict[str, Any]:
+    if raw_info is None:
+        raise _Unreadable("hash has no 'info' field")
+    try:
+        info = json.loads(raw_info)
+    except json.JSONDecodeError as exc:
+        raise _Unreadable(f"info is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(info, dict):
+        raise _Unreadable("info JSON is not an object")
+    return info
+
+
+def beat_age(pttl_ms: int, beat: float | None, redis_now: float) -> float | None:
+    """Seconds since the last beat, on the Redis clock where possible (TTL counts down from 60)."""
+    if pttl_ms >= 0:
+        return max(0.0, HEARTBEAT_TTL_S - pttl_ms / 1000.0)
+    if beat is not None:
+        # A hash without TTL (restored dump, manual write) never expires: fall back to `beat`.
+        return max(0.0, redis_now - beat)
+    return None
+
+
+def decode_process(raw: RawProcess, redis_now: float) -> ProcessRecord:
+    hostname, pid = split_identity(raw.identity)
+    pending = tuple(reversed(raw.signals))
+    alive = raw.pttl_ms != -2 and any(v is not None for v in raw.fields.values())
+    base = ProcessRecord(
+        identity=raw.identity,
+        hostname=hostname,
+        pid=pid,
+        alive=alive,
+        redis=raw.redis,
+        pending_signals=pending,
+        ttl_ms=raw.pttl_ms if raw.pttl_ms >= 0 else None,
+    )
+    if raw.error is not None:
+        return dataclasses.replace(base, alive=True, problem=raw.error)
+    if not alive:
+        return base
+    try:
+        return _decode_alive(raw, base, redis_now)
+    except _Unreadable as exc:
+        beat = _safe_float(raw.fields.get("beat"))
+        return dataclasses.replace(
+            base, problem=str(exc), beat=beat, beat_age_s=beat_age(raw.pttl_ms, beat, redis_now)
+        )
+
+
+def _safe_float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _decode_alive(raw: RawProcess, base: ProcessRecord, redis_now: float) -> ProcessRecord:
+    fields = raw.fields
+    info = _decode_info(fields.get("info"))
+    hostname = info.get("hostname", base.hostname)
+    pid = info.get("pid", base.pid)
+    if not isinstance(hostname, str) or not (pid is None or isinstance(pid, int)):
+        raise _Unreadable("info.hostname or info.pid has the wrong type")
+    started_at = info.get("started_at")
+    if started_at is not None and not isinstance(started_at, int | float):
+        raise _Unreadable("info.started_at is not a number")
+    capsules = info.get("capsules")
+    beat = _float_field(fields, "beat")
+    quiet = fields.get("quiet")
+    if quiet not in (None, "true", "false"):
+        raise _Unreadable(f"field 'quiet' is {quiet!r}, expected 'true' or 'false'")
+    return dataclasses.replace(
+        base,
+        hostname=hostname,
+        pid=pid,
+        tag=str(info.get("tag") or ""),
+        labels=_str_list(info, "labels"),
+        queues=_str_list(info, "queues"),
+        capsules=tuple(capsules) if isinstance(capsules, dict) else (),
+        version=read_version(info, fields),
+        embedded=info.get("embedded") is True,
+        concurrency=_concurrency(info, fields),
+        busy=_int_field(fields, "busy"),
+        beat=beat,
+        beat_age_s=beat_age(raw.pttl_ms, beat, redis_now),
+        quiet=quiet == "true",
+        rss_kib=_int_field(fields, "rss"),
+        rtt_us=_int_field(fields, "rtt_us"),
+        started_at=float(started_at) if started_at is not None else None,
+    )

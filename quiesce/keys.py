@@ -1,0 +1,69 @@
+"""Every Redis key quiesce reads or writes, built in this one place.
+
+Sidekiq's own keys follow ``../docs`` (Sidekiq 5.2 to 8.1): with a redis-namespace
+(Sidekiq <= 6) every *key* gets ``<namespace>:`` in front, while set *members*
+(identities in ``processes``) stay bare. quiesce's own state lives under
+``quiesce:`` (inside the namespace too, so two namespaced apps never share it),
+always with a TTL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+HEARTBEAT_TTL_S = 60
+"""Sidekiq refreshes ``EXPIRE <identity> 60`` on every beat."""
+
+SIGNAL_TTL_S = 60
+"""``Sidekiq::Process#signal`` sets ``EXPIRE <identity>-signals 60`` on every push."""
+
+MARK_TTL_S = 90 * 24 * 60 * 60
+"""``Sidekiq::Deploy::MARK_TTL``: deploy marks are kept 90 days."""
+
+DEPLOY_LOCK_TTL_S = 60
+"""``Sidekiq::Deploy#mark`` holds ``deploylock-<label>`` NX for 60 s."""
+
+DEPLOY_RECORD_TTL_S = 14 * 24 * 60 * 60
+"""How long quiesce keeps its own deploy records."""
+
+PROCESS_FIELDS = ("info", "busy", "beat", "quiet", "rss", "rtt_us", "concurrency")
+"""The hash fields ``ProcessSet#each`` reads (8.1.2+ list; older versions lack some)."""
+
+POLL_FIELDS = ("quiet", "beat", "busy")
+"""What the confirmation loop needs from a process hash on every poll."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Keys:
+    """Key builder for one Sidekiq universe (one Redis DB, optionally namespaced)."""
+
+    namespace: str = ""
+
+    def _k(self, key: str) -> str:
+        return f"{self.namespace}:{key}" if self.namespace else key
+
+    # Sidekiq's keys -----------------------------------------------------------
+    @property
+    def processes(self) -> str:
+        return self._k("processes")
+
+    def process(self, identity: str) -> str:
+        return self._k(identity)
+
+    def signals(self, identity: str) -> str:
+        return self._k(f"{identity}-signals")
+
+    def deploy_lock(self, label: str) -> str:
+        return self._k(f"deploylock-{label}")
+
+    def marks(self, datecode: str) -> str:
+        """``<YYYYMMDD>-marks``, the hash ``Sidekiq::Deploy`` writes and the Web UI reads."""
+        return self._k(f"{datecode}-marks")
+
+    # quiesce's own keys --------------------------------------------------------
+    def deploy_record(self, deploy_id: str) -> str:
+        return self._k(f"quiesce:deploy:{deploy_id}")
+
+    @property
+    def latest_deploy(self) -> str:
+        return self._k("quiesce:deploy:latest")

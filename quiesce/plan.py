@@ -1,0 +1,102 @@
+"""Which processes ``quiesce quiet`` signals, and why the others are left alone (pure)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import fnmatch
+from collections.abc import Sequence
+
+from quiesce.fleet import FleetSnapshot, ProcessRecord, ProcessState
+
+
+class Outcome(enum.StrEnum):
+    CONFIRMED = "confirmed"
+    ALREADY_QUIET = "already_quiet"
+    VANISHED = "vanished"
+    """Exited during the wait: fine for a deploy."""
+    EMBEDDED = "embedded"
+    """Skipped: Sidekiq ignores remote signals in embedded mode (7.0.3+)."""
+    DEAD = "dead"
+    """A leftover member of ``processes`` whose hash already expired: nothing to signal."""
+    STALLED = "stalled"
+    """No heartbeat since the signal was pushed, or none for two beats before it."""
+    UNREADABLE = "unreadable"
+    NOT_CONFIRMED = "not_confirmed"
+    """Heartbeating, but the signal was not confirmed before the deadline."""
+    SIGNALLED = "signalled"
+    """``--no-wait``: pushed, not checked."""
+    PLANNED = "planned"
+    """``--dry-run``: would be signalled."""
+    PENDING = "pending"
+
+
+FAILED_OUTCOMES = frozenset({Outcome.STALLED, Outcome.UNREADABLE, Outcome.NOT_CONFIRMED})
+"""Outcomes that make ``quiesce quiet`` exit non-zero (the process may still take jobs)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Filters:
+    """Repeat a filter to accept any of its values; different filters must all match."""
+
+    hostnames: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+    identities: tuple[str, ...] = ()
+
+    @property
+    def needs_info(self) -> bool:
+        """Tag, label and queue live in the ``info`` JSON; hostname and identity do not."""
+        return bool(self.tags or self.labels or self.queues)
+
+    def matches(self, proc: ProcessRecord) -> bool:
+        if self.identities and proc.identity not in self.identities:
+            return False
+        if self.hostnames and not any(
+            fnmatch.fnmatchcase(proc.hostname, g) for g in self.hostnames
+        ):
+            return False
+        if proc.problem is not None and self.needs_info:
+            return False
+        if self.tags and proc.tag not in self.tags:
+            return False
+        if self.labels and not set(self.labels) & set(proc.labels):
+            return False
+        return not self.queues or bool(set(self.queues) & set(proc.queues))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QuietPlan:
+    targets: tuple[ProcessRecord, ...]
+    skipped: tuple[tuple[ProcessRecord, Outcome], ...]
+    excluded: int
+    """Processes the filters left out."""
+
+
+_SKIP_BY_STATE = {
+    ProcessState.DEAD: Outcome.DEAD,
+    ProcessState.UNREADABLE: Outcome.UNREADABLE,
+    ProcessState.EMBEDDED: Outcome.EMBEDDED,
+    ProcessState.QUIET: Outcome.ALREADY_QUIET,
+}
+
+
+def plan_quiet(snapshot: FleetSnapshot, filters: Filters) -> QuietPlan:
+    targets: list[ProcessRecord] = []
+    skipped: list[tuple[ProcessRecord, Outcome]] = []
+    excluded = 0
+    for proc in sorted(snapshot.processes, key=lambda p: (p.machine, p.pid or 0, p.identity)):
+        if not filters.matches(proc):
+            excluded += 1
+            continue
+        skip = _SKIP_BY_STATE.get(proc.state)
+        if skip is None:
+            targets.append(proc)  # running or stalled: push, then confirm or report it
+        else:
+            skipped.append((proc, skip))
+    return QuietPlan(tuple(targets), tuple(skipped), excluded)
+
+
+def gate_failures(outcomes: Sequence[Outcome]) -> int:
+    return sum(1 for o in outcomes if o in FAILED_OUTCOMES)

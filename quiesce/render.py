@@ -1,0 +1,271 @@
+"""Text and JSON views of a fleet snapshot and of a quiet report (pure).
+
+The JSON shapes are a documented interface (README, "JSON output"): fields are only
+ever added, never renamed or removed, within a major version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from quiesce.deploy import quiet_since
+from quiesce.fleet import FleetSnapshot, ProcessRecord, ProcessState, count_states
+from quiesce.plan import FAILED_OUTCOMES, Outcome
+from quiesce.signalling import Entry, QuietReport
+
+JSON_VERSION = 1
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _mib(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.0f}MiB"
+
+
+def _version(proc: ProcessRecord) -> str:
+    if proc.version is None:
+        return "?"
+    return f"~{proc.version.text}" if proc.version.inferred else proc.version.text
+
+
+def quiet_for(proc: ProcessRecord, snapshot: FleetSnapshot) -> float | None:
+    if not proc.quiet:
+        return None
+    since = quiet_since(snapshot.latest_deploy, proc.identity)
+    return None if since is None else max(0.0, snapshot.taken_at - since)
+
+
+def process_json(proc: ProcessRecord, snapshot: FleetSnapshot) -> dict[str, Any]:
+    return {
+        "identity": proc.identity,
+        "machine": proc.machine,
+        "hostname": proc.hostname,
+        "pid": proc.pid,
+        "redis": proc.redis,
+        "state": proc.state.value,
+        "version": proc.version.text if proc.version else None,
+        "version_inferred": proc.version.inferred if proc.version else None,
+        "tag": proc.tag,
+        "labels": list(proc.labels),
+        "queues": list(proc.queues),
+        "quiet": proc.quiet,
+        "embedded": proc.embedded,
+        "busy": proc.busy,
+        "concurrency": proc.concurrency,
+        "beat": proc.beat,
+        "beat_age_s": _round(proc.beat_age_s),
+        "quiet_for_s": _round(quiet_for(proc, snapshot)),
+        "pending_signals": list(proc.pending_signals),
+        "rss_kib": proc.rss_kib,
+        "rtt_us": proc.rtt_us,
+        "started_at": proc.started_at,
+        "problem": proc.problem,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _summary(processes: Iterable[ProcessRecord]) -> dict[str, Any]:
+    procs = list(processes)
+    counts = count_states(procs)
+    return {
+        "processes": len(procs),
+        "machines": len({p.machine for p in procs}),
+        **{state.value: counts[state] for state in ProcessState},
+        "busy": sum(p.busy or 0 for p in procs if p.alive),
+        "concurrency": sum(p.concurrency or 0 for p in procs if p.alive),
+    }
+
+
+def _deploy_json(deploy: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not deploy:
+        return None
+    keep = ("deploy_id", "release", "strategy", "started_at", "finished_at", "until")
+    return {key: deploy.get(key) for key in keep}
+
+
+def status_json(snapshot: FleetSnapshot) -> dict[str, Any]:
+    machines = snapshot.by_machine()
+    return {
+        "version": JSON_VERSION,
+        "taken_at": snapshot.taken_at,
+        "summary": _summary(snapshot.processes),
+        "servers": [
+            {"redis": s.redis, "connected_clients": s.connected_clients, "maxclients": s.maxclients}
+            for s in snapshot.servers
+        ],
+        "latest_deploy": _deploy_json(snapshot.latest_deploy),
+        "machines": [
+            {
+                "machine": name,
+                "summary": _summary(procs),
+                "processes": [process_json(p, snapshot) for p in procs],
+            }
+            for name, procs in machines.items()
+        ],
+    }
+
+
+def summary_line(processes: Iterable[ProcessRecord]) -> str:
+    s = _summary(processes)
+    states = ", ".join(f"{s[st.value]} {st.value}" for st in ProcessState if s[st.value])
+    return (
+        f"{s['processes']} processes on {s['machines']} machines: {states or 'none'}; "
+        f"{s['busy']}/{s['concurrency']} threads busy"
+    )
+
+
+def status_text(snapshot: FleetSnapshot) -> str:
+    if not snapshot.processes:
+        servers = ", ".join(s.redis for s in snapshot.servers)
+        return f"no Sidekiq processes registered in {servers} (the 'processes' set is empty)"
+    lines = []
+    multi_redis = len(snapshot.servers) > 1
+    header = (
+        f"  {'PID':>6} {'NONCE':<12} {'VERSION':<9} {'TAG/LABELS':<18} {'STATE':<10} "
+        f"{'BUSY':>7} {'BEAT':>5} {'QUIET':>6} {'SIGNALS':<8} {'RSS':>7}"
+    )
+    for machine, procs in snapshot.by_machine().items():
+        lines.append(f"{machine}  ({len(procs)} process{'es' if len(procs) != 1 else ''})")
+        lines.append(header)
+        for p in procs:
+            lines.append(_status_row(p, snapshot, multi_redis))
+    lines.append("")
+    lines.append(summary_line(snapshot.processes))
+    deploy = snapshot.latest_deploy
+    if deploy:
+        started = deploy.get("started_at")
+        ago = _age(snapshot.taken_at - float(started)) if isinstance(started, int | float) else "?"
+        lines.append(
+            f"latest deploy: {deploy.get('deploy_id')} release {deploy.get('release') or '-'} "
+            f"({deploy.get('strategy')}), {ago} ago"
+        )
+    return "\n".join(lines)
+
+
+def _status_row(p: ProcessRecord, snapshot: FleetSnapshot, multi_redis: bool) -> str:
+    nonce = p.identity.rsplit(":", 1)[-1][:12]
+    tag = ",".join(x for x in (p.tag, *p.labels) if x) or "-"
+    busy = f"{p.busy if p.busy is not None else '?'}/{p.concurrency or '?'}"
+    signals = ",".join(p.pending_signals) or "-"
+    row = (
+        f"  {p.pid if p.pid is not None else '?':>6} {nonce:<12} {_version(p):<9} {tag[:18]:<18} "
+        f"{p.state.value:<10} {busy:>7} {_age(p.beat_age_s):>5} "
+        f"{_age(quiet_for(p, snapshot)) if p.quiet else '':>6} {signals:<8} {_mib(p.rss_kib):>7}"
+    )
+    if p.problem:
+        row += f"  ({p.problem})"
+    if multi_redis:
+        row += f"  [{p.redis}]"
+    return row.rstrip()
+
+
+# -- quiet report -----------------------------------------------------------------
+
+_EXPLAIN = {
+    Outcome.STALLED: "no heartbeat since the signal was pushed: the process is hung or gone",
+    Outcome.NOT_CONFIRMED: "heartbeating, but the signal was not confirmed before the deadline",
+    Outcome.EMBEDDED: "skipped: embedded Sidekiq ignores signals; quiet it through its host",
+    Outcome.DEAD: "skipped: hash expired (stopped beating over 60 s ago)",
+    Outcome.VANISHED: "exited during the wait",
+}
+
+
+def report_json(report: QuietReport, best_effort: bool = False) -> dict[str, Any]:
+    options = report.options
+    return {
+        "version": JSON_VERSION,
+        "ok": not report.failures,
+        "exit_code": 0 if best_effort else int(report.exit_code),
+        "deploy_id": report.deploy_id,
+        "release": options.release,
+        "strategy": options.strategy,
+        "until": options.until.value,
+        "timeout_s": options.timeout_s,
+        "waited": options.wait and not options.dry_run,
+        "dry_run": options.dry_run,
+        "elapsed_s": round(report.elapsed_s, 3),
+        "round_trips": report.round_trips,
+        "excluded": report.excluded,
+        "marks": list(report.marks),
+        "counts": {o.value: report.count(o) for o in Outcome if report.count(o)},
+        "processes": [_entry_json(e) for e in report.entries],
+    }
+
+
+def _entry_json(e: Entry) -> dict[str, Any]:
+    p = e.process
+    return {
+        "identity": p.identity,
+        "machine": p.machine,
+        "pid": p.pid,
+        "redis": p.redis,
+        "version": p.version.text if p.version else None,
+        "outcome": e.outcome.value,
+        "pushes": e.pushes,
+        "confirmed_after_s": _round(e.confirmed_after_s),
+        "problem": p.problem,
+    }
+
+
+def report_text(report: QuietReport, *, show_all: bool = False, best_effort: bool = False) -> str:
+    o = report.options
+    targets = [e for e in report.entries if e.outcome not in _SKIPS]
+    machines = len({e.process.machine for e in targets})
+    lines = []
+    if o.dry_run:
+        lines.append(
+            f"dry run: would signal TSTP to {len(targets)} processes on {machines} machines"
+        )
+    else:
+        how = f"until {o.until.value}, timeout {o.timeout_s:g}s" if o.wait else "no wait"
+        lines.append(f"signalled TSTP to {len(targets)} processes on {machines} machines ({how})")
+    for e in report.entries:
+        if show_all or o.dry_run or e.outcome in FAILED_OUTCOMES or e.outcome in _SKIPS_SHOWN:
+            lines.append(_entry_line(e))
+    counts = ", ".join(f"{report.count(x)} {x.value}" for x in Outcome if report.count(x))
+    lines.append(f"outcomes: {counts or 'no processes'}")
+    if report.excluded:
+        lines.append(f"excluded by filters: {report.excluded}")
+    if report.deploy_id:
+        release = o.release or "-"
+        lines.append(
+            f"deploy {report.deploy_id} recorded (release {release}, strategy {o.strategy})"
+        )
+    lines.extend(f"deploy mark {m}" for m in report.marks)
+    if o.dry_run:
+        lines.append("dry run: nothing was written")
+    elif report.failures:
+        n = len(report.failures)
+        verdict = f"FAILED: {n} process{'es' if n != 1 else ''} not confirmed quiet"
+        exit_note = "exit 0 (--best-effort)" if best_effort else f"exit {int(report.exit_code)}"
+        lines.append(f"{verdict}; {exit_note}")
+    else:
+        lines.append(f"OK in {report.elapsed_s:.1f}s")
+    return "\n".join(lines)
+
+
+_SKIPS = frozenset({Outcome.ALREADY_QUIET, Outcome.EMBEDDED, Outcome.DEAD, Outcome.UNREADABLE})
+_SKIPS_SHOWN = frozenset({Outcome.EMBEDDED, Outcome.DEAD})
+
+
+def _entry_line(e: Entry) -> str:
+    p = e.process
+    why = p.problem if e.outcome is Outcome.UNREADABLE else _EXPLAIN.get(e.outcome, "")
+    after = f" after {e.confirmed_after_s:.1f}s" if e.confirmed_after_s is not None else ""
+    pushes = f", pushed {e.pushes}x" if e.pushes > 1 else ""
+    text = f"  {e.outcome.value.upper():<14} {p.identity} ({_version(p)}){after}{pushes}"
+    return f"{text}: {why}" if why else text

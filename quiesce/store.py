@@ -1,0 +1,365 @@
+"""The only module that talks to Redis.
+
+Every method costs a fixed number of round trips whatever the fleet size: one
+``SSCAN`` walk (one call up to ``SCAN_COUNT`` members), then one pipeline. The only
+writes to Sidekiq's keys are the two Sidekiq's own API makes: signal pushes
+(``Sidekiq::Process#signal``) and deploy marks (``Sidekiq::Deploy#mark``). The simulator's
+heartbeat writes live here too, because they are Redis I/O, but only the simulator
+calls them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import redis
+import redis.exceptions as rex
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from quiesce import keys as k
+from quiesce.confirm import PollRow
+from quiesce.decode import RawProcess, RawSnapshot
+from quiesce.errors import ProtocolError, QuiesceError, RedisRefused, RedisUnavailable
+from quiesce.retry import redis_retry
+from quiesce.settings import RedisTarget, Settings
+
+log = logging.getLogger(__name__)
+
+SCAN_COUNT = 10_000
+"""SSCAN hint: a fleet of up to this many processes is listed in one call."""
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BeatWrite:
+    """One simulated heartbeat: what ``Launcher#❤`` writes in its registry MULTI."""
+
+    identity: str
+    fields: Mapping[str, str]
+
+
+def _ssl_cause(exc: BaseException) -> BaseException | None:
+    """The TLS failure behind a redis-py error, if any (a plain server never finishes a handshake)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) or "handshake" in str(seen):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, rex.AuthenticationError) or _ssl_cause(exc) is not None:
+        return False
+    return isinstance(exc, rex.ConnectionError | rex.TimeoutError)
+
+
+class SidekiqStore:
+    def __init__(self, target: RedisTarget, settings: Settings) -> None:
+        self.target = target
+        self.keys = k.Keys(settings.namespace)
+        self.round_trips = 0
+        self._read_timeout_s = settings.read_timeout_s
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": settings.connect_timeout_s,
+            "socket_timeout": settings.read_timeout_s,
+            # Retries are ours (quiesce.retry), bounded and only for transient errors.
+            "retry": Retry(NoBackoff(), 0),
+            # No CLIENT SETINFO on connect: two round trips fewer, nothing written.
+            "lib_name": None,
+            "lib_version": None,
+        }
+        if target.is_tls:
+            tls = target.tls
+            options.update(ssl_ca_certs=tls.ca_cert, ssl_certfile=tls.cert, ssl_keyfile=tls.key)
+            if tls.insecure:
+                options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
+        try:
+            self._client: redis.Redis = redis.Redis.from_url(target.url, **options)
+        except (ValueError, TypeError) as exc:
+            raise RedisRefused(f"cannot use this Redis URL: {exc}", url=target.label) from None
+
+    @property
+    def label(self) -> str:
+        return self.target.label
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- error handling ---------------------------------------------------------
+    def _translate(self, exc: Exception) -> QuiesceError:
+        url = self.label
+        tls_error = _ssl_cause(exc)
+        if isinstance(exc, rex.AuthenticationError):
+            return RedisRefused(f"Redis refused authentication: {exc}", url=url)
+        if isinstance(exc, rex.NoPermissionError):
+            return RedisRefused(f"Redis ACL does not allow a command quiesce needs: {exc}", url=url)
+        if tls_error is not None:
+            reason = getattr(tls_error, "reason", None) or str(tls_error).split(": ")[-1]
+            hint = (
+                "; does this port speak TLS?"
+                if self.target.is_tls
+                else "; is this a TLS port? use rediss://"
+            )
+            return RedisRefused(f"TLS handshake failed: {reason}{hint}", url=url)
+        if isinstance(exc, rex.BusyLoadingError):
+            return RedisUnavailable("Redis is still loading its dataset", url=url)
+        if isinstance(exc, rex.TimeoutError):
+            return RedisUnavailable(
+                f"Redis did not answer within {self._read_timeout_s:g} s", url=url
+            )
+        if isinstance(exc, rex.ConnectionError):
+            return RedisUnavailable(self._describe_connection_error(exc), url=url)
+        if isinstance(exc, rex.ReadOnlyError):
+            return RedisRefused("Redis is a read-only replica; point at the primary", url=url)
+        if isinstance(exc, rex.ResponseError) and str(exc).startswith("WRONGTYPE"):
+            return ProtocolError(
+                "a Sidekiq key holds the wrong Redis type; is this Sidekiq's database?", url=url
+            )
+        return ProtocolError(f"Redis replied with an error: {exc}", url=url)
+
+    def _describe_connection_error(self, exc: Exception) -> str:
+        text = str(exc)
+        if "Connection refused" in text:
+            return "cannot connect to Redis: connection refused"
+        if "Name or service not known" in text or "nodename nor servname" in text:
+            return "cannot connect to Redis: unknown host"
+        if "closed by server" in text:
+            hint = "" if self.target.is_tls else " (does it require TLS? use rediss://)"
+            return f"Redis closed the connection{hint}"
+        if "timed out" in text.lower():
+            return "cannot connect to Redis: connection timed out"
+        return f"cannot reach Redis: {text.rstrip('.')}"
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            for attempt in redis_retry(is_transient):
+                with attempt:
+                    self.round_trips += 1
+                    return fn()
+        except rex.RedisError as exc:
+            raise self._translate(exc) from exc
+        except OSError as exc:  # e.g. a TLS file that cannot be read at connect time
+            raise RedisRefused(f"cannot open connection: {exc}", url=self.label) from exc
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    def _pipeline(self, build: Callable[[Any], None], *, transaction: bool = False) -> list[Any]:
+        def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=transaction)
+            build(pipe)
+            return list(pipe.execute(raise_on_error=False))
+
+        return self._call(run)
+
+    def _fatal(self, result: Any) -> Any:
+        """Per-command errors inside a pipeline: ACL denials stop everything."""
+        if isinstance(result, rex.NoPermissionError | rex.AuthenticationError):
+            raise self._translate(result)
+        return result
+
+    # -- reading ----------------------------------------------------------------
+    def members(self) -> list[str]:
+        def scan() -> list[str]:
+            found: dict[str, None] = {}
+            cursor = 0
+            while True:
+                cursor, batch = self._client.sscan(self.keys.processes, cursor, count=SCAN_COUNT)
+                found.update(dict.fromkeys(str(m) for m in batch))
+                if cursor == 0:
+                    return list(found)
+                self.round_trips += 1
+
+        return self._call(scan)
+
+    def snapshot(self, *, server_info: bool = False, latest_deploy: bool = False) -> RawSnapshot:
+        members = self.members()
+        keys = self.keys
+
+        def build(pipe: Any) -> None:
+            pipe.time()
+            if server_info:
+                pipe.info("clients")
+            if latest_deploy:
+                pipe.get(keys.latest_deploy)
+            for m in members:
+                pipe.hmget(keys.process(m), k.PROCESS_FIELDS)
+                pipe.pttl(keys.process(m))
+                pipe.lrange(keys.signals(m), 0, -1)
+
+        results = self._pipeline(build)
+        now = self._time(results.pop(0))
+        clients: Mapping[str, Any] = {}
+        if server_info:
+            info = results.pop(0)
+            clients = info if isinstance(info, dict) else {}
+        deploy = self._fatal(results.pop(0)) if latest_deploy else None
+        rows = [self._raw(m, results[i * 3 : i * 3 + 3]) for i, m in enumerate(members)]
+        return RawSnapshot(
+            redis=self.label,
+            time=now,
+            rows=tuple(rows),
+            connected_clients=_opt_int(clients.get("connected_clients")),
+            maxclients=_opt_int(clients.get("maxclients")),
+            latest_deploy=deploy if isinstance(deploy, str) else None,
+        )
+
+    def _raw(self, identity: str, triple: Sequence[Any]) -> RawProcess:
+        values, pttl, signals = (self._fatal(r) for r in triple)
+        for result in (values, pttl, signals):
+            if isinstance(result, rex.ResponseError):
+                return RawProcess(identity, {}, -2, (), self.label, error=f"Redis: {result}")
+        return RawProcess(
+            identity=identity,
+            fields=dict(zip(k.PROCESS_FIELDS, values, strict=True)),
+            pttl_ms=int(pttl),
+            signals=tuple(signals),
+            redis=self.label,
+        )
+
+    def _time(self, result: Any) -> float:
+        # Some managed Redis services rename or disable TIME: fall back to our clock.
+        if isinstance(result, tuple | list) and len(result) == 2:
+            return int(result[0]) + int(result[1]) / 1e6
+        return time.time()
+
+    def poll(self, identities: Sequence[str]) -> tuple[int, list[PollRow]]:
+        """One round trip: what the confirmation loop needs about each target."""
+        keys = self.keys
+
+        def build(pipe: Any) -> None:
+            pipe.time()
+            for ident in identities:
+                pipe.sismember(keys.processes, ident)
+                pipe.hmget(keys.process(ident), k.POLL_FIELDS)
+                pipe.pttl(keys.process(ident))
+                pipe.llen(keys.signals(ident))
+
+        results = [self._fatal(r) for r in self._pipeline(build)]
+        now_ms = int(self._time(results.pop(0)) * 1000)
+        rows = []
+        for i in range(len(identities)):
+            in_set, values, pttl, llen = results[i * 4 : i * 4 + 4]
+            if any(isinstance(r, Exception) for r in (in_set, values, pttl, llen)):
+                rows.append(PollRow(False, None, None, -2, 0))  # no longer a process hash
+                continue
+            quiet, beat, _busy = values
+            rows.append(PollRow(bool(in_set), quiet, beat, int(pttl), int(llen)))
+        return now_ms, rows
+
+    # -- writing ----------------------------------------------------------------
+    def push_signal(
+        self,
+        identities: Sequence[str],
+        signal: str,
+        *,
+        records: Iterable[tuple[str, str, int]] = (),
+    ) -> int:
+        """``Sidekiq::Process#signal`` for every identity, in one round trip.
+
+        Each push is its own ``MULTI LPUSH EXPIRE 60 EXEC``, byte for byte what Sidekiq's
+        API sends; ``records`` are quiesce's own ``(key, value, ttl_s)`` written alongside.
+        Returns the Redis time (ms) read just before the pushes.
+        """
+        keys = self.keys
+        extra = list(records)
+
+        def build(pipe: Any) -> None:
+            pipe.time()
+            for ident in identities:
+                pipe.execute_command("MULTI")
+                pipe.lpush(keys.signals(ident), signal)
+                pipe.expire(keys.signals(ident), k.SIGNAL_TTL_S)
+                pipe.execute_command("EXEC")
+            for key, value, ttl in extra:
+                pipe.set(key, value, ex=ttl)
+
+        results = [self._fatal(r) for r in self._pipeline(build)]
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise self._translate(errors[0])
+        return int(self._time(results[0]) * 1000)
+
+    def save(self, records: Iterable[tuple[str, str, int]]) -> None:
+        def build(pipe: Any) -> None:
+            for key, value, ttl in records:
+                pipe.set(key, value, ex=ttl)
+
+        for result in self._pipeline(build):
+            if isinstance(self._fatal(result), Exception):
+                raise self._translate(result)
+
+    def mark_deploy(self, label: str, datecode: str, stamp: str) -> bool:
+        """``Sidekiq::Deploy#mark``: a 60 s NX lock per label, then HSETNX into the dated hash."""
+        keys = self.keys
+        locked = self._call(
+            lambda: self._client.set(
+                keys.deploy_lock(label), stamp, nx=True, ex=k.DEPLOY_LOCK_TTL_S
+            )
+        )
+        if not locked:
+            return False
+
+        def build(pipe: Any) -> None:
+            pipe.hsetnx(keys.marks(datecode), stamp, label)
+            pipe.expire(keys.marks(datecode), k.MARK_TTL_S)
+
+        for result in self._pipeline(build, transaction=True):
+            if isinstance(self._fatal(result), Exception):
+                raise self._translate(result)
+        return True
+
+    # -- the simulator's heartbeat ----------------------------------------------
+    def beat(self, beats: Sequence[BeatWrite]) -> list[str | None]:
+        """Heartbeats exactly as ``Launcher#❤`` writes them; returns each popped signal."""
+        keys = self.keys
+
+        def build(pipe: Any) -> None:
+            for b in beats:
+                pipe.execute_command("MULTI")
+                pipe.sadd(keys.processes, b.identity)
+                pipe.exists(keys.process(b.identity))
+                pipe.hset(keys.process(b.identity), mapping=dict(b.fields))
+                pipe.expire(keys.process(b.identity), k.HEARTBEAT_TTL_S)
+                pipe.rpop(keys.signals(b.identity))
+                pipe.execute_command("EXEC")
+
+        results = self._pipeline(build)
+        popped: list[str | None] = []
+        for i in range(len(beats)):
+            exec_reply = results[i * 7 + 6]
+            if isinstance(exec_reply, Exception) or not isinstance(exec_reply, list):
+                raise self._translate(
+                    exec_reply if isinstance(exec_reply, Exception) else rex.RedisError("EXEC")
+                )
+            popped.append(exec_reply[4])
+        return popped
+
+    def leave(self, identities: Sequence[str]) -> None:
+        """A stopping process's ``clear_heartbeat``: SREM and UNLINK ``:work``; the hash lingers."""
+        keys = self.keys
+
+        def build(pipe: Any) -> None:
+            for ident in identities:
+                pipe.srem(keys.processes, ident)
+                pipe.unlink(keys.process(f"{ident}:work"))
+
+        self._pipeline(build)
+
+
+def _opt_int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def open_stores(settings: Settings) -> list[SidekiqStore]:
+    return [SidekiqStore(target, settings) for target in settings.redis]
