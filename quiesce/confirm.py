@@ -5,10 +5,14 @@ refreshes ``EXPIRE <identity> 60``), and reports ``quiet = "true"`` one beat lat
 So, on the Redis clock:
 
 * *delivered*: the signal list is empty and the last beat (``now - (60 s - PTTL)``)
-  is not older than the push;
+  came after the push, within the list's 60 s life;
 * *quiet*: the hash says ``quiet = "true"``;
-* *expired*: the list is empty, no beat since the push, and 60 s have passed: the
-  process never took it, so it is pushed again while the deadline allows.
+* *vanished*: the identity left ``processes`` (Sidekiq's clean shutdown does that);
+* *expired*: the list is empty 60 s after the push without a delivery: it expired
+  unconsumed (the process stalled; if it stalled past 60 s its hash expired too, and it
+  re-registers under the same identity when it recovers), so it is pushed again while
+  the deadline allows. A hash that expired while the identity is still a member is
+  waited for, not counted as gone: the process may come back.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from quiesce.fleet import ProcessRecord
 from quiesce.keys import HEARTBEAT_TTL_S, SIGNAL_TTL_S
 from quiesce.plan import Outcome
 
-BEAT_CLOCK_SLACK_MS = 1000
-"""PTTL and TIME are read a few ms apart inside one pipeline; never trust them closer."""
+SIGNAL_TTL_MS = SIGNAL_TTL_S * 1000
+BEAT_CLOCK_SLACK_MS = 250
+"""TIME is read first in a poll pipeline and each PTTL a few ms later: allow for that."""
 
 
 class Until(enum.StrEnum):
@@ -69,6 +74,12 @@ class Target:
     def done(self) -> bool:
         return self.outcome is not Outcome.PENDING
 
+    def popped_by_beat(self, row: PollRow) -> bool:
+        """A beat after the push, while the signal list was still alive, emptied it."""
+        if self.last_beat_ms is not None and self.last_beat_ms >= self.pushed_at_ms + SIGNAL_TTL_MS:
+            return False  # that beat may have found the list already expired
+        return self.beat_since_push(row)
+
     def beat_since_push(self, row: PollRow) -> bool:
         if self.last_beat_ms is not None:
             return self.last_beat_ms >= self.pushed_at_ms - BEAT_CLOCK_SLACK_MS
@@ -77,17 +88,21 @@ class Target:
 
 
 def assess(target: Target, row: PollRow, now_ms: int, until: Until) -> Verdict:
+    if not row.in_set:
+        return Verdict.VANISHED
+    hash_alive = row.pttl_ms != -2
     if row.pttl_ms >= 0:
         target.last_beat_ms = now_ms - (HEARTBEAT_TTL_S * 1000 - row.pttl_ms)
-    if not row.in_set or row.pttl_ms == -2:
-        return Verdict.VANISHED
-    if row.quiet == "true":
+    if hash_alive and row.quiet == "true":
         return Verdict.CONFIRMED
-    beat_after = target.beat_since_push(row)
-    if until is Until.DELIVERED and row.signals_len == 0 and beat_after:
+    if (
+        hash_alive
+        and until is Until.DELIVERED
+        and row.signals_len == 0
+        and target.popped_by_beat(row)
+    ):
         return Verdict.CONFIRMED
-    expired = now_ms - target.pushed_at_ms >= SIGNAL_TTL_S * 1000
-    if row.signals_len == 0 and not beat_after and expired:
+    if row.signals_len == 0 and now_ms - target.pushed_at_ms >= SIGNAL_TTL_MS:
         return Verdict.REPUSH
     return Verdict.WAITING
 

@@ -20,7 +20,7 @@ def redis_retry(is_transient: Callable[[BaseException], bool]) -> tenacity.Retry
     """
     return tenacity.Retrying(
         stop=tenacity.stop_after_attempt(REDIS_ATTEMPTS),
-        wait=tenacity.wait_exponential_jitter(initial=0.2, max=1.0),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=1.0) + tenacity.wait_random(0, 0.2),
         retry=tenacity.retry_if_exception(is_transient),
         before_sleep=tenacity.before_sleep_log(log, logging.INFO),
         reraise=True,

@@ -31,6 +31,13 @@ from quiesce.settings import RedisTarget, Settings
 
 log = logging.getLogger(__name__)
 
+try:  # redis-py 7.1+: no CLIENT SETINFO on connect (two round trips fewer, nothing written)
+    from redis.driver_info import DriverInfo
+
+    _NO_CLIENT_SETINFO: dict[str, Any] = {"driver_info": DriverInfo(name=None, lib_version=None)}
+except ImportError:  # pragma: no cover - older redis-py
+    _NO_CLIENT_SETINFO = {"lib_name": None, "lib_version": None}
+
 SCAN_COUNT = 10_000
 """SSCAN hint: a fleet of up to this many processes is listed in one call."""
 
@@ -73,9 +80,9 @@ class SidekiqStore:
             "socket_timeout": settings.read_timeout_s,
             # Retries are ours (quiesce.retry), bounded and only for transient errors.
             "retry": Retry(NoBackoff(), 0),
-            # No CLIENT SETINFO on connect: two round trips fewer, nothing written.
-            "lib_name": None,
-            "lib_version": None,
+            # RESP2: no HELLO on connect, and Redis 4/5 (Sidekiq 5.2/6.x era) understand it.
+            "protocol": 2,
+            **_NO_CLIENT_SETINFO,
         }
         if target.is_tls:
             tls = target.tls

@@ -1,0 +1,255 @@
+"""The command line: output, JSON, exit codes, and every failure as one clear line."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from quiesce.cli import app
+from quiesce.settings import build_settings
+from quiesce.simulator import SimulatedFleet, make_processes
+from quiesce.store import SidekiqStore
+from tests.support import FIXTURES, RedisServer, dump_keys, load_fixture_keys
+
+runner = CliRunner()
+PASSWORD = "s3cret-hunter2"
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_one_line_error(stderr: str, *needles: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("quiesce: error: "), stderr
+    assert "Traceback" not in stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def fleet(redis_url: str) -> Iterator[SimulatedFleet]:
+    settings = build_settings(urls=[redis_url], environ={})
+    sim = SimulatedFleet(
+        SidekiqStore(settings.redis[0], settings),
+        make_processes(6, per_machine=2, seed=5, tag="app"),
+        beat_interval_s=0.3,
+    )
+    with sim:
+        yield sim
+
+
+def test_help_explains_commands_and_exit_codes() -> None:
+    code, out, _ = run("--help")
+    assert code == 0
+    for word in ("quiet", "status", "simulate", "Exit status", "4 Redis unreachable", "REDIS_URL"):
+        assert word in out
+    code, out, _ = run("quiet", "--help")
+    assert code == 0 and "--until" in out and "--best-effort" in out and "--dry-run" in out
+
+
+def test_status_groups_by_machine(redis_url: str, fleet: SimulatedFleet) -> None:
+    code, out, _ = run("--redis-url", redis_url, "status")
+    assert code == 0
+    for machine in {p.hostname for p in fleet.processes}:
+        assert f"{machine}  (2 processes)" in out
+    assert "6 processes on 3 machines: 6 running" in out
+
+
+def test_status_json_fields(redis_url: str, fleet: SimulatedFleet) -> None:
+    code, out, _ = run("--redis-url", redis_url, "status", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["version"] == 1
+    assert data["summary"]["processes"] == 6 and data["summary"]["running"] == 6
+    proc = data["machines"][0]["processes"][0]
+    for field in (
+        "identity", "machine", "pid", "state", "version", "tag", "labels", "busy",
+        "concurrency", "beat_age_s", "quiet_for_s", "pending_signals", "rss_kib",
+    ):  # fmt: skip
+        assert field in proc
+    assert proc["version"] == "7.3.10" and proc["tag"] == "app"
+
+
+def test_quiet_then_status_expect(redis_url: str, fleet: SimulatedFleet) -> None:
+    assert run("--redis-url", redis_url, "status", "--expect", "quiet")[0] == 3
+    code, out, _ = run("--redis-url", redis_url, "quiet", "--until", "quiet", "--release", "v2")
+    assert code == 0, out
+    assert "6 confirmed" in out and "OK in" in out
+    code, out, err = run("--redis-url", redis_url, "status", "--expect", "quiet")
+    assert code == 0, err
+    assert "latest deploy:" in out and "release v2" in out
+    data = json.loads(run("--redis-url", redis_url, "status", "--json")[1])
+    quiet_for = [p["quiet_for_s"] for m in data["machines"] for p in m["processes"]]
+    assert all(q is not None and q >= 0 for q in quiet_for)
+    assert run("--redis-url", redis_url, "status", "--expect", "running")[0] == 3
+
+
+def test_quiet_json_report(redis_url: str, fleet: SimulatedFleet) -> None:
+    code, out, _ = run("--redis-url", redis_url, "quiet", "--json", "--strategy", "immediate")
+    assert code == 0
+    data = json.loads(out)
+    assert data["ok"] and data["exit_code"] == 0 and data["counts"] == {"confirmed": 6}
+    assert data["strategy"] == "immediate" and data["deploy_id"]
+    assert {p["outcome"] for p in data["processes"]} == {"confirmed"}
+
+
+def test_release_label_from_env(
+    redis_url: str, fleet: SimulatedFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLY_IMAGE_REF", "registry.fly.io/app:deployment-XYZ")
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    code, out, _ = run("quiet", "--json")
+    assert code == 0 and json.loads(out)["release"] == "registry.fly.io/app:deployment-XYZ"
+
+
+def test_stalled_process_exit_3_and_best_effort_exit_0(redis_url: str, fleet: SimulatedFleet) -> None:
+    fleet.processes[0].stalled = True
+    time.sleep(0.5)
+    code, out, _ = run("--redis-url", redis_url, "quiet", "--timeout", "1.5")
+    assert code == 3
+    assert "STALLED" in out and "FAILED: 1 process not confirmed quiet; exit 3" in out
+    fleet.processes[1].stalled = True
+    time.sleep(0.5)
+    code, out, _ = run("--redis-url", redis_url, "quiet", "--timeout", "1", "--best-effort")
+    assert code == 0 and "exit 0 (--best-effort)" in out
+
+
+def test_dry_run_lists_plan_and_writes_nothing(
+    redis_url: str, fleet: SimulatedFleet, raw: redis.Redis
+) -> None:
+    code, out, _ = run("--redis-url", redis_url, "quiet", "--dry-run", "--release", "x")
+    assert code == 0
+    assert "dry run: would signal TSTP to 6 processes on 3 machines" in out
+    assert out.count("PLANNED") == 6
+    assert not raw.keys("*-signals") and not raw.keys("quiesce:*") and not raw.keys("*-marks")
+
+
+def test_empty_redis_is_an_empty_fleet(redis_url: str) -> None:
+    code, out, _ = run("--redis-url", redis_url, "status")
+    assert code == 0 and "no Sidekiq processes registered" in out
+    code, out, _ = run("--redis-url", redis_url, "quiet", "--json")
+    assert code == 0 and json.loads(out)["processes"] == []
+
+
+@pytest.mark.parametrize("version", ["6.4.1", "7.3.10", "8.1.7"])
+def test_sidekiq_data_unchanged_by_status_and_quiet(
+    version: str, redis_url: str, redis_server: RedisServer
+) -> None:
+    """Only signal lists, the deploy mark and quiesce's own keys may change."""
+    capture = json.loads((FIXTURES / f"sidekiq-{version}" / "busy.json").read_text())
+    client = redis_server.client()
+    load_fixture_keys(client, capture["keys"])
+    ours = ("-signals", "-marks", "deploylock-", "quiesce:")
+    before = dump_keys(client, skip=ours)
+    assert run("--redis-url", redis_url, "status", "--json")[0] == 0
+    code, out, _ = run("--redis-url", redis_url, "quiet", "--timeout", "0.5", "--release", "r1")
+    assert code == 3 and "FAILED" in out  # nothing beats: the captured process is frozen
+    after = dump_keys(client, skip=ours)
+    assert after == before
+    assert client.lrange(f"{capture['identity']}-signals", 0, -1) == [b"TSTP"]
+
+
+# -- failures: one line, a documented exit code, bounded time ---------------------------
+
+
+def test_unreachable_redis_exit_4() -> None:
+    started = time.monotonic()
+    code, _, err = run("--redis-url", "redis://127.0.0.1:1/0", "quiet")
+    assert code == 4
+    assert_one_line_error(err, "connection refused", "redis://127.0.0.1:1/0")
+    assert time.monotonic() - started < 10
+
+
+def test_bad_url_exit_2() -> None:
+    code, _, err = run("--redis-url", f"http://user:{PASSWORD}@x", "status")
+    assert code == 2
+    assert_one_line_error(err, "scheme must be")
+    assert PASSWORD not in err
+
+
+@pytest.fixture(scope="module")
+def locked_server() -> Iterator[RedisServer]:
+    with RedisServer("--requirepass", PASSWORD) as server:
+        yield server
+
+
+def test_wrong_password_exit_5_and_password_never_printed(locked_server: RedisServer) -> None:
+    url = f"redis://:wrong-{PASSWORD}@127.0.0.1:{locked_server.port}/0"
+    code, out, err = run("--redis-url", url, "status")
+    assert code == 5
+    assert_one_line_error(err, "authentication", ":***@127.0.0.1")
+    assert PASSWORD not in out + err
+
+
+def test_missing_password_exit_5(locked_server: RedisServer) -> None:
+    code, _, err = run("--redis-url", f"redis://127.0.0.1:{locked_server.port}/0", "status")
+    assert code == 5
+    assert_one_line_error(err, "authentication")
+
+
+def test_right_password_works_and_is_masked(locked_server: RedisServer) -> None:
+    url = f"redis://:{PASSWORD}@127.0.0.1:{locked_server.port}/0"
+    code, out, err = run("--redis-url", url, "status", "--json")
+    assert code == 0, err
+    assert PASSWORD not in out and ":***@" in json.loads(out)["servers"][0]["redis"]
+
+
+def test_tls_against_a_plain_port_exit_5(redis_url: str) -> None:
+    started = time.monotonic()
+    tls_url = redis_url.replace("redis://", "rediss://")
+    code, _, err = run("--redis-url", tls_url, "--read-timeout", "1", "status")
+    assert code == 5
+    assert_one_line_error(err, "TLS")
+    assert time.monotonic() - started < 10
+
+
+def test_acl_denied_command_exit_5(redis_url: str, raw: redis.Redis, fleet: SimulatedFleet) -> None:
+    raw.acl_setuser(
+        "readonly", enabled=True, passwords=["+ropass"], keys=["*"], commands=["+@read", "+time", "+info"]
+    )
+    url = redis_url.replace("redis://", "redis://readonly:ropass@")
+    assert run("--redis-url", url, "status")[0] == 0  # reads are enough for status
+    code, _, err = run("--redis-url", url, "quiet")
+    assert code == 5
+    assert_one_line_error(err, "ACL")
+    assert "ropass" not in err
+
+
+def test_wrong_type_processes_key_exit_6(redis_url: str, raw: redis.Redis) -> None:
+    raw.set("processes", "not a set")
+    code, _, err = run("--redis-url", redis_url, "status")
+    assert code == 6
+    assert_one_line_error(err, "wrong Redis type")
+
+
+def test_redis_stopped_mid_wait_exit_4_no_hang() -> None:
+    server = RedisServer()
+    settings = build_settings(urls=[server.url], environ={})
+    procs = make_processes(3, seed=9)
+    sim = SimulatedFleet(SidekiqStore(settings.redis[0], settings), procs, beat_interval_s=0.3)
+    sim.start()
+    procs[0].stalled = True  # keeps quiet waiting until the deadline
+
+    def kill_later() -> None:
+        time.sleep(1.5)
+        sim.stop()
+        server.stop()
+
+    threading.Thread(target=kill_later).start()
+    started = time.monotonic()
+    try:
+        code, _, err = run("--redis-url", server.url, "quiet", "--timeout", "60")
+    finally:
+        server.stop()
+    assert code == 4
+    assert_one_line_error(err, "cannot connect to Redis")
+    assert time.monotonic() - started < 15

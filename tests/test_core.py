@@ -1,0 +1,229 @@
+"""The pure core: planning, confirmation verdicts, deploy stamps, settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from quiesce.confirm import PollRow, Target, Until, Verdict, assess, finalize
+from quiesce.deploy import DeployRecord, mark_stamp, new_deploy_id, quiet_since
+from quiesce.errors import ConfigError
+from quiesce.fleet import FleetSnapshot, ProcessRecord, SidekiqVersion
+from quiesce.plan import Filters, Outcome, plan_quiet
+from quiesce.settings import build_settings, mask_url
+
+V7 = SidekiqVersion("7.3.10", inferred=False, beat_interval_s=10.0)
+
+
+def proc(identity: str, **kw: object) -> ProcessRecord:
+    host, pid, _ = identity.rsplit(":", 2)
+    base = ProcessRecord(identity=identity, hostname=host, pid=int(pid), alive=True, version=V7)
+    return dataclasses.replace(base, **{"beat_age_s": 1.0, **kw})  # type: ignore[arg-type]
+
+
+FLEET = FleetSnapshot(
+    processes=(
+        proc("m1:1:aaaaaaaaaaaa", tag="app", queues=("default",), labels=("worker",)),
+        proc("m1:2:bbbbbbbbbbbb", tag="app", queues=("mailers",)),
+        proc("m2:1:cccccccccccc", tag="other", quiet=True),
+        proc("m3:1:dddddddddddd", embedded=True),
+        proc("m4:1:eeeeeeeeeeee", problem="info is not valid JSON"),
+        ProcessRecord(identity="m5:1:ffffffffffff", hostname="m5", pid=1, alive=False),
+        proc("m6:1:999999999999", beat_age_s=40.0),
+    ),
+    taken_at=1000.0,
+)
+
+
+def test_plan_targets_live_running_and_stalled_processes() -> None:
+    plan = plan_quiet(FLEET, Filters())
+    assert [p.identity for p in plan.targets] == [
+        "m1:1:aaaaaaaaaaaa",
+        "m1:2:bbbbbbbbbbbb",
+        "m6:1:999999999999",
+    ]
+    assert {p.identity: o for p, o in plan.skipped} == {
+        "m2:1:cccccccccccc": Outcome.ALREADY_QUIET,
+        "m3:1:dddddddddddd": Outcome.EMBEDDED,
+        "m4:1:eeeeeeeeeeee": Outcome.UNREADABLE,
+        "m5:1:ffffffffffff": Outcome.DEAD,
+    }
+    assert plan.excluded == 0
+
+
+@pytest.mark.parametrize(
+    ("filters", "targets", "excluded"),
+    [
+        (Filters(hostnames=("m1",)), ["m1:1:aaaaaaaaaaaa", "m1:2:bbbbbbbbbbbb"], 5),
+        (Filters(hostnames=("m[16]",)), ["m1:1:aaaaaaaaaaaa", "m1:2:bbbbbbbbbbbb", "m6:1:999999999999"], 4),
+        (Filters(tags=("app",)), ["m1:1:aaaaaaaaaaaa", "m1:2:bbbbbbbbbbbb"], 5),
+        (Filters(labels=("worker",)), ["m1:1:aaaaaaaaaaaa"], 6),
+        (Filters(queues=("mailers", "nope")), ["m1:2:bbbbbbbbbbbb"], 6),
+        (Filters(identities=("m6:1:999999999999",)), ["m6:1:999999999999"], 6),
+        (Filters(tags=("app",), queues=("default",)), ["m1:1:aaaaaaaaaaaa"], 6),
+    ],
+)
+def test_filters(filters: Filters, targets: list[str], excluded: int) -> None:
+    plan = plan_quiet(FLEET, filters)
+    assert [p.identity for p in plan.targets] == targets
+    assert plan.excluded == excluded
+
+
+def test_unreadable_process_stays_in_scope_of_identity_filters() -> None:
+    plan = plan_quiet(FLEET, Filters(hostnames=("m4",)))
+    assert [(p.identity, o) for p, o in plan.skipped] == [("m4:1:eeeeeeeeeeee", Outcome.UNREADABLE)]
+    assert plan_quiet(FLEET, Filters(tags=("app",))).skipped == ()
+
+
+def target(pushed_at_ms: int = 100_000) -> Target:
+    return Target(proc("m1:1:aaaaaaaaaaaa", beat=99.0), pushed_at_ms=pushed_at_ms, beat_seen=99.0)
+
+
+def row(**kw: object) -> PollRow:
+    values: dict[str, object] = {
+        "in_set": True, "quiet": "false", "beat": "99.0", "pttl_ms": 55_000, "signals_len": 1,
+    }  # fmt: skip
+    values.update(kw)
+    return PollRow(**values)  # type: ignore[arg-type]
+
+
+def test_waiting_while_the_signal_is_queued() -> None:
+    # Last beat 5 s before now = 2 s before the push: nothing popped yet.
+    assert assess(target(), row(), now_ms=103_000, until=Until.DELIVERED) is Verdict.WAITING
+
+
+def test_delivered_when_a_later_beat_popped_it() -> None:
+    t = target()
+    verdict = assess(t, row(signals_len=0, pttl_ms=59_000, beat="105.0"), 106_000, Until.DELIVERED)
+    assert verdict is Verdict.CONFIRMED
+    assert t.last_beat_ms == 105_000
+
+
+def test_until_quiet_needs_the_quiet_field() -> None:
+    popped = row(signals_len=0, pttl_ms=59_000)
+    assert assess(target(), popped, 106_000, Until.QUIET) is Verdict.WAITING
+    assert assess(target(), row(quiet="true", signals_len=0), 116_000, Until.QUIET) is Verdict.CONFIRMED
+
+
+def test_vanished_when_it_leaves_the_set() -> None:
+    assert assess(target(), row(in_set=False), 106_000, Until.QUIET) is Verdict.VANISHED
+
+
+def test_expired_hash_still_in_the_set_is_waited_for() -> None:
+    # Stalled past 60 s: the hash expired but the process may come back.
+    gone = row(pttl_ms=-2, quiet=None, beat=None, signals_len=1)
+    assert assess(target(), gone, 150_000, Until.DELIVERED) is Verdict.WAITING
+    t = target()
+    assess(t, gone, 150_000, Until.DELIVERED)
+    finalize(t, gone)
+    assert t.outcome is Outcome.STALLED
+
+
+def test_expired_signal_is_pushed_again() -> None:
+    # The list expired 60 s after the push; the hash expired even earlier.
+    gone = row(pttl_ms=-2, quiet=None, beat=None, signals_len=0)
+    assert assess(target(), gone, 160_000, Until.DELIVERED) is Verdict.REPUSH
+    assert assess(target(), gone, 150_000, Until.DELIVERED) is Verdict.WAITING
+    # A hash without TTL that never beat again: same.
+    frozen = row(pttl_ms=-1, signals_len=0, beat="99.0")
+    assert assess(target(), frozen, 161_000, Until.DELIVERED) is Verdict.REPUSH
+
+
+def test_re_registration_after_expiry_is_not_a_delivery() -> None:
+    # The process recovers 70 s after the push: its first beat pops an already-expired list.
+    back = row(pttl_ms=60_000, signals_len=0, beat="170.0")
+    assert assess(target(), back, 170_000, Until.DELIVERED) is Verdict.REPUSH
+
+
+def test_hash_without_ttl_counts_beats_by_value() -> None:
+    t = target()
+    assert assess(t, row(pttl_ms=-1, signals_len=0, beat="99.0"), 105_000, Until.DELIVERED) is (
+        Verdict.WAITING
+    )
+    assert assess(t, row(pttl_ms=-1, signals_len=0, beat="104.0"), 105_000, Until.DELIVERED) is (
+        Verdict.CONFIRMED
+    )
+
+
+def test_finalize_tells_stalled_from_not_confirmed() -> None:
+    stalled = target()
+    finalize(stalled, row(pttl_ms=30_000))
+    assert stalled.outcome is Outcome.STALLED
+    beating = target()
+    assess(beating, row(pttl_ms=59_000, signals_len=1), 130_000, Until.DELIVERED)
+    finalize(beating, row(pttl_ms=59_000))
+    assert beating.outcome is Outcome.NOT_CONFIRMED
+
+
+def test_mark_stamp_matches_sidekiq_deploy() -> None:
+    # Sidekiq::Deploy floors to the minute, keys by UTC date, stamps with Time#iso8601.
+    assert mark_stamp(1795677928.89) == ("20261126", "2026-11-26T07:25:00Z")
+
+
+def test_deploy_record_round_trip() -> None:
+    record = DeployRecord.start(
+        deploy_id=new_deploy_id(1795677928.0, "abc123"),
+        release="v42",
+        strategy="bluegreen",
+        started_at=1795677928.0,
+        until="delivered",
+        timeout_s=30,
+        processes=FLEET.processes,
+        servers=(),
+        quiesce_version="0",
+    )
+    assert record.deploy_id == "20261126T072528Z-abc123"
+    assert len(record.fleet) == 6  # the dead member is not part of the pre-deploy fleet
+    record.outcomes["m1:1:aaaaaaaaaaaa"] = {"outcome": "confirmed", "confirmed_at": 1795677931.5}
+    parsed = DeployRecord.parse(record.to_json())
+    assert parsed is not None and parsed["release"] == "v42"
+    assert quiet_since(parsed, "m1:1:aaaaaaaaaaaa") == 1795677931.5
+    assert quiet_since(parsed, "m2:1:cccccccccccc") is None
+    assert DeployRecord.parse("{not json") is None
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:hunter2@host:6379/0", "redis://:***@host:6379/0"),
+        ("rediss://default:hunter2@h.upstash.io:6379", "rediss://default:***@h.upstash.io:6379"),
+        ("redis://host:6379/0?password=hunter2", "redis://host:6379/0?password=***"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+    ],
+)
+def test_masked_urls_never_show_the_password(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_settings_from_env_and_options() -> None:
+    env = {"REDIS_URL": "redis://a:1/0, redis://b:2/0"}
+    assert [t.url for t in build_settings(urls=[], environ=env).redis] == ["redis://a:1/0", "redis://b:2/0"]
+    provided = {"REDIS_PROVIDER": "MY_REDIS", "MY_REDIS": "redis://c:3/0", "REDIS_URL": "redis://x/0"}
+    assert [t.url for t in build_settings(urls=[], environ=provided).redis] == ["redis://c:3/0"]
+    assert [t.url for t in build_settings(urls=["redis://d:4/1"], environ=env).redis] == ["redis://d:4/1"]
+    assert build_settings(urls=[], environ={}).redis[0].url == "redis://127.0.0.1:6379/0"
+    assert build_settings(urls=["redis://a:1"], environ={}, namespace="myapp:").namespace == "myapp"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://host", "redis://", "redis://host:0", "redis://host:notaport", "redis://host/abc"],
+)
+def test_bad_urls_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_settings(urls=[url], environ={})
+    assert "hunter2" not in str(err.value)
+
+
+def test_bad_url_error_masks_password() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_settings(urls=["http://u:hunter2@host"], environ={})
+    assert "hunter2" not in str(err.value) and "***" in str(err.value)
+
+
+def test_redis_provider_must_name_a_variable() -> None:
+    with pytest.raises(ConfigError):
+        build_settings(urls=[], environ={"REDIS_PROVIDER": "redis://x"})
+    with pytest.raises(ConfigError):
+        build_settings(urls=[], environ={"REDIS_PROVIDER": "UNSET_VAR"})

@@ -1,0 +1,177 @@
+"""Decoding heartbeats captured from real Sidekiq 6.4.1, 7.3.10 and 8.1.7 processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quiesce.decode import RawProcess, decode_process, read_version
+from quiesce.fleet import ProcessState
+from quiesce.keys import PROCESS_FIELDS
+from tests.support import FIXTURES
+
+VERSIONS = ("6.4.1", "7.3.10", "8.1.7")
+SCENARIOS = (
+    "idle",
+    "busy",
+    "with-scheduled",
+    "quiet-pending",
+    "quiet",
+    "after-quiet-enqueue",
+    "after-term",
+)
+
+
+def load(version: str, scenario: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / f"sidekiq-{version}" / f"{scenario}.json").read_text())
+    return data
+
+
+def raw_row(capture: dict[str, Any]) -> RawProcess:
+    """The row quiesce's snapshot pipeline would read for the captured process."""
+    identity = capture["identity"]
+    keys = capture["keys"]
+    spec = keys.get(identity)
+    fields = {f: (spec["value"].get(f) if spec else None) for f in PROCESS_FIELDS}
+    ttl = spec["ttl"] if spec else -2
+    signals = keys.get(f"{identity}-signals", {}).get("value", [])
+    return RawProcess(identity, fields, pttl_ms=ttl * 1000 if ttl >= 0 else ttl, signals=signals)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_fixture_decodes(version: str, scenario: str) -> None:
+    capture = load(version, scenario)
+    proc = decode_process(raw_row(capture), redis_now=capture["captured_at"])
+    info = json.loads(capture["keys"][capture["identity"]]["value"]["info"])
+    assert proc.problem is None
+    assert proc.alive
+    assert proc.identity == capture["identity"]
+    assert proc.hostname == "vm" == proc.machine
+    assert proc.pid == info["pid"]
+    assert proc.concurrency == 2
+    assert proc.queues == ("default", "low")
+    assert proc.started_at == info["started_at"]
+    assert proc.rss_kib is not None and proc.rss_kib > 1000
+    assert proc.rtt_us is not None
+    assert proc.version is not None
+    assert proc.beat_age_s is not None and 0 <= proc.beat_age_s <= 60
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_versions_read_or_inferred(version: str) -> None:
+    proc = decode_process(raw_row(load(version, "idle")), redis_now=0)
+    assert proc.version is not None
+    if version == "6.4.1":  # no `version` field before 7.0.2: inferred from rtt_us
+        assert proc.version.inferred and proc.version.text == "6.2-7.0.1"
+    else:
+        assert not proc.version.inferred and proc.version.text == version
+        assert proc.version.beat_interval_s == 10.0
+    assert proc.tag == ("sample-sidekiq" if version == "8.1.7" else "")
+    assert not proc.embedded
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_states_follow_the_scenarios(version: str) -> None:
+    def state(scenario: str) -> ProcessState:
+        capture = load(version, scenario)
+        return decode_process(raw_row(capture), capture["captured_at"]).state
+
+    assert state("idle") is ProcessState.RUNNING
+    assert state("quiet-pending") is ProcessState.RUNNING
+    assert state("quiet") is ProcessState.QUIET
+    assert state("after-quiet-enqueue") is ProcessState.QUIET
+    busy = decode_process(raw_row(load(version, "busy")), 0)
+    assert busy.busy == 2
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_pending_signal_is_visible(version: str) -> None:
+    proc = decode_process(raw_row(load(version, "quiet-pending")), 0)
+    assert proc.pending_signals == ("TSTP",)
+    assert not proc.quiet
+
+
+def test_concurrency_moves_from_info_to_hash_in_8_1_2() -> None:
+    capture = load("8.1.7", "idle")
+    info = json.loads(capture["keys"][capture["identity"]]["value"]["info"])
+    assert "concurrency" not in info  # the fixture proves the move
+    row = raw_row(capture)
+    assert decode_process(row, 0).concurrency == 2
+    without_field = RawProcess(row.identity, {**row.fields, "concurrency": None}, row.pttl_ms)
+    assert decode_process(without_field, 0).concurrency == 2  # summed from capsules
+
+
+def test_member_without_hash_is_dead_not_an_error() -> None:
+    row = RawProcess("web.1:12:abcdefabcdef", dict.fromkeys(PROCESS_FIELDS), pttl_ms=-2)
+    proc = decode_process(row, 0)
+    assert not proc.alive and proc.state is ProcessState.DEAD
+    assert proc.hostname == "web.1" and proc.pid == 12
+
+
+def test_identity_split_from_the_right() -> None:
+    row = RawProcess("host:with:colons:7:abcdefabcdef", dict.fromkeys(PROCESS_FIELDS), -2)
+    proc = decode_process(row, 0)
+    assert (proc.hostname, proc.pid) == ("host:with:colons", 7)
+
+
+@pytest.mark.parametrize(
+    ("patch", "problem"),
+    [
+        ({"info": '{"hostname":"vm","pid":'}, "info is not valid JSON"),
+        ({"info": "[1, 2]"}, "info JSON is not an object"),
+        ({"info": None}, "hash has no 'info' field"),
+        ({"busy": "lots"}, "field 'busy' is not an integer"),
+        ({"quiet": "maybe"}, "field 'quiet'"),
+        ({"info": '{"hostname":"vm","pid":1,"version":"9.0.0"}'}, "unsupported Sidekiq version 9.0.0"),
+        ({"info": '{"hostname":"vm","pid":1,"version":"4.2.10"}'}, "unsupported Sidekiq version"),
+        ({"info": '{"hostname":"vm","pid":1,"version":"banana"}'}, "unparseable Sidekiq version"),
+        ({"info": '{"hostname":"vm","pid":1,"labels":"x"}'}, "info.labels is not a list"),
+    ],
+)
+def test_malformed_rows_are_unreadable_not_fatal(patch: dict[str, str | None], problem: str) -> None:
+    row = raw_row(load("7.3.10", "idle"))
+    proc = decode_process(RawProcess(row.identity, {**row.fields, **patch}, row.pttl_ms), 0)
+    assert proc.state is ProcessState.UNREADABLE
+    assert proc.problem is not None and problem in proc.problem
+    assert proc.hostname == "vm"
+
+
+def test_hash_without_ttl_uses_beat_for_age() -> None:
+    row = raw_row(load("7.3.10", "idle"))
+    beat = float(str(row.fields["beat"]))
+    proc = decode_process(RawProcess(row.identity, row.fields, pttl_ms=-1), redis_now=beat + 3600)
+    assert proc.beat_age_s == pytest.approx(3600)
+    assert proc.state is ProcessState.STALLED
+
+
+def test_embedded_flag() -> None:
+    row = raw_row(load("7.3.10", "idle"))
+    info = json.loads(str(row.fields["info"]))
+    info["embedded"] = True
+    proc = decode_process(RawProcess(row.identity, {**row.fields, "info": json.dumps(info)}, 60000), 0)
+    assert proc.state is ProcessState.EMBEDDED
+
+
+@pytest.mark.parametrize(
+    ("fields", "text", "interval"),
+    [
+        ({"rtt_us": "5"}, "6.2-7.0.1", 10.0),
+        ({"rss": "5"}, "6.1.3-6.1.x", 5.0),
+        ({}, "5.2-6.1.2", 5.0),
+    ],
+)
+def test_version_inference_without_version_field(
+    fields: dict[str, str | None], text: str, interval: float
+) -> None:
+    version = read_version({}, fields)
+    assert (version.text, version.inferred, version.beat_interval_s) == (text, True, interval)
+
+
+def test_fixture_files_present() -> None:
+    assert sorted(p.name for p in Path(FIXTURES).iterdir() if p.is_dir()) == [
+        f"sidekiq-{v}" for v in VERSIONS
+    ]
