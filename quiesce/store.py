@@ -53,7 +53,7 @@ class BeatWrite:
 
 
 def _ssl_cause(exc: BaseException) -> BaseException | None:
-    """The TLS failure behind a redis-py error, if any (a plain server never finishes a handshake)."""
+    """The TLS failure behind a redis-py error (a plain server never finishes a handshake)."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLError) or "handshake" in str(seen):
@@ -69,7 +69,10 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class SidekiqStore:
-    def __init__(self, target: RedisTarget, settings: Settings) -> None:
+    def __init__(
+        self, target: RedisTarget, settings: Settings, *, client: redis.Redis | None = None
+    ) -> None:
+        """``client`` replaces the connection built from the URL (unit tests pass fakeredis)."""
         self.target = target
         self.keys = k.Keys(settings.namespace)
         self.round_trips = 0
@@ -89,8 +92,11 @@ class SidekiqStore:
             options.update(ssl_ca_certs=tls.ca_cert, ssl_certfile=tls.cert, ssl_keyfile=tls.key)
             if tls.insecure:
                 options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
+        if client is not None:
+            self._client: redis.Redis = client
+            return
         try:
-            self._client: redis.Redis = redis.Redis.from_url(target.url, **options)
+            self._client = redis.Redis.from_url(target.url, **options)
         except (ValueError, TypeError) as exc:
             raise RedisRefused(f"cannot use this Redis URL: {exc}", url=target.label) from None
 
@@ -289,10 +295,11 @@ class SidekiqStore:
                 pipe.set(key, value, ex=ttl)
 
         results = [self._fatal(r) for r in self._pipeline(build)]
+        now = results.pop(0)  # TIME may be disabled: _time falls back, it is not an error
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
             raise self._translate(errors[0])
-        return int(self._time(results[0]) * 1000)
+        return int(self._time(now) * 1000)
 
     def save(self, records: Iterable[tuple[str, str, int]]) -> None:
         def build(pipe: Any) -> None:

@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -99,7 +100,7 @@ def dump_keys(client: redis.Redis, skip: Sequence[str] = ()) -> dict[str, object
         elif kind == "list":
             value = client.lrange(key, 0, -1)
         elif kind == "set":
-            value = sorted(client.smembers(key))  # type: ignore[arg-type]
+            value = sorted(client.smembers(key))
         elif kind == "zset":
             value = client.zrange(key, 0, -1, withscores=True)
         else:
@@ -108,7 +109,7 @@ def dump_keys(client: redis.Redis, skip: Sequence[str] = ()) -> dict[str, object
     return out
 
 
-def load_fixture_keys(client: redis.Redis, keys: dict[str, dict[str, object]]) -> None:
+def load_fixture_keys(client: redis.Redis, keys: dict[str, dict[str, Any]]) -> None:
     """Write a captured fixture's keys back into Redis, TTLs included."""
     import base64
 
@@ -117,15 +118,15 @@ def load_fixture_keys(client: redis.Redis, keys: dict[str, dict[str, object]]) -
         if isinstance(value, dict) and set(value) == {"base64"}:
             value = base64.b64decode(str(value["base64"]))
         if kind == "string":
-            client.set(key, value)  # type: ignore[arg-type]
+            client.set(key, value)
         elif kind == "hash":
-            client.hset(key, mapping=value)  # type: ignore[arg-type]
+            client.hset(key, mapping=value)
         elif kind == "list":
-            client.rpush(key, *value)  # type: ignore[misc]
+            client.rpush(key, *value)
         elif kind == "set":
-            client.sadd(key, *value)  # type: ignore[misc]
+            client.sadd(key, *value)
         elif kind == "zset":
-            client.zadd(key, {m: float(s) for m, s in value})  # type: ignore[misc, union-attr]
+            client.zadd(key, {m: float(s) for m, s in value})
         if isinstance(ttl, int) and ttl > 0:
             client.expire(key, ttl)
 

@@ -111,7 +111,9 @@ def test_release_label_from_env(
     assert code == 0 and json.loads(out)["release"] == "registry.fly.io/app:deployment-XYZ"
 
 
-def test_stalled_process_exit_3_and_best_effort_exit_0(redis_url: str, fleet: SimulatedFleet) -> None:
+def test_stalled_process_exit_3_and_best_effort_exit_0(
+    redis_url: str, fleet: SimulatedFleet
+) -> None:
     fleet.processes[0].stalled = True
     time.sleep(0.5)
     code, out, _ = run("--redis-url", redis_url, "quiet", "--timeout", "1.5")
@@ -214,7 +216,11 @@ def test_tls_against_a_plain_port_exit_5(redis_url: str) -> None:
 
 def test_acl_denied_command_exit_5(redis_url: str, raw: redis.Redis, fleet: SimulatedFleet) -> None:
     raw.acl_setuser(
-        "readonly", enabled=True, passwords=["+ropass"], keys=["*"], commands=["+@read", "+time", "+info"]
+        "readonly",
+        enabled=True,
+        passwords=["+ropass"],
+        keys=["*"],
+        commands=["+@read", "+time", "+info"],
     )
     url = redis_url.replace("redis://", "redis://readonly:ropass@")
     assert run("--redis-url", url, "status")[0] == 0  # reads are enough for status
@@ -253,3 +259,17 @@ def test_redis_stopped_mid_wait_exit_4_no_hang() -> None:
     assert code == 4
     assert_one_line_error(err, "cannot connect to Redis")
     assert time.monotonic() - started < 15
+
+
+def test_redis_without_time_command_still_works() -> None:
+    """Managed Redis services sometimes rename TIME: quiesce falls back to its own clock."""
+    with RedisServer("--rename-command", "TIME", '""') as server:
+        settings = build_settings(urls=[server.url], environ={})
+        with SimulatedFleet(
+            SidekiqStore(settings.redis[0], settings),
+            make_processes(2, seed=8),
+            beat_interval_s=0.3,
+        ):
+            code, out, err = run("--redis-url", server.url, "quiet", "--release", "t")
+            assert code == 0, out + err
+            assert "2 confirmed" in out

@@ -56,7 +56,11 @@ def test_plan_targets_live_running_and_stalled_processes() -> None:
     ("filters", "targets", "excluded"),
     [
         (Filters(hostnames=("m1",)), ["m1:1:aaaaaaaaaaaa", "m1:2:bbbbbbbbbbbb"], 5),
-        (Filters(hostnames=("m[16]",)), ["m1:1:aaaaaaaaaaaa", "m1:2:bbbbbbbbbbbb", "m6:1:999999999999"], 4),
+        (
+            Filters(hostnames=("m[16]",)),
+            ["m1:1:aaaaaaaaaaaa", "m1:2:bbbbbbbbbbbb", "m6:1:999999999999"],
+            4,
+        ),
         (Filters(tags=("app",)), ["m1:1:aaaaaaaaaaaa", "m1:2:bbbbbbbbbbbb"], 5),
         (Filters(labels=("worker",)), ["m1:1:aaaaaaaaaaaa"], 6),
         (Filters(queues=("mailers", "nope")), ["m1:2:bbbbbbbbbbbb"], 6),
@@ -103,7 +107,10 @@ def test_delivered_when_a_later_beat_popped_it() -> None:
 def test_until_quiet_needs_the_quiet_field() -> None:
     popped = row(signals_len=0, pttl_ms=59_000)
     assert assess(target(), popped, 106_000, Until.QUIET) is Verdict.WAITING
-    assert assess(target(), row(quiet="true", signals_len=0), 116_000, Until.QUIET) is Verdict.CONFIRMED
+    assert (
+        assess(target(), row(quiet="true", signals_len=0), 116_000, Until.QUIET)
+        is Verdict.CONFIRMED
+    )
 
 
 def test_vanished_when_it_leaves_the_set() -> None:
@@ -198,10 +205,19 @@ def test_masked_urls_never_show_the_password(url: str, masked: str) -> None:
 
 def test_settings_from_env_and_options() -> None:
     env = {"REDIS_URL": "redis://a:1/0, redis://b:2/0"}
-    assert [t.url for t in build_settings(urls=[], environ=env).redis] == ["redis://a:1/0", "redis://b:2/0"]
-    provided = {"REDIS_PROVIDER": "MY_REDIS", "MY_REDIS": "redis://c:3/0", "REDIS_URL": "redis://x/0"}
+    assert [t.url for t in build_settings(urls=[], environ=env).redis] == [
+        "redis://a:1/0",
+        "redis://b:2/0",
+    ]
+    provided = {
+        "REDIS_PROVIDER": "MY_REDIS",
+        "MY_REDIS": "redis://c:3/0",
+        "REDIS_URL": "redis://x/0",
+    }
     assert [t.url for t in build_settings(urls=[], environ=provided).redis] == ["redis://c:3/0"]
-    assert [t.url for t in build_settings(urls=["redis://d:4/1"], environ=env).redis] == ["redis://d:4/1"]
+    assert [t.url for t in build_settings(urls=["redis://d:4/1"], environ=env).redis] == [
+        "redis://d:4/1"
+    ]
     assert build_settings(urls=[], environ={}).redis[0].url == "redis://127.0.0.1:6379/0"
     assert build_settings(urls=["redis://a:1"], environ={}, namespace="myapp:").namespace == "myapp"
 

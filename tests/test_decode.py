@@ -26,7 +26,9 @@ SCENARIOS = (
 
 
 def load(version: str, scenario: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((FIXTURES / f"sidekiq-{version}" / f"{scenario}.json").read_text())
+    data: dict[str, Any] = json.loads(
+        (FIXTURES / f"sidekiq-{version}" / f"{scenario}.json").read_text()
+    )
     return data
 
 
@@ -126,13 +128,18 @@ def test_identity_split_from_the_right() -> None:
         ({"info": None}, "hash has no 'info' field"),
         ({"busy": "lots"}, "field 'busy' is not an integer"),
         ({"quiet": "maybe"}, "field 'quiet'"),
-        ({"info": '{"hostname":"vm","pid":1,"version":"9.0.0"}'}, "unsupported Sidekiq version 9.0.0"),
+        (
+            {"info": '{"hostname":"vm","pid":1,"version":"9.0.0"}'},
+            "unsupported Sidekiq version 9.0.0",
+        ),
         ({"info": '{"hostname":"vm","pid":1,"version":"4.2.10"}'}, "unsupported Sidekiq version"),
         ({"info": '{"hostname":"vm","pid":1,"version":"banana"}'}, "unparseable Sidekiq version"),
         ({"info": '{"hostname":"vm","pid":1,"labels":"x"}'}, "info.labels is not a list"),
     ],
 )
-def test_malformed_rows_are_unreadable_not_fatal(patch: dict[str, str | None], problem: str) -> None:
+def test_malformed_rows_are_unreadable_not_fatal(
+    patch: dict[str, str | None], problem: str
+) -> None:
     row = raw_row(load("7.3.10", "idle"))
     proc = decode_process(RawProcess(row.identity, {**row.fields, **patch}, row.pttl_ms), 0)
     assert proc.state is ProcessState.UNREADABLE
@@ -152,7 +159,9 @@ def test_embedded_flag() -> None:
     row = raw_row(load("7.3.10", "idle"))
     info = json.loads(str(row.fields["info"]))
     info["embedded"] = True
-    proc = decode_process(RawProcess(row.identity, {**row.fields, "info": json.dumps(info)}, 60000), 0)
+    proc = decode_process(
+        RawProcess(row.identity, {**row.fields, "info": json.dumps(info)}, 60000), 0
+    )
     assert proc.state is ProcessState.EMBEDDED
 
 

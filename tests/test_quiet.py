@@ -34,7 +34,10 @@ def start_fleet(redis_url: str) -> Iterator[FleetFactory]:
     fleets: list[SimulatedFleet] = []
 
     def start(
-        processes: list[SimulatedProcess], beat: float = 0.3, url: str = redis_url, namespace: str = ""
+        processes: list[SimulatedProcess],
+        beat: float = 0.3,
+        url: str = redis_url,
+        namespace: str = "",
     ) -> SimulatedFleet:
         fleet = SimulatedFleet(store_for(url, namespace), processes, beat_interval_s=beat, seed=1)
         fleets.append(fleet.start())
@@ -185,7 +188,9 @@ def test_filters_narrow_the_targets(start_fleet: FleetFactory, redis_url: str) -
     assert all(not p.quiet for p in web)
 
 
-def test_dry_run_writes_nothing(start_fleet: FleetFactory, redis_url: str, raw: redis.Redis) -> None:
+def test_dry_run_writes_nothing(
+    start_fleet: FleetFactory, redis_url: str, raw: redis.Redis
+) -> None:
     fleet = start_fleet(make_processes(5, seed=71))
     report = quiet_fleet([store_for(redis_url)], QuietOptions(dry_run=True, release="v9"))
     assert report.count(Outcome.PLANNED) == 5
@@ -200,7 +205,7 @@ def test_pushes_are_exactly_what_sidekiq_api_sends(redis_url: str, raw: redis.Re
     store = store_for(redis_url)
     store.members()  # connect first: only the pushes should show up below
     seen: list[str] = []
-    with raw.monitor() as monitor:
+    with raw.monitor() as monitor:  # type: ignore[no-untyped-call]
         store.push_signal(identities, "TSTP")
         while len(seen) < 9:
             seen.append(monitor.next_command()["command"])
@@ -217,15 +222,18 @@ def test_pushes_are_exactly_what_sidekiq_api_sends(redis_url: str, raw: redis.Re
     ]
 
 
-def test_deploy_record_and_mark(start_fleet: FleetFactory, redis_url: str, raw: redis.Redis) -> None:
+def test_deploy_record_and_mark(
+    start_fleet: FleetFactory, redis_url: str, raw: redis.Redis
+) -> None:
     procs = make_processes(2, seed=81)
     start_fleet(procs)
     report = quiet_fleet(
-        [store_for(redis_url)], QuietOptions(release="registry.fly.io/app:deployment-01J", strategy="bluegreen")
+        [store_for(redis_url)],
+        QuietOptions(release="registry.fly.io/app:deployment-01J", strategy="bluegreen"),
     )
-    marks = raw.keys("*-marks")
+    marks = [str(m) for m in raw.keys("*-marks")]
     assert len(marks) == 1
-    (stamp, label), = raw.hgetall(marks[0]).items()
+    ((stamp, label),) = ((str(k), str(v)) for k, v in raw.hgetall(marks[0]).items())
     assert label == "registry.fly.io/app:deployment-01J"
     assert stamp.endswith(":00Z") and stamp[:10].replace("-", "") == marks[0][:8]
     assert 89 * 86400 < raw.ttl(marks[0]) <= 90 * 86400
@@ -237,7 +245,9 @@ def test_deploy_record_and_mark(start_fleet: FleetFactory, redis_url: str, raw: 
     assert {f["identity"] for f in deploy["fleet"]} == {p.identity for p in procs}
     assert deploy["servers"][0]["connected_clients"] >= 1
     assert deploy["servers"][0]["maxclients"] == 10000
-    assert all(o["outcome"] == "confirmed" and o["confirmed_at"] for o in deploy["outcomes"].values())
+    assert all(
+        o["outcome"] == "confirmed" and o["confirmed_at"] for o in deploy["outcomes"].values()
+    )
     assert 13 * 86400 < raw.ttl("quiesce:deploy:latest") <= 14 * 86400
     # A second run in the same minute does not duplicate the mark (Sidekiq's NX lock).
     quiet_fleet([store_for(redis_url)], QuietOptions(release="registry.fly.io/app:deployment-01J"))
