@@ -18,8 +18,9 @@ count is exact while the RTT exceeds the time a client takes to write one pipeli
 For each fleet size N it registers N simulated processes directly on the server, then
 times through the proxy:
 
-* quiesce: ``SidekiqStore.snapshot(server_info=True)`` then ``push_signal(identities,
-  "TSTP")``, what ``quiesce quiet`` does before it waits; reported with the store's
+* quiesce: ``quiet_fleet(..., QuietOptions(wait=False, mark=False))``, i.e. ``quiesce quiet
+  --no-wait --no-mark``: snapshot, decode, plan, and one pipeline with every push plus the
+  deploy record; what ``quiesce quiet`` does before it waits; reported with the store's
   ``round_trips`` counter, the proxy's turns, and the same run without the proxy (the
   client-side CPU cost alone); quiesce runs 5 times per N, the median is shown.
 * per process: the shape of ``Sidekiq::ProcessSet.new.each(&:quiet!)`` when the cleanup
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import multiprocessing
 import os
 import platform
 import queue
@@ -58,7 +60,9 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from quiesce import keys as k  # noqa: E402
+from quiesce.plan import Outcome  # noqa: E402
 from quiesce.settings import build_settings  # noqa: E402
+from quiesce.signalling import QuietOptions, quiet_fleet  # noqa: E402
 from quiesce.simulator import make_processes  # noqa: E402
 from quiesce.store import BeatWrite, SidekiqStore  # noqa: E402
 
@@ -77,9 +81,11 @@ def start_private_redis() -> Any:
 class _Link:
     """One proxied connection: client -> (delayed) -> server, server -> client at once."""
 
-    def __init__(self, client: socket.socket, upstream: socket.socket, rtt_s: float) -> None:
+    def __init__(
+        self, client: socket.socket, upstream: socket.socket, rtt_s: float, turns: Any
+    ) -> None:
         self.client, self.upstream, self.rtt_s = client, upstream, rtt_s
-        self.turns = 0
+        self.turns = turns
         self._replied = True  # the first send is a turn
         self._lock = threading.Lock()
         self._pending: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
@@ -96,7 +102,8 @@ class _Link:
                 arrived = time.monotonic()
                 with self._lock:
                     if self._replied:
-                        self.turns += 1
+                        with self.turns.get_lock():
+                            self.turns.value += 1
                         self._replied = False
                 self._pending.put((arrived + self.rtt_s, data))
         except OSError:
@@ -142,45 +149,41 @@ def _shutdown(sock: socket.socket, how: int) -> None:
 
 
 class LatencyProxy:
-    """127.0.0.1:<free port> -> 127.0.0.1:``target_port``, adding ``rtt_s`` per round trip."""
+    """127.0.0.1:<free port> -> 127.0.0.1:``target_port``, adding ``rtt_s`` per round trip.
+
+    It runs in a child process, so its threads never compete with the measured client
+    for the interpreter lock (a real network costs the client nothing but the wait).
+    """
 
     def __init__(self, target_port: int, rtt_s: float) -> None:
         self.target_port, self.rtt_s = target_port, rtt_s
+        context = multiprocessing.get_context("fork")
+        self._turns: Any = context.Value("q", 0)
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
         self.port = int(self._listener.getsockname()[1])
-        self._links: list[_Link] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name="latency-proxy", daemon=True)
-        self._thread.start()
+        self._process = context.Process(target=self._accept, name="latency-proxy", daemon=True)
+        self._process.start()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def turns(self) -> int:
-        return sum(link.turns for link in list(self._links))
+        return int(self._turns.value)
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+    def _accept(self) -> None:  # in the child process, until stop() terminates it
+        links: list[_Link] = []
+        while True:
+            client, _ = self._listener.accept()
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             for sock in (client, upstream):
-                sock.settimeout(None)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._links.append(_Link(client, upstream, self.rtt_s))
+            links.append(_Link(client, upstream, self.rtt_s, self._turns))
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
+        self._process.terminate()
+        self._process.join(timeout=2)
         self._listener.close()
-        for link in self._links:
-            link.close()
 
 
 # -- the two contenders ------------------------------------------------------------
@@ -193,8 +196,8 @@ def run_quiesce(url: str) -> int:
     """What ``quiesce quiet`` does before waiting; returns the store's round-trip count."""
     store = open_store(url)
     try:
-        snapshot = store.snapshot(server_info=True)
-        store.push_signal([row.identity for row in snapshot.rows], "TSTP")
+        report = quiet_fleet([store], QuietOptions(wait=False, mark=False))
+        assert report.count(Outcome.SIGNALLED) == len(report.entries)
         return store.round_trips
     finally:
         store.close()

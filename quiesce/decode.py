@@ -8,6 +8,7 @@ so the rest of the fleet is unaffected.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -28,8 +29,8 @@ class RawProcess:
 
     identity: str
     fields: Mapping[str, str | None]
-    pttl_ms: int
-    """``PTTL <identity>``: -2 when the hash is gone, -1 when it has no TTL."""
+    pttl_ms: int | None
+    """``PTTL <identity>``: -2 when the hash is gone, -1 when it has no TTL, None: not read."""
     signals: Sequence[str] = ()
     """``LRANGE <identity>-signals 0 -1``: newest first, as LPUSH stores them."""
     redis: str = ""
@@ -80,18 +81,27 @@ def read_version(info: Mapping[str, Any], fields: Mapping[str, str | None]) -> S
     """``info.version`` (7.0.2+), else inferred from which fields the process writes."""
     raw = info.get("version")
     if raw is not None:
-        numbers = parse_version(str(raw))
-        if numbers is None:
-            raise _Unreadable(f"unparseable Sidekiq version {raw!r}")
-        if not OLDEST_SUPPORTED <= numbers[:2] < FIRST_UNSUPPORTED:
-            raise _Unreadable(f"unsupported Sidekiq version {raw} (quiesce knows 5.2 to 8.x)")
-        return SidekiqVersion(str(raw), inferred=False, beat_interval_s=beat_interval_for(numbers))
+        version = _known_version(str(raw))
+        if isinstance(version, str):
+            raise _Unreadable(version)
+        return version
     # 7.0.0/7.0.1 write no version and look like 6.5 but beat every 10 s: stay conservative.
     if fields.get("rtt_us") is not None:
         return SidekiqVersion("6.2-7.0.1", inferred=True, beat_interval_s=10.0)
     if fields.get("rss") is not None:
         return SidekiqVersion("6.1.3-6.1.x", inferred=True, beat_interval_s=5.0)
     return SidekiqVersion("5.2-6.1.2", inferred=True, beat_interval_s=5.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _known_version(text: str) -> SidekiqVersion | str:
+    """A fleet runs a handful of versions: parse each once. A ``str`` result is the problem."""
+    numbers = parse_version(text)
+    if numbers is None:
+        return f"unparseable Sidekiq version {text!r}"
+    if not OLDEST_SUPPORTED <= numbers[:2] < FIRST_UNSUPPORTED:
+        return f"unsupported Sidekiq version {text} (quiesce knows 5.2 to 8.x)"
+    return SidekiqVersion(text, inferred=False, beat_interval_s=beat_interval_for(numbers))
 
 
 def _int_field(fields: Mapping[str, str | None], name: str) -> int | None:
@@ -149,9 +159,9 @@ def _decode_info(raw_info: str | None) -> dict[str, Any]:
     return info
 
 
-def beat_age(pttl_ms: int, beat: float | None, redis_now: float) -> float | None:
+def beat_age(pttl_ms: int | None, beat: float | None, redis_now: float) -> float | None:
     """Seconds since the last beat, on the Redis clock where possible (TTL counts down from 60)."""
-    if pttl_ms >= 0:
+    if pttl_ms is not None and pttl_ms >= 0:
         return max(0.0, HEARTBEAT_TTL_S - pttl_ms / 1000.0)
     if beat is not None:
         # A hash without TTL (restored dump, manual write) never expires: fall back to `beat`.
@@ -161,28 +171,30 @@ def beat_age(pttl_ms: int, beat: float | None, redis_now: float) -> float | None
 
 def decode_process(raw: RawProcess, redis_now: float) -> ProcessRecord:
     hostname, pid = split_identity(raw.identity)
-    pending = tuple(reversed(raw.signals))
     alive = raw.pttl_ms != -2 and any(v is not None for v in raw.fields.values())
-    base = ProcessRecord(
+    problem = raw.error
+    if alive and problem is None:
+        try:
+            return _decode_alive(raw, redis_now)
+        except _Unreadable as exc:
+            problem = str(exc)
+    beat = _safe_float(raw.fields.get("beat"))
+    return ProcessRecord(
         identity=raw.identity,
         hostname=hostname,
         pid=pid,
-        alive=alive,
+        alive=alive or raw.error is not None,
         redis=raw.redis,
-        pending_signals=pending,
-        ttl_ms=raw.pttl_ms if raw.pttl_ms >= 0 else None,
+        beat=beat,
+        beat_age_s=beat_age(raw.pttl_ms, beat, redis_now) if alive else None,
+        ttl_ms=_ttl(raw.pttl_ms),
+        pending_signals=tuple(reversed(raw.signals)),
+        problem=problem,
     )
-    if raw.error is not None:
-        return dataclasses.replace(base, alive=True, problem=raw.error)
-    if not alive:
-        return base
-    try:
-        return _decode_alive(raw, base, redis_now)
-    except _Unreadable as exc:
-        beat = _safe_float(raw.fields.get("beat"))
-        return dataclasses.replace(
-            base, problem=str(exc), beat=beat, beat_age_s=beat_age(raw.pttl_ms, beat, redis_now)
-        )
+
+
+def _ttl(pttl_ms: int | None) -> int | None:
+    return pttl_ms if pttl_ms is not None and pttl_ms >= 0 else None
 
 
 def _safe_float(value: str | None) -> float | None:
@@ -192,11 +204,12 @@ def _safe_float(value: str | None) -> float | None:
         return None
 
 
-def _decode_alive(raw: RawProcess, base: ProcessRecord, redis_now: float) -> ProcessRecord:
+def _decode_alive(raw: RawProcess, redis_now: float) -> ProcessRecord:
     fields = raw.fields
     info = _decode_info(fields.get("info"))
-    hostname = info.get("hostname", base.hostname)
-    pid = info.get("pid", base.pid)
+    hostname, pid = split_identity(raw.identity)
+    hostname = info.get("hostname", hostname)
+    pid = info.get("pid", pid)
     if not isinstance(hostname, str) or not (pid is None or isinstance(pid, int)):
         raise _Unreadable("info.hostname or info.pid has the wrong type")
     started_at = info.get("started_at")
@@ -207,10 +220,14 @@ def _decode_alive(raw: RawProcess, base: ProcessRecord, redis_now: float) -> Pro
     quiet = fields.get("quiet")
     if quiet not in (None, "true", "false"):
         raise _Unreadable(f"field 'quiet' is {quiet!r}, expected 'true' or 'false'")
-    return dataclasses.replace(
-        base,
+    return ProcessRecord(
+        identity=raw.identity,
         hostname=hostname,
         pid=pid,
+        alive=True,
+        redis=raw.redis,
+        ttl_ms=_ttl(raw.pttl_ms),
+        pending_signals=tuple(reversed(raw.signals)),
         tag=str(info.get("tag") or ""),
         labels=_str_list(info, "labels"),
         queues=_str_list(info, "queues"),

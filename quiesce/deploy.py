@@ -77,7 +77,9 @@ class DeployRecord:
         )
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), sort_keys=True)
+        # Shallow on purpose: the fields already hold plain JSON values (asdict deep-copies).
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
     @staticmethod
     def parse(text: str | None) -> Mapping[str, Any] | None:

@@ -40,7 +40,7 @@ class FleetStore(Protocol):
     def label(self) -> str: ...
 
     def snapshot(
-        self, *, server_info: bool = False, latest_deploy: bool = False
+        self, *, server_info: bool = False, latest_deploy: bool = False, detail: bool = True
     ) -> RawSnapshot: ...
 
     def poll(self, identities: Sequence[str]) -> tuple[int, list[PollRow]]: ...
@@ -111,11 +111,17 @@ class QuietReport:
 
 
 def take_snapshot(
-    stores: Sequence[FleetStore], *, server_info: bool = False, latest_deploy: bool = False
+    stores: Sequence[FleetStore],
+    *,
+    server_info: bool = False,
+    latest_deploy: bool = False,
+    detail: bool = True,
 ) -> FleetSnapshot:
     return FleetSnapshot.merge(
         [
-            decode_snapshot(s.snapshot(server_info=server_info, latest_deploy=latest_deploy))
+            decode_snapshot(
+                s.snapshot(server_info=server_info, latest_deploy=latest_deploy, detail=detail)
+            )
             for s in stores
         ]
     )
@@ -219,7 +225,7 @@ def quiet_fleet(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> QuietReport:
     run = _Run(stores, options, clock, sleep, on_progress)
-    fleet = take_snapshot(stores, server_info=not options.dry_run)
+    fleet = take_snapshot(stores, server_info=not options.dry_run, detail=False)
     plan = plan_quiet(fleet, options.filters)
     skipped = tuple(Entry(p, o) for p, o in plan.skipped)
 
@@ -252,12 +258,16 @@ def quiet_fleet(
         quiesce_version=__version__,
     )
     record.outcomes = {p.identity: {"outcome": o.value} for p, o in plan.skipped}
+    first = Outcome.PENDING if options.wait else Outcome.SIGNALLED
     for p in plan.targets:
-        record.outcomes[p.identity] = {"outcome": Outcome.PENDING.value}
+        record.outcomes[p.identity] = {"outcome": first.value}
     run.push(plan.targets, record)
     marks = _mark(stores, options, fleet.taken_at)
-    if options.wait:
-        run.wait()
+    if not options.wait:  # the record written with the pushes is already final
+        return report(
+            tuple(_entry(t, waited=False) for t in run.all_targets()), record.deploy_id, marks
+        )
+    run.wait()
     entries = tuple(_entry(t, options.wait) for t in run.all_targets())
     for target, entry in zip(run.all_targets(), entries, strict=True):
         confirmed_at = target.confirmed_at_ms / 1000.0 if target.confirmed_at_ms else None
