@@ -29,12 +29,16 @@ if TYPE_CHECKING:
     from quiesce.signalling import Progress
     from quiesce.store import SidekiqStore
 
-EXIT_CODES_HELP = """Exit status: 0 success (every target confirmed or gone);
-2 usage or configuration error;
-3 processes left unconfirmed at the deadline (quiet), or not in the --expect state (status);
-4 Redis unreachable (refused, timed out, unknown host);
-5 Redis refused us (wrong password, TLS mismatch, ACL denies a command);
-6 Redis holds data that is not Sidekiq's shape; 1 internal error."""
+EXIT_CODES_HELP = """\b
+Exit status:
+  0  success: every target confirmed quiet or gone
+  2  usage or configuration error
+  3  processes left unconfirmed at the deadline (quiet), or not in the
+     --expect state (status)
+  4  Redis unreachable: refused, timed out, unknown host, went away
+  5  Redis refused us: wrong password, TLS mismatch, ACL denies a command
+  6  Redis holds data that is not Sidekiq's shape
+  1  internal error (a bug: please report it)"""
 
 app = typer.Typer(
     help=(
@@ -110,6 +114,7 @@ def main_options(
         typer.Option(
             "--redis-url",
             "-r",
+            metavar="URL",
             help="Sidekiq's Redis (redis://, rediss://, unix://). Repeat it, or separate URLs "
             "with commas, when Sidekiq is sharded over several servers. Default: $REDIS_URL "
             "(or the variable $REDIS_PROVIDER names), else redis://127.0.0.1:6379/0.",
@@ -135,6 +140,7 @@ def main_options(
     tls_insecure: Annotated[
         bool,
         typer.Option(
+            "--tls-insecure",
             envvar="REDIS_TLS_INSECURE",
             help="Do not verify the server certificate (self-signed managed Redis).",
         ),
@@ -218,9 +224,14 @@ def quiet(
     wait: Annotated[
         bool, typer.Option(help="Wait for confirmation (--no-wait: push only).")
     ] = True,
-    dry_run: Annotated[bool, typer.Option(help="Print the plan; write nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; write nothing.")
+    ] = False,
     best_effort: Annotated[
-        bool, typer.Option(help="Report as usual but always exit 0 (never block a deploy).")
+        bool,
+        typer.Option(
+            "--best-effort", help="Report as usual but always exit 0 (never block a deploy)."
+        ),
     ] = False,
     release: Annotated[
         str | None,
@@ -241,14 +252,22 @@ def quiet(
         bool, typer.Option(help="Write Sidekiq's deploy mark (shown in its Web UI metrics).")
     ] = True,
     hostname: Annotated[
-        list[str] | None, typer.Option(help="Only hostnames (Fly Machine ids) matching this glob.")
+        list[str] | None,
+        typer.Option(metavar="GLOB", help="Only hostnames (Fly Machine ids) matching this glob."),
     ] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="Only processes with this tag.")] = None,
-    label: Annotated[list[str] | None, typer.Option(help="Only processes with this label.")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(metavar="TAG", help="Only processes with this tag.")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(metavar="LABEL", help="Only processes with this label.")
+    ] = None,
     queue: Annotated[
-        list[str] | None, typer.Option(help="Only processes that listen on this queue.")
+        list[str] | None,
+        typer.Option(metavar="QUEUE", help="Only processes that listen on this queue."),
     ] = None,
-    identity: Annotated[list[str] | None, typer.Option(help="Only this process identity.")] = None,
+    identity: Annotated[
+        list[str] | None, typer.Option(metavar="IDENTITY", help="Only this process identity.")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     show_all: Annotated[
         bool, typer.Option("--all", help="List every process, not only problems.")
@@ -376,7 +395,7 @@ def simulate(
         float, typer.Option(help="Stop after this many seconds (0: Ctrl-C).")
     ] = 0.0,
     force: Annotated[
-        bool, typer.Option(help="Run even if real Sidekiq processes share this Redis.")
+        bool, typer.Option("--force", help="Run even if real Sidekiq processes share this Redis.")
     ] = False,
 ) -> None:
     """Run a simulated Sidekiq fleet that heartbeats like the real one (for demos and tests).
