@@ -50,7 +50,7 @@ def fleet(redis_url: str) -> Iterator[SimulatedFleet]:
 def test_help_explains_commands_and_exit_codes() -> None:
     code, out, _ = run("--help")
     assert code == 0
-    for word in ("quiet", "status", "simulate", "Exit status", "4 Redis unreachable", "REDIS_URL"):
+    for word in ("quiet", "status", "simulate", "Exit status", "4  Redis unreachable", "REDIS_URL"):
         assert word in out
     code, out, _ = run("quiet", "--help")
     assert code == 0 and "--until" in out and "--best-effort" in out and "--dry-run" in out
