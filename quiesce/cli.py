@@ -58,7 +58,23 @@ log = logging.getLogger("quiesce")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AppContext:
-    settings: Settings
+    """Global options, turned into ``Settings`` inside each command's error guard (so
+    ``quiet --best-effort`` covers a bad URL too)."""
+
+    urls: tuple[str, ...]
+    namespace: str
+    tls: Tls
+    connect_timeout_s: float
+    read_timeout_s: float
+
+    def settings(self) -> Settings:
+        return build_settings(
+            urls=self.urls,
+            namespace=self.namespace,
+            tls=self.tls,
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+        )
 
 
 def _fail(exc: BaseException, *, best_effort: bool = False) -> NoReturn:
@@ -89,9 +105,11 @@ def _guard(*, best_effort: bool = False) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _stores(settings: Settings) -> Iterator[list[SidekiqStore]]:
+def _stores(settings: Settings, *, first_only: bool = False) -> Iterator[list[SidekiqStore]]:
     from quiesce.store import open_stores
 
+    if first_only:
+        settings = dataclasses.replace(settings, redis=settings.redis[:1])
     stores = open_stores(settings)
     try:
         yield stores
@@ -161,21 +179,19 @@ def main_options(
         format="quiesce: %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    with _guard():
-        settings = build_settings(
-            urls=redis_url or [],
-            namespace=namespace,
-            tls=Tls(tls_ca_cert, tls_cert, tls_key, tls_insecure),
-            connect_timeout_s=connect_timeout,
-            read_timeout_s=read_timeout,
-        )
-    ctx.obj = AppContext(settings)
+    ctx.obj = AppContext(
+        urls=tuple(redis_url or ()),
+        namespace=namespace,
+        tls=Tls(tls_ca_cert, tls_cert, tls_key, tls_insecure),
+        connect_timeout_s=connect_timeout,
+        read_timeout_s=read_timeout,
+    )
 
 
 def _settings(ctx: typer.Context) -> Settings:
     obj = ctx.obj
     assert isinstance(obj, AppContext)
-    return obj.settings
+    return obj.settings()
 
 
 def _release_label(explicit: str | None) -> str | None:
@@ -285,7 +301,6 @@ def quiet(
     from quiesce.render import report_json, report_text
     from quiesce.signalling import QuietOptions, quiet_fleet
 
-    settings = _settings(ctx)
     options = QuietOptions(
         filters=Filters(
             hostnames=tuple(hostname or ()),
@@ -302,14 +317,15 @@ def quiet(
         strategy=strategy,
         mark=mark,
     )
-    if timeout < 0:
-        _fail(ConfigError("--timeout must be zero or more"))
     progress = _ProgressLine()
-    with _guard(best_effort=best_effort), _stores(settings) as stores:
-        try:
-            report = quiet_fleet(stores, options, on_progress=None if json_output else progress)
-        finally:
-            progress.close()
+    with _guard(best_effort=best_effort):
+        if timeout < 0:
+            raise ConfigError("--timeout must be zero or more")
+        with _stores(_settings(ctx)) as stores:
+            try:
+                report = quiet_fleet(stores, options, on_progress=None if json_output else progress)
+            finally:
+                progress.close()
     if json_output:
         typer.echo(json.dumps(report_json(report, best_effort), indent=2))
     else:
@@ -345,8 +361,7 @@ def status(
 
     if expect not in (None, ProcessState.RUNNING, ProcessState.QUIET):
         _fail(ConfigError("--expect takes 'running' or 'quiet'"))
-    settings = _settings(ctx)
-    with _guard(), _stores(settings) as stores:
+    with _guard(), _stores(_settings(ctx)) as stores:
         while True:
             snapshot = take_snapshot(stores, server_info=True, latest_deploy=True)
             if json_output:
@@ -406,8 +421,7 @@ def simulate(
     from quiesce.signalling import take_snapshot
     from quiesce.simulator import SimulatedFleet, make_processes
 
-    settings = _settings(ctx)
-    with _guard(), _stores(dataclasses.replace(settings, redis=settings.redis[:1])) as stores:
+    with _guard(), _stores(_settings(ctx), first_only=True) as stores:
         store = stores[0]
         others = [
             p

@@ -11,8 +11,8 @@ import dataclasses
 import functools
 import json
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from quiesce.deploy import DeployRecord
 from quiesce.fleet import FleetSnapshot, ProcessRecord, ServerInfo, SidekiqVersion, split_identity
@@ -20,6 +20,7 @@ from quiesce.keys import HEARTBEAT_TTL_S
 
 OLDEST_SUPPORTED = (5, 2)
 FIRST_UNSUPPORTED = (9, 0)
+N = TypeVar("N", int, float)
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -104,24 +105,15 @@ def _known_version(text: str) -> SidekiqVersion | str:
     return SidekiqVersion(text, inferred=False, beat_interval_s=beat_interval_for(numbers))
 
 
-def _int_field(fields: Mapping[str, str | None], name: str) -> int | None:
+def _field(fields: Mapping[str, str | None], name: str, kind: Callable[[str], N]) -> N | None:
     value = fields.get(name)
     if value is None or value == "":
         return None
     try:
-        return int(value)
+        return kind(value)
     except ValueError:
-        raise _Unreadable(f"field {name!r} is not an integer: {value[:40]!r}") from None
-
-
-def _float_field(fields: Mapping[str, str | None], name: str) -> float | None:
-    value = fields.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise _Unreadable(f"field {name!r} is not a number: {value[:40]!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise _Unreadable(f"field {name!r} is not {what}: {value[:40]!r}") from None
 
 
 def _str_list(info: Mapping[str, Any], key: str) -> tuple[str, ...]:
@@ -133,7 +125,7 @@ def _str_list(info: Mapping[str, Any], key: str) -> tuple[str, ...]:
 
 def _concurrency(info: Mapping[str, Any], fields: Mapping[str, str | None]) -> int | None:
     # 8.1.2 moved it from info into the hash; the hash field wins when present.
-    from_hash = _int_field(fields, "concurrency")
+    from_hash = _field(fields, "concurrency", int)
     if from_hash is not None:
         return from_hash
     value = info.get("concurrency")
@@ -216,7 +208,7 @@ def _decode_alive(raw: RawProcess, redis_now: float) -> ProcessRecord:
     if started_at is not None and not isinstance(started_at, int | float):
         raise _Unreadable("info.started_at is not a number")
     capsules = info.get("capsules")
-    beat = _float_field(fields, "beat")
+    beat = _field(fields, "beat", float)
     quiet = fields.get("quiet")
     if quiet not in (None, "true", "false"):
         raise _Unreadable(f"field 'quiet' is {quiet!r}, expected 'true' or 'false'")
@@ -235,11 +227,11 @@ def _decode_alive(raw: RawProcess, redis_now: float) -> ProcessRecord:
         version=read_version(info, fields),
         embedded=info.get("embedded") is True,
         concurrency=_concurrency(info, fields),
-        busy=_int_field(fields, "busy"),
+        busy=_field(fields, "busy", int),
         beat=beat,
         beat_age_s=beat_age(raw.pttl_ms, beat, redis_now),
         quiet=quiet == "true",
-        rss_kib=_int_field(fields, "rss"),
-        rtt_us=_int_field(fields, "rtt_us"),
+        rss_kib=_field(fields, "rss", int),
+        rtt_us=_field(fields, "rtt_us", int),
         started_at=float(started_at) if started_at is not None else None,
     )

@@ -273,3 +273,18 @@ def test_redis_without_time_command_still_works() -> None:
             code, out, err = run("--redis-url", server.url, "quiet", "--release", "t")
             assert code == 0, out + err
             assert "2 confirmed" in out
+
+
+def test_best_effort_covers_configuration_errors_too() -> None:
+    code, _, err = run("--redis-url", "http://nope", "quiet", "--best-effort")
+    assert code == 0
+    assert "scheme must be" in err and "--best-effort: exiting 0 anyway" in err
+    code, _, err = run("--redis-url", "redis://127.0.0.1:1/0", "quiet", "--best-effort")
+    assert code == 0 and "connection refused" in err
+
+
+@pytest.mark.parametrize("command", [["status"], ["simulate", "--duration", "1"]])
+def test_every_command_reports_config_errors_in_one_line(command: list[str]) -> None:
+    code, _, err = run("--redis-url", "redis://host/notadb", *command)
+    assert code == 2
+    assert_one_line_error(err, "database must be a number")
