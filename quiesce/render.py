@@ -226,7 +226,10 @@ def report_text(report: QuietReport, *, show_all: bool = False, best_effort: boo
     targets = [e for e in report.entries if e.outcome not in _SKIPS]
     machines = len({e.process.machine for e in targets})
     lines = []
-    if o.dry_run:
+    if not report.snapshot.processes:
+        servers = ", ".join(s.redis for s in report.snapshot.servers)
+        lines.append(f"no Sidekiq processes registered in {servers}: nothing to quiet")
+    elif o.dry_run:
         lines.append(
             f"dry run: would signal TSTP to {len(targets)} processes on {machines} machines"
         )

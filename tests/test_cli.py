@@ -140,6 +140,8 @@ def test_empty_redis_is_an_empty_fleet(redis_url: str) -> None:
     assert code == 0 and "no Sidekiq processes registered" in out
     code, out, _ = run("--redis-url", redis_url, "quiet", "--json")
     assert code == 0 and json.loads(out)["processes"] == []
+    code, out, _ = run("--redis-url", redis_url, "quiet")
+    assert code == 0 and "no Sidekiq processes registered" in out
 
 
 @pytest.mark.parametrize("version", ["6.4.1", "7.3.10", "8.1.7"])
