@@ -63,6 +63,7 @@ class Target:
     confirmed_at_ms: int | None = None
     last_beat_ms: int | None = None
     """Redis-clock time of the newest beat seen, when the hash has a TTL."""
+    last_row: PollRow | None = None
     beat_seen: float | None = None
     """The ``beat`` field at the last push, to notice beats of hashes with no TTL."""
 
@@ -88,6 +89,7 @@ class Target:
 
 
 def assess(target: Target, row: PollRow, now_ms: int, until: Until) -> Verdict:
+    target.last_row = row
     if not row.in_set:
         return Verdict.VANISHED
     hash_alive = row.pttl_ms != -2
@@ -121,11 +123,11 @@ def repushed(target: Target, pushed_at_ms: int, row: PollRow) -> None:
     target.beat_seen = _number(row.beat)
 
 
-def finalize(target: Target, last_row: PollRow | None) -> None:
+def finalize(target: Target) -> None:
     """At the deadline: a target still pending is stalled (no beat since the push) or not."""
     if target.done:
         return
-    beat_after = last_row is not None and target.beat_since_push(last_row)
+    beat_after = target.last_row is not None and target.beat_since_push(target.last_row)
     target.outcome = Outcome.NOT_CONFIRMED if beat_after else Outcome.STALLED
 
 

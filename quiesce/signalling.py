@@ -145,7 +145,6 @@ class _Run:
         self.on_progress = on_progress
         self.started = clock()
         self.targets: dict[str, list[Target]] = {s.label: [] for s in stores}
-        self.last_rows: dict[int, PollRow] = {}
 
     def push(self, planned: Sequence[ProcessRecord], record: DeployRecord) -> None:
         """One pipeline per server: every push, plus the deploy record (outcomes pending)."""
@@ -172,7 +171,7 @@ class _Run:
                 self._poll(store)
             self._report_progress(deadline)
         for target in self.all_targets():
-            finalize(target, self.last_rows.get(id(target)))
+            finalize(target)
 
     def _poll(self, store: FleetStore) -> None:
         pending = [t for t in self.targets[store.label] if not t.done]
@@ -181,7 +180,6 @@ class _Run:
         now_ms, rows = store.poll([t.identity for t in pending])
         again: list[tuple[Target, PollRow]] = []
         for target, row in zip(pending, rows, strict=True):
-            self.last_rows[id(target)] = row
             verdict = assess(target, row, now_ms, self.options.until)
             if verdict is Verdict.REPUSH:
                 again.append((target, row))

@@ -123,7 +123,7 @@ def test_expired_hash_still_in_the_set_is_waited_for() -> None:
     assert assess(target(), gone, 150_000, Until.DELIVERED) is Verdict.WAITING
     t = target()
     assess(t, gone, 150_000, Until.DELIVERED)
-    finalize(t, gone)
+    finalize(t)
     assert t.outcome is Outcome.STALLED
 
 
@@ -155,11 +155,12 @@ def test_hash_without_ttl_counts_beats_by_value() -> None:
 
 def test_finalize_tells_stalled_from_not_confirmed() -> None:
     stalled = target()
-    finalize(stalled, row(pttl_ms=30_000))
+    assess(stalled, row(pttl_ms=20_000), 130_000, Until.DELIVERED)
+    finalize(stalled)
     assert stalled.outcome is Outcome.STALLED
     beating = target()
     assess(beating, row(pttl_ms=59_000, signals_len=1), 130_000, Until.DELIVERED)
-    finalize(beating, row(pttl_ms=59_000))
+    finalize(beating)
     assert beating.outcome is Outcome.NOT_CONFIRMED
 
 
