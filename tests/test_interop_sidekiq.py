@@ -345,3 +345,33 @@ def test_quiesce_quiets_a_real_sidekiq(
     assert _text(raw.get(f"deploylock-{RELEASE}")) == stamp
     lock_ttl = raw.ttl(f"deploylock-{RELEASE}")
     assert isinstance(lock_ttl, int) and 0 < lock_ttl <= 60, lock_ttl
+
+
+def test_default_until_delivered_on_a_real_sidekiq(
+    start_sidekiq: Callable[[], Sidekiq], raw: redis.Redis, redis_url: str
+) -> None:
+    """The release command's default: confirmed when a beat after the push popped TSTP."""
+    sidekiq = start_sidekiq()
+    identity = _wait_for(
+        "Sidekiq to register in 'processes'",
+        lambda: _registered(raw, sidekiq.proc.pid) if sidekiq.proc.poll() is None else "exited",
+        BOOT_TIMEOUT_S,
+        sidekiq.log,
+    )
+    assert identity != "exited", sidekiq.tail()
+
+    before = _redis_time(raw)
+    result = _quiesce(redis_url, "quiet", "--json", "--no-mark")
+    after = _redis_time(raw)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{sidekiq.tail()}"
+    (entry,) = json.loads(result.stdout)["processes"]
+    assert (entry["identity"], entry["outcome"]) == (identity, "confirmed")
+    assert after - before < BEAT_S + 2, f"delivery took {after - before:.1f}s"  # one beat
+    assert "Received TSTP, no longer accepting new work" in sidekiq.log_text(), sidekiq.tail()
+    assert raw.llen(f"{identity}-signals") == 0
+
+    # The process reports quiet on its next beat: `status --expect quiet` turns to exit 0.
+    def quiet_now() -> bool | None:
+        return True if _quiesce(redis_url, "status", "--expect", "quiet").returncode == 0 else None
+
+    _wait_for("status --expect quiet to pass", quiet_now, BEAT_S + 2, sidekiq.log)
