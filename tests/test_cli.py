@@ -290,3 +290,43 @@ def test_every_command_reports_config_errors_in_one_line(command: list[str]) -> 
     code, _, err = run("--redis-url", "redis://host/notadb", *command)
     assert code == 2
     assert_one_line_error(err, "database must be a number")
+
+
+def test_unix_socket_url(tmp_path: object) -> None:
+    import pathlib
+
+    sock = pathlib.Path(str(tmp_path)) / "redis.sock"
+    with RedisServer("--unixsocket", str(sock)) as server:
+        server.client().sadd("processes", "ghost:1:0123456789ab")
+        code, out, err = run("--redis-url", f"unix://{sock}?db=0", "status", "--json")
+        assert code == 0, err
+        assert json.loads(out)["summary"]["dead"] == 1
+
+
+def test_status_watch_refreshes_until_interrupted(redis_url: str, fleet: SimulatedFleet) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "quiesce",
+            "--redis-url",
+            redis_url,
+            "status",
+            "--watch",
+            "--interval",
+            "0.3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, err
+    assert out.count("6 processes on 3 machines") >= 2
+    assert err.strip() == "quiesce: interrupted"
