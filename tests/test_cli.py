@@ -330,3 +330,21 @@ def test_status_watch_refreshes_until_interrupted(redis_url: str, fleet: Simulat
     assert proc.returncode == 130, err
     assert out.count("6 processes on 3 machines") >= 2
     assert err.strip() == "quiesce: interrupted"
+
+
+def test_verbose_logs_never_show_the_password(locked_server: RedisServer) -> None:
+    import subprocess
+    import sys
+
+    url = f"redis://:wrong-{PASSWORD}@127.0.0.1:{locked_server.port}/0"
+    done = subprocess.run(
+        [sys.executable, "-m", "quiesce", "-v", "--redis-url", url, "quiet"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 5
+    assert "Traceback" in done.stderr  # -v logs the traceback ...
+    assert PASSWORD not in done.stdout + done.stderr  # ... but never the secret
+    assert done.stderr.strip().splitlines()[-1].startswith("quiesce: error: Redis refused")
