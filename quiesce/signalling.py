@@ -9,6 +9,7 @@ sleep are injected so the loop can be tested without waiting.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,8 @@ from quiesce.deploy import DeployRecord, mark_stamp, new_deploy_id
 from quiesce.errors import ExitCode
 from quiesce.fleet import FleetSnapshot, ProcessRecord
 from quiesce.plan import FAILED_OUTCOMES, Filters, Outcome, plan_quiet
+
+log = logging.getLogger(__name__)
 
 QUIET_SIGNAL = "TSTP"
 """Sidekiq's quiet signal from 5.0 on (USR1 before; USR1 kills 6.x+ processes outright)."""
@@ -156,6 +159,7 @@ class _Run:
             self.targets[store.label] = [
                 Target(p, pushed_at_ms=pushed_at, beat_seen=p.beat) for p in mine
             ]
+            log.info("pushed %s to %d processes on %s", QUIET_SIGNAL, len(mine), store.label)
 
     def all_targets(self) -> list[Target]:
         return [t for ts in self.targets.values() for t in ts]
@@ -171,7 +175,9 @@ class _Run:
                 self._poll(store)
             self._report_progress(deadline)
         for target in self.all_targets():
-            finalize(target)
+            if not target.done:
+                finalize(target)
+                log.info("%s: %s at the deadline", target.identity, target.outcome.value)
 
     def _poll(self, store: FleetStore) -> None:
         pending = [t for t in self.targets[store.label] if not t.done]
@@ -182,9 +188,12 @@ class _Run:
         for target, row in zip(pending, rows, strict=True):
             verdict = assess(target, row, now_ms, self.options.until)
             if verdict is Verdict.REPUSH:
+                log.info("%s: signal expired unconsumed, pushing again", target.identity)
                 again.append((target, row))
             else:
                 apply(target, verdict, now_ms)
+                if target.done:
+                    log.info("%s: %s", target.identity, target.outcome.value)
         if again:
             pushed_at = store.push_signal([t.identity for t, _ in again], QUIET_SIGNAL)
             for target, row in again:

@@ -274,6 +274,7 @@ class SidekiqStore:
         # Some managed Redis services rename or disable TIME: fall back to our clock.
         if isinstance(result, tuple | list) and len(result) == 2:
             return int(result[0]) + int(result[1]) / 1e6
+        log.debug("TIME unavailable on %s (%s): using the local clock", self.label, result)
         return time.time()
 
     def poll(self, identities: Sequence[str]) -> tuple[int, list[PollRow]]:
