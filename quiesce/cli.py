@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -445,6 +446,8 @@ def simulate(
             f"{-(-processes // per_machine)} machines in {store.label}; Ctrl-C to stop",
             err=True,
         )
+        # A background job ignores SIGINT in a non-interactive shell: TERM must stop it cleanly.
+        signal.signal(signal.SIGTERM, _interrupt)
         fleet.start()
         try:
             deadline = time.monotonic() + duration if duration > 0 else None
@@ -458,6 +461,10 @@ def simulate(
             fleet.stop()
             store.leave([p.identity for p in fleet.processes if not p.stopped])
         typer.echo("simulated processes left the registry", err=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -348,3 +348,31 @@ def test_verbose_logs_never_show_the_password(locked_server: RedisServer) -> Non
     assert "Traceback" in done.stderr  # -v logs the traceback ...
     assert PASSWORD not in done.stdout + done.stderr  # ... but never the secret
     assert done.stderr.strip().splitlines()[-1].startswith("quiesce: error: Redis refused")
+
+
+def test_simulate_registers_and_leaves_on_sigterm(redis_url: str, raw: redis.Redis) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quiesce", "--redis-url", redis_url, "simulate", "--processes", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 10
+    while raw.scard("processes") < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert raw.scard("processes") == 3
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert raw.scard("processes") == 0  # left like Sidekiq's clean shutdown; hashes linger
+    assert len(raw.keys("*:*:*")) == 3
+
+
+def test_simulate_refuses_to_join_a_real_fleet(redis_url: str, fleet: SimulatedFleet) -> None:
+    code, _, err = run("--redis-url", redis_url, "simulate", "--duration", "1")
+    assert code == 2
+    assert_one_line_error(err, "6 other Sidekiq processes", "--force")
