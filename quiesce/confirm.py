@@ -124,11 +124,15 @@ def repushed(target: Target, pushed_at_ms: int, row: PollRow) -> None:
 
 
 def finalize(target: Target) -> None:
-    """At the deadline: a target still pending is stalled (no beat since the push) or not."""
+    """At the deadline: a target still pending is stalled (no beat since the push) or not.
+
+    Never polled (``--timeout 0``): nothing is known about it, so only "not confirmed".
+    """
     if target.done:
         return
-    beat_after = target.last_row is not None and target.beat_since_push(target.last_row)
-    target.outcome = Outcome.NOT_CONFIRMED if beat_after else Outcome.STALLED
+    row = target.last_row
+    stalled = row is not None and not target.beat_since_push(row)
+    target.outcome = Outcome.STALLED if stalled else Outcome.NOT_CONFIRMED
 
 
 def _number(text: str | None) -> float | None:

@@ -153,6 +153,12 @@ def test_hash_without_ttl_counts_beats_by_value() -> None:
     )
 
 
+def test_never_polled_is_not_confirmed_rather_than_stalled() -> None:
+    t = target()
+    finalize(t)
+    assert t.outcome is Outcome.NOT_CONFIRMED
+
+
 def test_finalize_tells_stalled_from_not_confirmed() -> None:
     stalled = target()
     assess(stalled, row(pttl_ms=20_000), 130_000, Until.DELIVERED)
