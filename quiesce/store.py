@@ -52,6 +52,18 @@ class BeatWrite:
     fields: Mapping[str, str]
 
 
+def encode_commands(commands: Sequence[tuple[str | int, ...]]) -> bytes:
+    """A whole pipeline in RESP, byte for byte what redis-py's packer writes (a test checks)
+    but several times faster: encoding is most of the client's work for a large fleet."""
+    out: list[bytes] = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            data = str(arg).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
 def _ssl_cause(exc: BaseException) -> BaseException | None:
     """The TLS failure behind a redis-py error (a plain server never finishes a handshake)."""
     seen: BaseException | None = exc
@@ -164,7 +176,7 @@ class SidekiqStore:
             raise RedisRefused(f"cannot open connection: {exc}", url=self.label) from exc
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
-    def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def _pipeline(self, commands: Sequence[tuple[str | int, ...]]) -> list[Any]:
         """One round trip: every command written at once, then every reply read.
 
         Lower level than redis-py's ``Pipeline`` (about twice as fast per command, which
@@ -177,7 +189,7 @@ class SidekiqStore:
             pool = self._client.connection_pool
             conn: Any = pool.get_connection()  # redis-py leaves these methods untyped
             try:
-                conn.send_packed_command(conn.pack_commands(commands))
+                conn.send_packed_command([encode_commands(commands)])
                 replies: list[Any] = []
                 for _ in commands:
                     try:
@@ -229,7 +241,7 @@ class SidekiqStore:
         members = self.members()
         keys = self.keys
         per = 3 if detail else 1
-        commands: list[tuple[Any, ...]] = [("TIME",)]
+        commands: list[tuple[str | int, ...]] = [("TIME",)]
         if server_info:
             commands.append(("INFO", "clients"))
         if latest_deploy:
@@ -280,7 +292,7 @@ class SidekiqStore:
     def poll(self, identities: Sequence[str]) -> tuple[int, list[PollRow]]:
         """One round trip: what the confirmation loop needs about each target."""
         keys = self.keys
-        commands: list[tuple[Any, ...]] = [("TIME",)]
+        commands: list[tuple[str | int, ...]] = [("TIME",)]
         for ident in identities:
             commands.append(("SISMEMBER", keys.processes, ident))
             commands.append(("HMGET", keys.process(ident), *k.POLL_FIELDS))
@@ -313,7 +325,7 @@ class SidekiqStore:
         Returns the Redis time (ms) read just before the pushes.
         """
         keys = self.keys
-        commands: list[tuple[Any, ...]] = [("TIME",)]
+        commands: list[tuple[str | int, ...]] = [("TIME",)]
         for ident in identities:
             commands.append(("MULTI",))
             commands.append(("LPUSH", keys.signals(ident), signal))
@@ -352,7 +364,7 @@ class SidekiqStore:
     def beat(self, beats: Sequence[BeatWrite]) -> list[str | None]:
         """Heartbeats exactly as ``Launcher#❤`` writes them; returns each popped signal."""
         keys = self.keys
-        commands: list[tuple[Any, ...]] = []
+        commands: list[tuple[str | int, ...]] = []
         for b in beats:
             fields = [x for pair in b.fields.items() for x in pair]
             commands.append(("MULTI",))
@@ -368,7 +380,7 @@ class SidekiqStore:
     def leave(self, identities: Sequence[str]) -> None:
         """A stopping process's ``clear_heartbeat``: SREM and UNLINK ``:work``; the hash lingers."""
         keys = self.keys
-        commands: list[tuple[Any, ...]] = []
+        commands: list[tuple[str | int, ...]] = []
         for ident in identities:
             commands.append(("SREM", keys.processes, ident))
             commands.append(("UNLINK", keys.process(f"{ident}:work")))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import fakeredis
 import pytest
 
@@ -80,3 +82,22 @@ def test_mark_deploy_lock_then_hsetnx(fake: fakeredis.FakeRedis) -> None:
     assert fake.hgetall("20261126-marks") == {"2026-11-26T07:25:00Z": "v1"}
     assert fake.get("deploylock-v1") == "2026-11-26T07:25:00Z"
     assert 0 < fake.ttl("deploylock-v1") <= 60
+
+
+def test_encoder_writes_what_redis_py_writes() -> None:
+    import redis
+
+    from quiesce.store import encode_commands
+
+    commands: list[tuple[str | int, ...]] = [
+        ("MULTI",),
+        ("LPUSH", "host:1:abcdefabcdef-signals", "TSTP"),
+        ("EXPIRE", "host:1:abcdefabcdef-signals", 60),
+        ("EXEC",),
+        ("HMGET", "ns:ünïcödé:7:000000000000", "info", "busy"),
+        ("SET", "quiesce:deploy:latest", '{"x": "' + "y" * 10_000 + '"}', "EX", 1209600),
+        ("LRANGE", "k", 0, -1),
+        ("GET", ""),
+    ]
+    conn: Any = redis.Redis(protocol=2).connection_pool.make_connection()
+    assert encode_commands(commands) == b"".join(conn.pack_commands(commands))
