@@ -251,11 +251,9 @@ def _find_process(status: dict[str, Any], identity: str) -> dict[str, Any]:
     pytest.fail(f"{identity} is missing from quiesce status: {json.dumps(status)}")
 
 
-def test_quiesce_quiets_a_real_sidekiq(
-    start_sidekiq: Callable[[], Sidekiq], raw: redis.Redis, redis_url: str
-) -> None:
+def _boot(start_sidekiq: Callable[[], Sidekiq], raw: redis.Redis) -> tuple[Sidekiq, str]:
+    """Sidekiq boots and registers (first beat: SADD processes + the identity hash)."""
     sidekiq = start_sidekiq()
-    # 1. Sidekiq boots and registers (first beat: SADD processes + the identity hash).
     identity = _wait_for(
         "Sidekiq to register in 'processes'",
         lambda: _registered(raw, sidekiq.proc.pid) if sidekiq.proc.poll() is None else "exited",
@@ -263,6 +261,14 @@ def test_quiesce_quiets_a_real_sidekiq(
         sidekiq.log,
     )
     assert identity != "exited", f"sidekiq exited with {sidekiq.proc.returncode}\n{sidekiq.tail()}"
+    return sidekiq, identity
+
+
+def test_quiesce_quiets_a_real_sidekiq(
+    start_sidekiq: Callable[[], Sidekiq], raw: redis.Redis, redis_url: str
+) -> None:
+    # 1. Sidekiq boots and registers.
+    sidekiq, identity = _boot(start_sidekiq, raw)
     assert _field(raw, identity, "quiet") == "false"
     assert "Booting Sidekiq 6.4.1" in sidekiq.log_text(), sidekiq.tail()
 
@@ -351,14 +357,7 @@ def test_default_until_delivered_on_a_real_sidekiq(
     start_sidekiq: Callable[[], Sidekiq], raw: redis.Redis, redis_url: str
 ) -> None:
     """The release command's default: confirmed when a beat after the push popped TSTP."""
-    sidekiq = start_sidekiq()
-    identity = _wait_for(
-        "Sidekiq to register in 'processes'",
-        lambda: _registered(raw, sidekiq.proc.pid) if sidekiq.proc.poll() is None else "exited",
-        BOOT_TIMEOUT_S,
-        sidekiq.log,
-    )
-    assert identity != "exited", sidekiq.tail()
+    sidekiq, identity = _boot(start_sidekiq, raw)
 
     before = _redis_time(raw)
     result = _quiesce(redis_url, "quiet", "--json", "--no-mark")
