@@ -340,6 +340,9 @@ def status(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print JSON (documented fields).")
     ] = False,
+    machines: Annotated[
+        bool, typer.Option("--machines", "-m", help="One line per Machine (large fleets).")
+    ] = False,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
     expect: Annotated[
@@ -370,7 +373,7 @@ def status(
             else:
                 if watch and sys.stdout.isatty():
                     typer.echo("\x1b[H\x1b[2J", nl=False)
-                typer.echo(status_text(snapshot))
+                typer.echo(status_text(snapshot, machines_only=machines))
             if not watch:
                 break
             time.sleep(max(0.2, interval))

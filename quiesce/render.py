@@ -128,7 +128,13 @@ def summary_line(processes: Iterable[ProcessRecord]) -> str:
     )
 
 
-def status_text(snapshot: FleetSnapshot) -> str:
+def _states(procs: list[ProcessRecord]) -> str:
+    counts = count_states(procs)
+    return ", ".join(f"{n} {state.value}" for state, n in counts.items() if n)
+
+
+def status_text(snapshot: FleetSnapshot, *, machines_only: bool = False) -> str:
+    """Per process, grouped by Machine; ``machines_only``: one line per Machine."""
     if not snapshot.processes:
         servers = ", ".join(s.redis for s in snapshot.servers)
         return f"no Sidekiq processes registered in {servers} (the 'processes' set is empty)"
@@ -138,8 +144,15 @@ def status_text(snapshot: FleetSnapshot) -> str:
         f"  {'PID':>6} {'NONCE':<12} {'VERSION':<9} {'TAG/LABELS':<18} {'STATE':<10} "
         f"{'BUSY':>7} {'BEAT':>5} {'QUIET':>6} {'SIGNALS':<8} {'RSS':>7}"
     )
+    if machines_only:
+        lines.append(f"{'MACHINE':<16} {'PROCS':>5} {'BUSY':>9} {'OLDEST BEAT':>11}  STATES")
     for machine, procs in snapshot.by_machine().items():
-        lines.append(f"{machine}  ({len(procs)} process{'es' if len(procs) != 1 else ''})")
+        if machines_only:
+            lines.append(_machine_row(machine, procs))
+            continue
+        lines.append(
+            f"{machine}  ({len(procs)} process{'es' if len(procs) != 1 else ''}: {_states(procs)})"
+        )
         lines.append(header)
         for p in procs:
             lines.append(_status_row(p, snapshot, multi_redis))
@@ -154,6 +167,14 @@ def status_text(snapshot: FleetSnapshot) -> str:
             f"({deploy.get('strategy')}), {ago} ago"
         )
     return "\n".join(lines)
+
+
+def _machine_row(machine: str, procs: list[ProcessRecord]) -> str:
+    live = [p for p in procs if p.alive]
+    busy = f"{sum(p.busy or 0 for p in live)}/{sum(p.concurrency or 0 for p in live)}"
+    ages = [p.beat_age_s for p in live if p.beat_age_s is not None]
+    oldest = _age(max(ages)) if ages else "-"
+    return f"{machine[:16]:<16} {len(procs):>5} {busy:>9} {oldest:>11}  {_states(procs)}"
 
 
 def _status_row(p: ProcessRecord, snapshot: FleetSnapshot, multi_redis: bool) -> str:

@@ -60,7 +60,7 @@ def test_status_groups_by_machine(redis_url: str, fleet: SimulatedFleet) -> None
     code, out, _ = run("--redis-url", redis_url, "status")
     assert code == 0
     for machine in {p.hostname for p in fleet.processes}:
-        assert f"{machine}  (2 processes)" in out
+        assert f"{machine}  (2 processes: 2 running)" in out
     assert "6 processes on 3 machines: 6 running" in out
 
 
@@ -376,3 +376,11 @@ def test_simulate_refuses_to_join_a_real_fleet(redis_url: str, fleet: SimulatedF
     code, _, err = run("--redis-url", redis_url, "simulate", "--duration", "1")
     assert code == 2
     assert_one_line_error(err, "6 other Sidekiq processes", "--force")
+
+
+def test_status_one_line_per_machine(redis_url: str, fleet: SimulatedFleet) -> None:
+    code, out, _ = run("--redis-url", redis_url, "status", "--machines")
+    assert code == 0
+    rows = [line for line in out.splitlines() if line[:14] in {p.hostname for p in fleet.processes}]
+    assert len(rows) == 3
+    assert all(" 2 " in row and "0/10" in row and "2 running" in row for row in rows)
