@@ -97,9 +97,12 @@ class SidekiqStore:
             "retry": Retry(NoBackoff(), 0),
             # RESP2: no HELLO on connect, and Redis 4/5 (Sidekiq 5.2/6.x era) understand it.
             "protocol": 2,
-            **_NO_CLIENT_SETINFO,
         }
-        if target.is_tls:
+        if not target.is_tls:
+            # Over TLS 1.3, redis-py 8 then finds the server's session tickets unread and
+            # refuses the fresh connection ("Connection not ready"): keep SETINFO there.
+            options.update(_NO_CLIENT_SETINFO)
+        else:
             tls = target.tls
             options.update(ssl_ca_certs=tls.ca_cert, ssl_certfile=tls.cert, ssl_keyfile=tls.key)
             if tls.insecure:
@@ -142,7 +145,12 @@ class SidekiqStore:
                 f"Redis did not answer within {self._read_timeout_s:g} s", url=url
             )
         if isinstance(exc, rex.ConnectionError):
-            return RedisUnavailable(self._describe_connection_error(exc), url=url)
+            message = self._describe_connection_error(exc)
+            if "use rediss://" in message:
+                # Every retry was cut off at once: a TLS port refusing plain text, not an outage
+                # (a server that went away refuses the reconnection instead).
+                return RedisRefused(message, url=url)
+            return RedisUnavailable(message, url=url)
         if isinstance(exc, rex.ReadOnlyError):
             return RedisRefused("Redis is a read-only replica; point at the primary", url=url)
         if isinstance(exc, rex.ResponseError) and str(exc).startswith("WRONGTYPE"):
@@ -157,7 +165,7 @@ class SidekiqStore:
             return "cannot connect to Redis: connection refused"
         if "Name or service not known" in text or "nodename nor servname" in text:
             return "cannot connect to Redis: unknown host"
-        if "closed by server" in text:
+        if "closed by server" in text or "reset by peer" in text:
             hint = "" if self.target.is_tls else " (does it require TLS? use rediss://)"
             return f"Redis closed the connection{hint}"
         if "timed out" in text.lower():
