@@ -50,6 +50,10 @@ class Keys:
     def process(self, identity: str) -> str:
         return self._k(identity)
 
+    def work(self, identity: str) -> str:
+        """Work in progress: ``<identity>:work`` from 6.4.2 (``:workers`` before)."""
+        return self._k(f"{identity}:work")
+
     def signals(self, identity: str) -> str:
         return self._k(f"{identity}-signals")
 

@@ -391,7 +391,7 @@ class SidekiqStore:
         commands: list[tuple[str | int, ...]] = []
         for ident in identities:
             commands.append(("SREM", keys.processes, ident))
-            commands.append(("UNLINK", keys.process(f"{ident}:work")))
+            commands.append(("UNLINK", keys.work(ident)))
         self._checked(self._pipeline(commands))
 
 
