@@ -285,6 +285,14 @@ def quiet(
     identity: Annotated[
         list[str] | None, typer.Option(metavar="IDENTITY", help="Only this process identity.")
     ] = None,
+    allow_newer: Annotated[
+        bool,
+        typer.Option(
+            "--allow-newer-sidekiq",
+            help="Treat Sidekiq versions after 8.x as 8.x (TSTP, 10 s beat) instead of "
+            "reporting them unreadable.",
+        ),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     show_all: Annotated[
         bool, typer.Option("--all", help="List every process, not only problems.")
@@ -317,6 +325,7 @@ def quiet(
         release=_release_label(release),
         strategy=strategy,
         mark=mark,
+        allow_newer=allow_newer,
     )
     progress = _ProgressLine()
     with _guard(best_effort=best_effort):
@@ -343,6 +352,9 @@ def status(
     machines: Annotated[
         bool, typer.Option("--machines", "-m", help="One line per Machine (large fleets).")
     ] = False,
+    allow_newer: Annotated[
+        bool, typer.Option("--allow-newer-sidekiq", help="Treat versions after 8.x as 8.x.")
+    ] = False,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
     expect: Annotated[
@@ -367,7 +379,9 @@ def status(
         _fail(ConfigError("--expect takes 'running' or 'quiet'"))
     with _guard(), _stores(_settings(ctx)) as stores:
         while True:
-            snapshot = take_snapshot(stores, server_info=True, latest_deploy=True)
+            snapshot = take_snapshot(
+                stores, server_info=True, latest_deploy=True, allow_newer=allow_newer
+            )
             if json_output:
                 typer.echo(json.dumps(status_json(snapshot), indent=2))
             else:

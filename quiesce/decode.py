@@ -52,9 +52,9 @@ class RawSnapshot:
     latest_deploy: str | None = None
 
 
-def decode_snapshot(raw: RawSnapshot) -> FleetSnapshot:
+def decode_snapshot(raw: RawSnapshot, *, allow_newer: bool = False) -> FleetSnapshot:
     return FleetSnapshot(
-        processes=tuple(decode_process(row, raw.time) for row in raw.rows),
+        processes=tuple(decode_process(row, raw.time, allow_newer=allow_newer) for row in raw.rows),
         taken_at=raw.time,
         servers=(ServerInfo(raw.redis, raw.connected_clients, raw.maxclients),),
         latest_deploy=DeployRecord.parse(raw.latest_deploy),
@@ -78,11 +78,17 @@ def beat_interval_for(numbers: tuple[int, int, int]) -> float:
     return 10.0 if numbers >= (7, 0, 0) else 5.0
 
 
-def read_version(info: Mapping[str, Any], fields: Mapping[str, str | None]) -> SidekiqVersion:
-    """``info.version`` (7.0.2+), else inferred from which fields the process writes."""
+def read_version(
+    info: Mapping[str, Any], fields: Mapping[str, str | None], *, allow_newer: bool = False
+) -> SidekiqVersion:
+    """``info.version`` (7.0.2+), else inferred from which fields the process writes.
+
+    ``allow_newer`` accepts versions after 8.x as if they were 8.x (TSTP, 10 s beat), for
+    the day a fleet upgrades before quiesce does; older than 5.2 is never accepted.
+    """
     raw = info.get("version")
     if raw is not None:
-        version = _known_version(str(raw))
+        version = _known_version(str(raw), allow_newer)
         if isinstance(version, str):
             raise _Unreadable(version)
         return version
@@ -95,13 +101,15 @@ def read_version(info: Mapping[str, Any], fields: Mapping[str, str | None]) -> S
 
 
 @functools.lru_cache(maxsize=64)
-def _known_version(text: str) -> SidekiqVersion | str:
+def _known_version(text: str, allow_newer: bool) -> SidekiqVersion | str:
     """A fleet runs a handful of versions: parse each once. A ``str`` result is the problem."""
     numbers = parse_version(text)
     if numbers is None:
         return f"unparseable Sidekiq version {text!r}"
-    if not OLDEST_SUPPORTED <= numbers[:2] < FIRST_UNSUPPORTED:
-        return f"unsupported Sidekiq version {text} (quiesce knows 5.2 to 8.x)"
+    newer = numbers[:2] >= FIRST_UNSUPPORTED
+    if numbers[:2] < OLDEST_SUPPORTED or (newer and not allow_newer):
+        hint = " (--allow-newer-sidekiq treats it as 8.x)" if newer else ""
+        return f"unsupported Sidekiq version {text}: quiesce knows 5.2 to 8.x{hint}"
     return SidekiqVersion(text, inferred=False, beat_interval_s=beat_interval_for(numbers))
 
 
@@ -161,13 +169,15 @@ def beat_age(pttl_ms: int | None, beat: float | None, redis_now: float) -> float
     return None
 
 
-def decode_process(raw: RawProcess, redis_now: float) -> ProcessRecord:
+def decode_process(
+    raw: RawProcess, redis_now: float, *, allow_newer: bool = False
+) -> ProcessRecord:
     hostname, pid = split_identity(raw.identity)
     alive = raw.pttl_ms != -2 and any(v is not None for v in raw.fields.values())
     problem = raw.error
     if alive and problem is None:
         try:
-            return _decode_alive(raw, redis_now)
+            return _decode_alive(raw, redis_now, allow_newer)
         except _Unreadable as exc:
             problem = str(exc)
     beat = _safe_float(raw.fields.get("beat"))
@@ -196,7 +206,7 @@ def _safe_float(value: str | None) -> float | None:
         return None
 
 
-def _decode_alive(raw: RawProcess, redis_now: float) -> ProcessRecord:
+def _decode_alive(raw: RawProcess, redis_now: float, allow_newer: bool) -> ProcessRecord:
     fields = raw.fields
     info = _decode_info(fields.get("info"))
     hostname, pid = split_identity(raw.identity)
@@ -224,7 +234,7 @@ def _decode_alive(raw: RawProcess, redis_now: float) -> ProcessRecord:
         labels=_str_list(info, "labels"),
         queues=_str_list(info, "queues"),
         capsules=tuple(capsules) if isinstance(capsules, dict) else (),
-        version=read_version(info, fields),
+        version=read_version(info, fields, allow_newer=allow_newer),
         embedded=info.get("embedded") is True,
         concurrency=_concurrency(info, fields),
         busy=_field(fields, "busy", int),

@@ -71,6 +71,7 @@ class QuietOptions:
     release: str | None = None
     strategy: str = "unknown"
     mark: bool = True
+    allow_newer: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -119,11 +120,13 @@ def take_snapshot(
     server_info: bool = False,
     latest_deploy: bool = False,
     detail: bool = True,
+    allow_newer: bool = False,
 ) -> FleetSnapshot:
     return FleetSnapshot.merge(
         [
             decode_snapshot(
-                s.snapshot(server_info=server_info, latest_deploy=latest_deploy, detail=detail)
+                s.snapshot(server_info=server_info, latest_deploy=latest_deploy, detail=detail),
+                allow_newer=allow_newer,
             )
             for s in stores
         ]
@@ -232,7 +235,9 @@ def quiet_fleet(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> QuietReport:
     run = _Run(stores, options, clock, sleep, on_progress)
-    fleet = take_snapshot(stores, server_info=not options.dry_run, detail=False)
+    fleet = take_snapshot(
+        stores, server_info=not options.dry_run, detail=False, allow_newer=options.allow_newer
+    )
     plan = plan_quiet(fleet, options.filters)
     skipped = tuple(Entry(p, o) for p, o in plan.skipped)
 

@@ -147,6 +147,20 @@ def test_malformed_rows_are_unreadable_not_fatal(
     assert proc.hostname == "vm"
 
 
+def test_newer_sidekiq_only_with_allow_newer() -> None:
+    row = raw_row(load("8.1.7", "idle"))
+    info = json.loads(str(row.fields["info"]))
+    for version, accepted in (("9.0.0", True), ("10.1.0", True), ("4.2.10", False)):
+        fields = {**row.fields, "info": json.dumps({**info, "version": version})}
+        proc = decode_process(RawProcess(row.identity, fields, 60000), 0)
+        assert proc.state is ProcessState.UNREADABLE
+        assert ("--allow-newer-sidekiq" in str(proc.problem)) is accepted
+        lenient = decode_process(RawProcess(row.identity, fields, 60000), 0, allow_newer=True)
+        assert (lenient.problem is None) is accepted, lenient.problem
+        if accepted:
+            assert lenient.version is not None and lenient.version.beat_interval_s == 10.0
+
+
 def test_hash_without_ttl_uses_beat_for_age() -> None:
     row = raw_row(load("7.3.10", "idle"))
     beat = float(str(row.fields["beat"]))
