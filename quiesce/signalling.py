@@ -154,10 +154,13 @@ class _Run:
 
     def push(self, planned: Sequence[ProcessRecord], record: DeployRecord) -> None:
         """One pipeline per server: every push, plus the deploy record (outcomes pending)."""
+        body = record.to_json()
         for store in self.stores:
             mine = [p for p in planned if p.redis == store.label]
             pushed_at = store.push_signal(
-                [p.identity for p in mine], QUIET_SIGNAL, records=_record_writes(store.keys, record)
+                [p.identity for p in mine],
+                QUIET_SIGNAL,
+                records=_record_writes(store.keys, record.deploy_id, body),
             )
             self.targets[store.label] = [
                 Target(p, pushed_at_ms=pushed_at, beat_seen=p.beat) for p in mine
@@ -218,10 +221,10 @@ class _Run:
         )
 
 
-def _record_writes(keys: k.Keys, record: DeployRecord) -> list[tuple[str, str, int]]:
-    body = record.to_json()
+def _record_writes(keys: k.Keys, deploy_id: str, body: str) -> list[tuple[str, str, int]]:
+    """The record under its id and as ``latest``: serialised once, written per server."""
     return [
-        (keys.deploy_record(record.deploy_id), body, k.DEPLOY_RECORD_TTL_S),
+        (keys.deploy_record(deploy_id), body, k.DEPLOY_RECORD_TTL_S),
         (keys.latest_deploy, body, k.DEPLOY_RECORD_TTL_S),
     ]
 
@@ -288,8 +291,9 @@ def quiet_fleet(
             "confirmed_at": confirmed_at,
         }
     record.finished_at = fleet.taken_at + (clock() - run.started)
+    body = record.to_json()
     for store in stores:
-        store.save(_record_writes(store.keys, record))
+        store.save(_record_writes(store.keys, record.deploy_id, body))
     return report(entries, record.deploy_id, marks)
 
 
