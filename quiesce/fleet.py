@@ -154,9 +154,6 @@ class FleetSnapshot:
             machines.setdefault(proc.machine, []).append(proc)
         return machines
 
-    def count_by_state(self) -> dict[ProcessState, int]:
-        return count_states(self.processes)
-
 
 def count_states(processes: Iterable[ProcessRecord]) -> dict[ProcessState, int]:
     counts = dict.fromkeys(ProcessState, 0)

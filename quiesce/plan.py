@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import fnmatch
-from collections.abc import Sequence
 
 from quiesce.fleet import FleetSnapshot, ProcessRecord, ProcessState
 
@@ -96,7 +95,3 @@ def plan_quiet(snapshot: FleetSnapshot, filters: Filters) -> QuietPlan:
         else:
             skipped.append((proc, skip))
     return QuietPlan(tuple(targets), tuple(skipped), excluded)
-
-
-def gate_failures(outcomes: Sequence[Outcome]) -> int:
-    return sum(1 for o in outcomes if o in FAILED_OUTCOMES)
