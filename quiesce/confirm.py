@@ -23,6 +23,7 @@ import enum
 from quiesce.fleet import ProcessRecord
 from quiesce.keys import HEARTBEAT_TTL_S, SIGNAL_TTL_S
 from quiesce.plan import Outcome
+from quiesce.rows import PollRow
 
 SIGNAL_TTL_MS = SIGNAL_TTL_S * 1000
 BEAT_CLOCK_SLACK_MS = 250
@@ -32,17 +33,6 @@ BEAT_CLOCK_SLACK_MS = 250
 class Until(enum.StrEnum):
     DELIVERED = "delivered"
     QUIET = "quiet"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PollRow:
-    """What one poll pipeline returns for one target."""
-
-    in_set: bool
-    quiet: str | None
-    beat: str | None
-    pttl_ms: int
-    signals_len: int
 
 
 class Verdict(enum.Enum):

@@ -7,49 +7,21 @@ so the rest of the fleet is unaffected.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from quiesce.deploy import DeployRecord
 from quiesce.fleet import FleetSnapshot, ProcessRecord, ServerInfo, SidekiqVersion, split_identity
 from quiesce.keys import HEARTBEAT_TTL_S
+from quiesce.rows import RawProcess, RawSnapshot
 
 OLDEST_SUPPORTED = (5, 2)
 FIRST_UNSUPPORTED = (9, 0)
 N = TypeVar("N", int, float)
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RawProcess:
-    """What one snapshot pipeline returns for one member of ``processes``."""
-
-    identity: str
-    fields: Mapping[str, str | None]
-    pttl_ms: int | None
-    """``PTTL <identity>``: -2 when the hash is gone, -1 when it has no TTL, None: not read."""
-    signals: Sequence[str] = ()
-    """``LRANGE <identity>-signals 0 -1``: newest first, as LPUSH stores them."""
-    redis: str = ""
-    error: str | None = None
-    """Set when Redis answered the row with an error (e.g. the key is not a hash)."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RawSnapshot:
-    """What one snapshot of one Redis server returns, before decoding."""
-
-    redis: str
-    time: float
-    """Epoch seconds on the Redis server's clock (``TIME``)."""
-    rows: tuple[RawProcess, ...]
-    connected_clients: int | None = None
-    maxclients: int | None = None
-    latest_deploy: str | None = None
 
 
 def decode_snapshot(raw: RawSnapshot, *, allow_newer: bool = False) -> FleetSnapshot:

@@ -17,12 +17,13 @@ from typing import Protocol
 
 from quiesce import __version__
 from quiesce import keys as k
-from quiesce.confirm import PollRow, Target, Until, Verdict, apply, assess, finalize, repushed
-from quiesce.decode import RawSnapshot, decode_snapshot
+from quiesce.confirm import Target, Until, Verdict, apply, assess, finalize, repushed
+from quiesce.decode import decode_snapshot
 from quiesce.deploy import DeployRecord, mark_stamp, new_deploy_id
 from quiesce.errors import ExitCode
 from quiesce.fleet import FleetSnapshot, ProcessRecord
 from quiesce.plan import FAILED_OUTCOMES, Filters, Outcome, plan_quiet
+from quiesce.rows import PollRow, RawSnapshot
 
 log = logging.getLogger(__name__)
 

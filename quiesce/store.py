@@ -23,10 +23,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from quiesce import keys as k
-from quiesce.confirm import PollRow
-from quiesce.decode import RawProcess, RawSnapshot
 from quiesce.errors import ProtocolError, QuiesceError, RedisRefused, RedisUnavailable
 from quiesce.retry import redis_retry
+from quiesce.rows import PollRow, RawProcess, RawSnapshot
 from quiesce.settings import RedisTarget, Settings
 
 log = logging.getLogger(__name__)

@@ -6,11 +6,12 @@ import dataclasses
 
 import pytest
 
-from quiesce.confirm import PollRow, Target, Until, Verdict, assess, finalize
+from quiesce.confirm import Target, Until, Verdict, assess, finalize
 from quiesce.deploy import DeployRecord, mark_stamp, new_deploy_id, quiet_since
 from quiesce.errors import ConfigError
 from quiesce.fleet import FleetSnapshot, ProcessRecord, SidekiqVersion
 from quiesce.plan import Filters, Outcome, plan_quiet
+from quiesce.rows import PollRow
 from quiesce.settings import build_settings, mask_url
 
 V7 = SidekiqVersion("7.3.10", inferred=False, beat_interval_s=10.0)

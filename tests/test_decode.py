@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from quiesce.decode import RawProcess, decode_process, read_version
+from quiesce.decode import decode_process, read_version
 from quiesce.fleet import ProcessState
 from quiesce.keys import PROCESS_FIELDS
+from quiesce.rows import RawProcess
 from tests.support import FIXTURES
 
 VERSIONS = ("6.4.1", "7.3.10", "8.1.7")

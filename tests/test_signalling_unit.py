@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from quiesce.confirm import PollRow, Until
-from quiesce.decode import RawProcess, RawSnapshot
+from quiesce.confirm import Until
 from quiesce.keys import PROCESS_FIELDS, Keys
 from quiesce.plan import Outcome
+from quiesce.rows import PollRow, RawProcess, RawSnapshot
 from quiesce.signalling import QuietOptions, quiet_fleet
 
 
