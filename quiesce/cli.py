@@ -27,7 +27,7 @@ from quiesce.plan import Filters
 from quiesce.settings import Settings, Tls, build_settings
 
 if TYPE_CHECKING:
-    from quiesce.signalling import Progress
+    from quiesce.quiet_run import Event
     from quiesce.store import SidekiqStore
 
 EXIT_CODES_HELP = """\b
@@ -203,28 +203,53 @@ def _release_label(explicit: str | None) -> str | None:
 
 
 class _ProgressLine:
-    """A live line on a terminal; a line every 5 s in logs (Fly buffers release output)."""
+    """What the run says while it runs: the push first (stdout, so release logs read in
+    order), notices as they happen, then a live line on a terminal or a line every 5 s
+    in logs (Fly buffers release output)."""
 
-    def __init__(self) -> None:
+    def __init__(self, until: str, timeout_s: float, wait: bool) -> None:
         self.tty = sys.stderr.isatty()
         self.last = 0.0
+        self.how = f"until {until}, timeout {timeout_s:g}s" if wait else "no wait"
+        self.header_shown = False
 
-    def __call__(self, p: Progress) -> None:
-        text = (
-            f"waiting: {p.confirmed} confirmed, {p.vanished} exited, {p.pending} pending, "
-            f"{p.remaining_s:.0f}s left"
-        )
-        if self.tty:
-            sys.stderr.write(f"\r\x1b[2K{text}")
-            sys.stderr.flush()
-        elif p.elapsed_s - self.last >= 5.0:
-            self.last = p.elapsed_s
-            print(text, file=sys.stderr, flush=True)
+    def __call__(self, event: Event) -> None:
+        from quiesce.quiet_run import Notice, Progress, Pushed
 
-    def close(self) -> None:
+        if isinstance(event, Pushed):
+            self.clear()
+            typer.echo(
+                f"signalled TSTP to {event.targets} {_plural(event.targets, 'process')} on "
+                f"{event.machines} {_plural(event.machines, 'machine')} ({self.how})"
+            )
+            sys.stdout.flush()
+            self.header_shown = True
+        elif isinstance(event, Notice):
+            self.clear()
+            print(f"quiesce: {event.text}", file=sys.stderr, flush=True)
+        elif isinstance(event, Progress):
+            text = (
+                f"waiting: {event.confirmed} confirmed, {event.vanished} exited, "
+                f"{event.pending} pending, {event.remaining_s:.0f}s left"
+            )
+            if self.tty:
+                sys.stderr.write(f"\r\x1b[2K{text}")
+                sys.stderr.flush()
+            elif event.elapsed_s - self.last >= 5.0:
+                self.last = event.elapsed_s
+                print(text, file=sys.stderr, flush=True)
+
+    def clear(self) -> None:
         if self.tty:
             sys.stderr.write("\r\x1b[2K")
             sys.stderr.flush()
+
+    def close(self) -> None:
+        self.clear()
+
+
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else (word + "es" if word.endswith("s") else word + "s")
 
 
 @app.command()
@@ -307,8 +332,8 @@ def quiet(
     allows. Records the deploy under quiesce:deploy:* (14 days) and writes Sidekiq's
     deploy mark for the release label (--no-mark to skip).
     """
+    from quiesce.quiet_run import QuietOptions, quiet_fleet
     from quiesce.render import report_json, report_text
-    from quiesce.signalling import QuietOptions, quiet_fleet
 
     options = QuietOptions(
         filters=Filters(
@@ -327,19 +352,26 @@ def quiet(
         mark=mark,
         allow_newer=allow_newer,
     )
-    progress = _ProgressLine()
+    progress = _ProgressLine(until.value, timeout, wait)
     with _guard(best_effort=best_effort):
         if timeout < 0:
             raise ConfigError("--timeout must be zero or more")
         with _stores(_settings(ctx)) as stores:
             try:
-                report = quiet_fleet(stores, options, on_progress=None if json_output else progress)
+                report = quiet_fleet(stores, options, on_event=None if json_output else progress)
             finally:
                 progress.close()
     if json_output:
         typer.echo(json.dumps(report_json(report, best_effort), indent=2))
     else:
-        typer.echo(report_text(report, show_all=show_all, best_effort=best_effort))
+        typer.echo(
+            report_text(
+                report,
+                show_all=show_all,
+                best_effort=best_effort,
+                live=progress.header_shown,
+            )
+        )
     raise typer.Exit(0 if best_effort else int(report.exit_code))
 
 
@@ -372,16 +404,14 @@ def status(
     unreadable), busy/concurrency, time since the last beat, how long quiet (from
     the latest deploy record), pending signals and RSS. Reads only; writes nothing.
     """
+    from quiesce.observe import read_fleet
     from quiesce.render import status_json, status_text
-    from quiesce.signalling import take_snapshot
 
     if expect not in (None, ProcessState.RUNNING, ProcessState.QUIET):
         _fail(ConfigError("--expect takes 'running' or 'quiet'"))
     with _guard(), _stores(_settings(ctx)) as stores:
         while True:
-            snapshot = take_snapshot(
-                stores, server_info=True, latest_deploy=True, allow_newer=allow_newer
-            )
+            snapshot = read_fleet(stores, allow_newer=allow_newer)
             if json_output:
                 typer.echo(json.dumps(status_json(snapshot), indent=2))
             else:
@@ -436,14 +466,15 @@ def simulate(
     Writes fake processes (tag quiesce-sim) into the Redis: never point it at production.
     It refuses to start when other live Sidekiq processes are registered, unless --force.
     """
-    from quiesce.signalling import take_snapshot
-    from quiesce.simulator import SimulatedFleet, make_processes
+    from quiesce.observe import read_fleet
+    from quiesce.simulator import SidekiqWrites, SimulatedFleet, make_processes
+    from quiesce.store import connect
 
     with _guard(), _stores(_settings(ctx), first_only=True) as stores:
         store = stores[0]
         others = [
             p
-            for p in take_snapshot([store]).processes
+            for p in read_fleet([store]).processes
             if p.alive and p.tag != SIM_TAG and p.problem is None
         ]
         if others and not force:
@@ -451,8 +482,9 @@ def simulate(
                 f"{len(others)} other Sidekiq processes are registered in {store.label}; "
                 "refusing to mix simulated ones in (use --force)"
             )
+        writes = SidekiqWrites(connect(store.target, _settings(ctx)), store.keys)
         fleet = SimulatedFleet(
-            store,
+            writes,
             make_processes(
                 processes, version=sidekiq_version, per_machine=per_machine, tag=SIM_TAG
             ),
@@ -476,7 +508,7 @@ def simulate(
             pass
         finally:
             fleet.stop()
-            store.leave([p.identity for p in fleet.processes if not p.stopped])
+            writes.leave([p.identity for p in fleet.processes if not p.stopped])
         typer.echo("simulated processes left the registry", err=True)
 
 

@@ -7,12 +7,17 @@ So, on the Redis clock:
 * *delivered*: the signal list is empty and the last beat (``now - (60 s - PTTL)``)
   came after the push, within the list's 60 s life;
 * *quiet*: the hash says ``quiet = "true"``;
-* *vanished*: the identity left ``processes`` (Sidekiq's clean shutdown does that);
+* *vanished*: the identity left ``processes`` while its hash lingers: that is what
+  Sidekiq's clean shutdown does (``SREM``; the hash expires on its own);
+* *absent*: neither a member nor a hash. A clean exit never looks like that within a
+  wait, a Redis that restarted empty (or lost writes in a failover) does: the process
+  re-registers on its next beat, with its signal list gone. So it is waited for, pushed
+  again when it comes back, and never counted as gone;
 * *expired*: the list is empty 60 s after the push without a delivery: it expired
-  unconsumed (the process stalled; if it stalled past 60 s its hash expired too, and it
-  re-registers under the same identity when it recovers), so it is pushed again while
-  the deadline allows. A hash that expired while the identity is still a member is
-  waited for, not counted as gone: the process may come back.
+  unconsumed, so it is pushed again while the deadline allows.
+
+An error reply for a target (a key of the wrong type) is remembered and waited past;
+it never reads as "exited".
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from quiesce.fleet import ProcessRecord
+from quiesce.fleet import ProcessRecord, beat_overdue
 from quiesce.keys import HEARTBEAT_TTL_S, SIGNAL_TTL_S
 from quiesce.plan import Outcome
 from quiesce.rows import PollRow
@@ -39,23 +44,33 @@ class Verdict(enum.Enum):
     WAITING = "waiting"
     CONFIRMED = "confirmed"
     VANISHED = "vanished"
-    REPUSH = "repush"
+    PUSH = "push"
+    """Push (again): never pushed, expired unconsumed, or came back after Redis lost it."""
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Target:
-    """Mutable progress of one signalled process during the wait."""
+    """What is known about one signalled process during the wait (replaced, never mutated)."""
 
     record: ProcessRecord
-    pushed_at_ms: int
-    pushes: int = 1
+    pushed_at_ms: int | None = None
+    """Redis time of the last push; None while a push is still owed."""
+    pushes: int = 0
     outcome: Outcome = Outcome.PENDING
     confirmed_at_ms: int | None = None
     last_beat_ms: int | None = None
     """Redis-clock time of the newest beat seen, when the hash has a TTL."""
-    last_row: PollRow | None = None
     beat_seen: float | None = None
     """The ``beat`` field at the last push, to notice beats of hashes with no TTL."""
+    beat_field: float | None = None
+    """The ``beat`` field as last read."""
+    polled: bool = False
+    beat_age_s: float | None = None
+    """At the last poll: seconds since the process's last beat (None: unknown)."""
+    absent: bool = False
+    """Seen with neither membership nor hash since the last push."""
+    problem: str | None = None
+    """The last thing that went wrong for this target (a refused push, an error reply)."""
 
     @property
     def identity(self) -> str:
@@ -67,66 +82,121 @@ class Target:
 
     def popped_by_beat(self, row: PollRow) -> bool:
         """A beat after the push, while the signal list was still alive, emptied it."""
+        assert self.pushed_at_ms is not None
         if self.last_beat_ms is not None and self.last_beat_ms >= self.pushed_at_ms + SIGNAL_TTL_MS:
             return False  # that beat may have found the list already expired
-        return self.beat_since_push(row)
-
-    def beat_since_push(self, row: PollRow) -> bool:
         if self.last_beat_ms is not None:
             return self.last_beat_ms >= self.pushed_at_ms - BEAT_CLOCK_SLACK_MS
-        beat = _number(row.beat)
+        beat = parse_float(row.beat)
         return beat is not None and beat != self.beat_seen
 
 
-def assess(target: Target, row: PollRow, now_ms: int, until: Until) -> Verdict:
-    target.last_row = row
-    if not row.in_set:
-        return Verdict.VANISHED
-    hash_alive = row.pttl_ms != -2
-    if row.pttl_ms >= 0:
-        target.last_beat_ms = now_ms - (HEARTBEAT_TTL_S * 1000 - row.pttl_ms)
-    if hash_alive and row.quiet == "true":
-        return Verdict.CONFIRMED
-    if (
-        hash_alive
-        and until is Until.DELIVERED
-        and row.signals_len == 0
-        and target.popped_by_beat(row)
-    ):
-        return Verdict.CONFIRMED
-    if row.signals_len == 0 and now_ms - target.pushed_at_ms >= SIGNAL_TTL_MS:
-        return Verdict.REPUSH
-    return Verdict.WAITING
-
-
-def apply(target: Target, verdict: Verdict, now_ms: int) -> None:
-    if verdict is Verdict.CONFIRMED:
-        target.outcome = Outcome.CONFIRMED
-        target.confirmed_at_ms = now_ms
-    elif verdict is Verdict.VANISHED:
-        target.outcome = Outcome.VANISHED
-
-
-def repushed(target: Target, pushed_at_ms: int, row: PollRow) -> None:
-    target.pushed_at_ms = pushed_at_ms
-    target.pushes += 1
-    target.beat_seen = _number(row.beat)
-
-
-def finalize(target: Target) -> None:
-    """At the deadline: a target still pending is stalled (no beat since the push) or not.
-
-    Never polled (``--timeout 0``): nothing is known about it, so only "not confirmed".
-    """
-    if target.done:
-        return
-    row = target.last_row
-    stalled = row is not None and not target.beat_since_push(row)
-    target.outcome = Outcome.STALLED if stalled else Outcome.NOT_CONFIRMED
-
-
-def _number(text: str | None) -> float | None:
+def parse_float(text: str | None) -> float | None:
     try:
         return float(text) if text is not None else None
     except ValueError:
         return None
+
+
+def assess(
+    target: Target, row: PollRow, now_ms: int, until: Until, *, server_tracked: bool = True
+) -> tuple[Target, Verdict]:
+    """The target as this poll shows it, and what to do about it.
+
+    ``server_tracked``: the server's ``run_id`` is read on every poll, so a restart is
+    caught there. Without it, a target that comes back after vanishing with its data
+    may have lost its signal in a restart nobody saw: push it again.
+    """
+    seen = dataclasses.replace(target, polled=True)
+    if row.error is not None:
+        return dataclasses.replace(seen, problem=f"Redis: {row.error}"), Verdict.WAITING
+    if not row.in_set:
+        if row.hash_alive:
+            return seen, Verdict.VANISHED
+        return dataclasses.replace(seen, absent=True, beat_age_s=None), Verdict.WAITING
+    if not row.hash_alive:
+        # A member whose hash expired (hung past 60 s): keep a live signal waiting for it.
+        return seen, _expired(seen, row, now_ms)
+    unsure = seen.absent and not server_tracked and row.signals_len == 0
+    seen = _beat(dataclasses.replace(seen, absent=False), row, now_ms)
+    if row.quiet == "true":
+        return dataclasses.replace(seen, confirmed_at_ms=now_ms), Verdict.CONFIRMED
+    if seen.pushed_at_ms is None or unsure:
+        return seen, Verdict.PUSH
+    if until is Until.DELIVERED and row.signals_len == 0 and seen.popped_by_beat(row):
+        return dataclasses.replace(seen, confirmed_at_ms=now_ms), Verdict.CONFIRMED
+    return seen, _expired(seen, row, now_ms)
+
+
+def _expired(target: Target, row: PollRow, now_ms: int) -> Verdict:
+    if target.pushed_at_ms is None:
+        return Verdict.PUSH
+    if row.signals_len == 0 and now_ms - target.pushed_at_ms >= SIGNAL_TTL_MS:
+        return Verdict.PUSH
+    return Verdict.WAITING
+
+
+def _beat(target: Target, row: PollRow, now_ms: int) -> Target:
+    if row.pttl_ms is not None and row.pttl_ms >= 0:
+        age_ms = HEARTBEAT_TTL_S * 1000 - row.pttl_ms
+        return dataclasses.replace(
+            target,
+            last_beat_ms=now_ms - age_ms,
+            beat_age_s=age_ms / 1000,
+            beat_field=parse_float(row.beat),
+        )
+    beat = parse_float(row.beat)
+    age = None if beat is None else max(0.0, now_ms / 1000 - beat)
+    return dataclasses.replace(target, beat_age_s=age, beat_field=beat)
+
+
+def settle(target: Target, verdict: Verdict) -> Target:
+    if verdict is Verdict.CONFIRMED:
+        return dataclasses.replace(target, outcome=Outcome.CONFIRMED, problem=None)
+    if verdict is Verdict.VANISHED:
+        return dataclasses.replace(target, outcome=Outcome.VANISHED, problem=None)
+    return target
+
+
+def pushed(target: Target, pushed_at_ms: int) -> Target:
+    """A push went in: every delivery is measured from it."""
+    return dataclasses.replace(
+        target,
+        pushed_at_ms=pushed_at_ms,
+        pushes=target.pushes + 1,
+        last_beat_ms=None,
+        beat_seen=target.beat_field if target.polled else target.record.beat,
+        absent=False,
+        problem=None,
+    )
+
+
+def push_refused(target: Target, reason: str) -> Target:
+    """Redis refused this target's push (its signal list is not a list, say): final."""
+    return dataclasses.replace(target, outcome=Outcome.SIGNAL_FAILED, problem=reason)
+
+
+def server_lost_data(target: Target) -> Target:
+    """The server restarted (or lost writes) since the push: the signal may be gone."""
+    if target.done:
+        return target
+    return dataclasses.replace(target, pushed_at_ms=None, last_beat_ms=None, absent=False)
+
+
+def finalize(target: Target) -> Target:
+    """At the deadline, a target still pending gets the outcome that says why."""
+    if target.done:
+        return target
+    if target.pushed_at_ms is None and target.pushes == 0:
+        outcome = Outcome.NOT_SIGNALLED
+    elif target.absent:
+        outcome = Outcome.LOST
+    elif not target.polled:
+        outcome = Outcome.NOT_CONFIRMED
+    elif target.beat_age_s is not None and beat_overdue(
+        target.beat_age_s, target.record.beat_interval_s
+    ):
+        outcome = Outcome.STALLED
+    else:
+        outcome = Outcome.NOT_CONFIRMED
+    return dataclasses.replace(target, outcome=outcome)

@@ -47,6 +47,8 @@ class DeployRecord:
     servers: list[dict[str, Any]]
     outcomes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     finished_at: float | None = None
+    state: str = "pending"
+    failure: str | None = None
     quiesce_version: str = ""
     schema: int = SCHEMA
 

@@ -30,6 +30,7 @@ class ExitCode(enum.IntEnum):
     REDIS_UNAVAILABLE = 4
     REDIS_REFUSED = 5
     PROTOCOL = 6
+    INTERRUPTED = 130
 
 
 class QuiesceError(Exception):
@@ -43,6 +44,7 @@ class ConfigError(QuiesceError):
 class RedisProblem(QuiesceError):
     def __init__(self, message: str, *, url: str) -> None:
         super().__init__(f"{message} ({url})")
+        self.reason = message
         self.url = url
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 STALL_MARGIN_S = 5.0
-"""Slack on top of two missed beats before a process counts as stalled."""
+"""Slack on top of one beat interval before a beat counts as overdue."""
 
 
 class ProcessState(enum.StrEnum):
@@ -89,11 +89,13 @@ class ProcessRecord:
         return ProcessState.RUNNING
 
     @property
+    def beat_interval_s(self) -> float:
+        """This process's heartbeat interval (the slower 10 s when the version is unknown)."""
+        return self.version.beat_interval_s if self.version else 10.0
+
+    @property
     def is_stalled(self) -> bool:
-        if self.beat_age_s is None:
-            return False
-        interval = self.version.beat_interval_s if self.version else 10.0
-        return self.beat_age_s > 2 * interval + STALL_MARGIN_S
+        return self.beat_age_s is not None and beat_overdue(self.beat_age_s, self.beat_interval_s)
 
     def fleet_entry(self) -> dict[str, Any]:
         """The identity-level facts a deploy record keeps about a pre-deploy process."""
@@ -108,6 +110,12 @@ class ProcessRecord:
             "concurrency": self.concurrency,
             "redis": self.redis,
         }
+
+
+def beat_overdue(beat_age_s: float, interval_s: float) -> bool:
+    """A beat is late past its interval plus a margin: a slow beat (GC, CPU saturation, a
+    slow Redis) takes seconds, so one interval alone would call healthy processes hung."""
+    return beat_age_s > interval_s + STALL_MARGIN_S
 
 
 def split_identity(identity: str) -> tuple[str, int | None]:

@@ -29,7 +29,7 @@ DEPLOY_RECORD_TTL_S = 14 * 24 * 60 * 60
 PROCESS_FIELDS = ("info", "busy", "beat", "quiet", "rss", "rtt_us", "concurrency")
 """The hash fields ``ProcessSet#each`` reads (8.1.2+ list; older versions lack some)."""
 
-POLL_FIELDS = ("quiet", "beat", "busy")
+POLL_FIELDS = ("quiet", "beat")
 """What the confirmation loop needs from a process hash on every poll."""
 
 

@@ -19,10 +19,17 @@ class Outcome(enum.StrEnum):
     DEAD = "dead"
     """A leftover member of ``processes`` whose hash already expired: nothing to signal."""
     STALLED = "stalled"
-    """No heartbeat since the signal was pushed, or none for two beats before it."""
+    """Its own heartbeat is overdue (its version's interval plus a margin): hung or gone."""
     UNREADABLE = "unreadable"
     NOT_CONFIRMED = "not_confirmed"
     """Heartbeating, but the signal was not confirmed before the deadline."""
+    SIGNAL_FAILED = "signal_failed"
+    """Redis refused this process's push (e.g. its signal list is not a list)."""
+    NOT_SIGNALLED = "not_signalled"
+    """The push never went in (Redis unreachable until the deadline)."""
+    LOST = "lost"
+    """Left the registry with its hash (Redis lost its data, or the process died) and did
+    not come back before the deadline: not a clean exit, so not counted as gone."""
     SIGNALLED = "signalled"
     """``--no-wait``: pushed, not checked."""
     PLANNED = "planned"
@@ -30,7 +37,16 @@ class Outcome(enum.StrEnum):
     PENDING = "pending"
 
 
-FAILED_OUTCOMES = frozenset({Outcome.STALLED, Outcome.UNREADABLE, Outcome.NOT_CONFIRMED})
+FAILED_OUTCOMES = frozenset(
+    {
+        Outcome.STALLED,
+        Outcome.UNREADABLE,
+        Outcome.NOT_CONFIRMED,
+        Outcome.SIGNAL_FAILED,
+        Outcome.NOT_SIGNALLED,
+        Outcome.LOST,
+    }
+)
 """Outcomes that make ``quiesce quiet`` exit non-zero (the process may still take jobs)."""
 
 
@@ -43,6 +59,10 @@ class Filters:
     labels: tuple[str, ...] = ()
     queues: tuple[str, ...] = ()
     identities: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.hostnames or self.tags or self.labels or self.queues or self.identities)
 
     @property
     def needs_info(self) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 from quiesce.deploy import quiet_since
 from quiesce.fleet import FleetSnapshot, ProcessRecord, ProcessState, count_states
 from quiesce.plan import FAILED_OUTCOMES, Outcome
-from quiesce.signalling import Entry, QuietReport
+from quiesce.quiet_run import ProcessOutcome, QuietReport
 
 JSON_VERSION = 1
 
@@ -197,7 +197,11 @@ def _status_row(p: ProcessRecord, snapshot: FleetSnapshot, multi_redis: bool) ->
 # -- quiet report -----------------------------------------------------------------
 
 _EXPLAIN = {
-    Outcome.STALLED: "no heartbeat since the signal was pushed: the process is hung or gone",
+    Outcome.STALLED: "its heartbeat is overdue: the process is hung or gone",
+    Outcome.LOST: "left the registry together with its data (Redis restarted, or the process "
+    "died) and did not come back: not a clean exit",
+    Outcome.NOT_SIGNALLED: "the push never went in (Redis unreachable)",
+    Outcome.SIGNAL_FAILED: "Redis refused the push",
     Outcome.NOT_CONFIRMED: "heartbeating, but the signal was not confirmed before the deadline",
     Outcome.EMBEDDED: "skipped: embedded Sidekiq ignores signals; quiet it through its host",
     Outcome.DEAD: "skipped: hash expired (stopped beating over 60 s ago)",
@@ -209,7 +213,11 @@ def report_json(report: QuietReport, best_effort: bool = False) -> dict[str, Any
     options = report.options
     return {
         "version": JSON_VERSION,
-        "ok": not report.failures,
+        "ok": report.ok,
+        "error": str(report.error) if report.error is not None else None,
+        "notes": list(report.notes),
+        "record_saved": report.record_saved,
+        "quieted_machines": list(report.quieted_machines),
         "exit_code": 0 if best_effort else int(report.exit_code),
         "deploy_id": report.deploy_id,
         "release": options.release,
@@ -227,7 +235,7 @@ def report_json(report: QuietReport, best_effort: bool = False) -> dict[str, Any
     }
 
 
-def _entry_json(e: Entry) -> dict[str, Any]:
+def _entry_json(e: ProcessOutcome) -> dict[str, Any]:
     p = e.process
     return {
         "identity": p.identity,
@@ -238,25 +246,40 @@ def _entry_json(e: Entry) -> dict[str, Any]:
         "outcome": e.outcome.value,
         "pushes": e.pushes,
         "confirmed_after_s": _round(e.confirmed_after_s),
+        "reason": e.reason,
         "problem": p.problem,
     }
 
 
-def report_text(report: QuietReport, *, show_all: bool = False, best_effort: bool = False) -> str:
+def report_text(
+    report: QuietReport, *, show_all: bool = False, best_effort: bool = False, live: bool = False
+) -> str:
+    """The release command's report. ``live``: the push line and the notes were already
+    printed while the run ran (in order, for release logs), so they are not repeated."""
     o = report.options
     targets = [e for e in report.entries if e.outcome not in _SKIPS]
     machines = len({e.process.machine for e in targets})
     lines = []
-    if not report.snapshot.processes:
+    if not any(p.alive for p in report.snapshot.processes):
         servers = ", ".join(s.redis for s in report.snapshot.servers)
-        lines.append(f"no Sidekiq processes registered in {servers}: nothing to quiet")
+        lines.append(
+            f"warning: no live Sidekiq processes registered in {servers}: nothing to quiet"
+        )
     elif o.dry_run:
         lines.append(
-            f"dry run: would signal TSTP to {len(targets)} processes on {machines} machines"
+            f"dry run: would signal TSTP to {len(targets)} {_n(len(targets), 'process')} on "
+            f"{machines} {_n(machines, 'machine')}"
         )
-    else:
+    elif not targets:
+        lines.append("nothing to signal: every live process is already quiet or was skipped")
+    elif not live:
         how = f"until {o.until.value}, timeout {o.timeout_s:g}s" if o.wait else "no wait"
-        lines.append(f"signalled TSTP to {len(targets)} processes on {machines} machines ({how})")
+        lines.append(
+            f"signalled TSTP to {len(targets)} {_n(len(targets), 'process')} on "
+            f"{machines} {_n(machines, 'machine')} ({how})"
+        )
+    if not live or not report.snapshot.processes:
+        lines.extend(f"note: {n}" for n in report.notes)
     for e in report.entries:
         if show_all or o.dry_run or e.outcome in FAILED_OUTCOMES or e.outcome in _SKIPS_SHOWN:
             lines.append(_entry_line(e))
@@ -266,29 +289,53 @@ def report_text(report: QuietReport, *, show_all: bool = False, best_effort: boo
         lines.append(f"excluded by filters: {report.excluded}")
     if report.deploy_id:
         release = o.release or "-"
+        saved = "recorded" if report.record_saved else "NOT saved at the end (Redis unreachable)"
         lines.append(
-            f"deploy {report.deploy_id} recorded (release {release}, strategy {o.strategy})"
+            f"deploy {report.deploy_id} {saved} (release {release}, strategy {o.strategy})"
         )
     lines.extend(f"deploy mark {m}" for m in report.marks)
     if o.dry_run:
         lines.append("dry run: nothing was written")
-    elif report.failures:
-        n = len(report.failures)
-        verdict = f"FAILED: {n} process{'es' if n != 1 else ''} not confirmed quiet"
-        exit_note = "exit 0 (--best-effort)" if best_effort else f"exit {int(report.exit_code)}"
-        lines.append(f"{verdict}; {exit_note}")
+    elif not report.ok:
+        lines.extend(_failure_lines(report, best_effort))
     else:
         lines.append(f"OK in {report.elapsed_s:.1f}s")
     return "\n".join(lines)
+
+
+def _failure_lines(report: QuietReport, best_effort: bool) -> list[str]:
+    lines = []
+    if report.error is not None:
+        lines.append(f"error: {report.error}")
+    n = len(report.failures)
+    exit_note = "exit 0 (--best-effort)" if best_effort else f"exit {int(report.exit_code)}"
+    lines.append(f"FAILED: {n} {_n(n, 'process')} not confirmed quiet; {exit_note}")
+    quieted = report.quieted_machines
+    if quieted and report.deploy_id:
+        shown = " ".join(quieted[:10]) + (" ..." if len(quieted) > 10 else "")
+        lines.append(
+            f"{len(quieted)} {_n(len(quieted), 'machine')} took the signal and stay quiet until "
+            f"their processes restart (Sidekiq cannot be unquieted): finish the deploy, or "
+            f"restart them: fly machine restart {shown}"
+        )
+    if report.deploy_id:
+        lines.append("no Sidekiq deploy mark was written for this release")
+    return lines
+
+
+def _n(count: int, word: str) -> str:
+    return word if count == 1 else (word + "es" if word.endswith("s") else word + "s")
 
 
 _SKIPS = frozenset({Outcome.ALREADY_QUIET, Outcome.EMBEDDED, Outcome.DEAD, Outcome.UNREADABLE})
 _SKIPS_SHOWN = frozenset({Outcome.EMBEDDED, Outcome.DEAD})
 
 
-def _entry_line(e: Entry) -> str:
+def _entry_line(e: ProcessOutcome) -> str:
     p = e.process
-    why = p.problem if e.outcome is Outcome.UNREADABLE else _EXPLAIN.get(e.outcome, "")
+    why = e.reason or p.problem or _EXPLAIN.get(e.outcome, "")
+    if e.outcome is not Outcome.UNREADABLE and e.reason and e.outcome in _EXPLAIN:
+        why = f"{_EXPLAIN[e.outcome]} ({e.reason})"
     after = f" after {e.confirmed_after_s:.1f}s" if e.confirmed_after_s is not None else ""
     pushes = f", pushed {e.pushes}x" if e.pushes > 1 else ""
     text = f"  {e.outcome.value.upper():<14} {p.identity} ({_version(p)}){after}{pushes}"

@@ -36,14 +36,63 @@ class RawSnapshot:
     connected_clients: int | None = None
     maxclients: int | None = None
     latest_deploy: str | None = None
+    run_id: str | None = None
+    """``INFO server`` run_id (None when INFO is refused): tells two URLs of one server apart
+    from two servers, and a restarted server from the one the snapshot read."""
+    db: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PollRow:
     """What one poll pipeline returns for one target."""
 
-    in_set: bool
+    in_set: bool | None
     quiet: str | None
     beat: str | None
-    pttl_ms: int
-    signals_len: int
+    pttl_ms: int | None
+    """-2: the hash is gone; -1: it has no TTL."""
+    signals_len: int | None
+    error: str | None = None
+    """Redis answered this target's commands with an error: nothing else here is known."""
+
+    @property
+    def hash_alive(self) -> bool:
+        return self.pttl_ms is not None and self.pttl_ms != -2
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerIdentity:
+    """Which Redis server (and which incarnation of it) answered."""
+
+    run_id: str | None
+    """``INFO server`` run_id: changes when the server restarts (None if INFO is refused)."""
+    uptime_s: int | None
+    db: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Poll:
+    """One poll of the targets: the Redis time (ms), the server, one row per target."""
+
+    now_ms: int
+    server: ServerIdentity
+    rows: tuple[PollRow, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Push:
+    """One atomic push: the Redis time (ms) just before it, and per identity the
+    error Redis answered for its ``LPUSH``/``EXPIRE`` (absent when it went in)."""
+
+    pushed_at_ms: int
+    errors: Mapping[str, str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EmptyFleetHints:
+    """What an empty ``processes`` set might mean: looked up once, bounded."""
+
+    namespaced: tuple[str, ...]
+    """Keys ending in ``:processes`` (a redis-namespace prefix not given)."""
+    other_dbs: Mapping[int, int]
+    """Other databases of this server and their key counts (``INFO keyspace``)."""

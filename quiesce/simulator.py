@@ -18,8 +18,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
+
 from quiesce.decode import beat_interval_for, parse_version
-from quiesce.store import BeatWrite, SidekiqStore
+from quiesce.keys import HEARTBEAT_TTL_S, Keys
 
 
 @dataclasses.dataclass(slots=True)
@@ -131,19 +133,64 @@ def make_processes(
     return processes
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class BeatWrite:
+    """One simulated heartbeat: what ``Launcher#❤`` writes in its registry MULTI."""
+
+    identity: str
+    fields: dict[str, str]
+
+
+class SidekiqWrites:
+    """What a Sidekiq process writes (never quiesce): the simulator plays Sidekiq."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def beat(self, beats: Sequence[BeatWrite]) -> list[str | None]:
+        """Each beat's registry MULTI, all in one round trip; returns each popped signal."""
+        keys = self.keys
+        pipe: Any = self.client.pipeline(transaction=False)
+        for b in beats:
+            fields = [x for pair in b.fields.items() for x in pair]
+            pipe.execute_command("MULTI")
+            pipe.execute_command("SADD", keys.processes, b.identity)
+            pipe.execute_command("EXISTS", keys.process(b.identity))
+            pipe.execute_command("HSET", keys.process(b.identity), *fields)
+            pipe.execute_command("EXPIRE", keys.process(b.identity), HEARTBEAT_TTL_S)
+            pipe.execute_command("RPOP", keys.signals(b.identity))
+            pipe.execute_command("EXEC")
+        results = pipe.execute()
+        return [results[i * 7 + 6][4] for i in range(len(beats))]
+
+    def leave(self, identities: Sequence[str]) -> None:
+        """A stopping process's ``clear_heartbeat``: SREM and UNLINK ``:work``."""
+        if not identities:
+            return
+        pipe: Any = self.client.pipeline(transaction=False)
+        for ident in identities:
+            pipe.execute_command("SREM", self.keys.processes, ident)
+            pipe.execute_command("UNLINK", self.keys.work(ident))
+        pipe.execute()
+
+
 class SimulatedFleet:
     """Heartbeats a set of processes from one thread, each on its own phase."""
 
     def __init__(
         self,
-        store: SidekiqStore,
+        store: Any,
         processes: Sequence[SimulatedProcess],
         *,
         beat_interval_s: float | None = None,
         clock: Callable[[], float] = time.time,
         seed: int | None = None,
     ) -> None:
-        self.store = store
+        # Interim: accept a SidekiqStore too (its client), until callers pass writes.
+        self.store = (
+            store if isinstance(store, SidekiqWrites) else SidekiqWrites(store._client, store.keys)
+        )
         self.processes = list(processes)
         self.clock = clock
         self._rng = random.Random(seed)

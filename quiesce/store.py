@@ -1,20 +1,27 @@
-"""The only module that talks to Redis.
+"""Every Redis command quiesce sends, and nothing else: the only module that imports redis.
 
-Every method costs a fixed number of round trips whatever the fleet size: one
-``SSCAN`` walk (one call up to ``SCAN_COUNT`` members), then one pipeline. The only
-writes to Sidekiq's keys are the two Sidekiq's own API makes: signal pushes
-(``Sidekiq::Process#signal``) and deploy marks (``Sidekiq::Deploy#mark``). The simulator's
-heartbeat writes live here too, because they are Redis I/O, but only the simulator
-calls them.
+Reads are a fixed number of round trips whatever the fleet size: one ``SSCAN`` walk
+(one call up to ``SCAN_COUNT`` members), then one pipeline. The writes are a closed
+list, all in :class:`SidekiqStore`'s "writes" section:
+
+* signal pushes, exactly as ``Sidekiq::Process#signal`` writes them
+  (``LPUSH <identity>-signals TSTP`` + ``EXPIRE 60``), all of them inside one
+  ``MULTI``/``EXEC`` so a refused command (ACL, ``maxmemory``) aborts every push;
+* quiesce's own deploy records under ``quiesce:`` (always with a TTL);
+* Sidekiq's deploy mark, exactly as ``Sidekiq::Deploy#mark`` writes it.
+
+Replies are decoded with ``errors="surrogateescape"``: a non-UTF-8 byte in one key or
+value becomes a lone surrogate that the decoder reports, instead of failing the whole
+reply, and a key built from such a string encodes back to the same bytes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -23,9 +30,24 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from quiesce import keys as k
-from quiesce.errors import ProtocolError, QuiesceError, RedisRefused, RedisUnavailable
+from quiesce.errors import (
+    ConfigError,
+    ProtocolError,
+    QuiesceError,
+    RedisProblem,
+    RedisRefused,
+    RedisUnavailable,
+)
 from quiesce.retry import redis_retry
-from quiesce.rows import PollRow, RawProcess, RawSnapshot
+from quiesce.rows import (
+    EmptyFleetHints,
+    Poll,
+    PollRow,
+    Push,
+    RawProcess,
+    RawSnapshot,
+    ServerIdentity,
+)
 from quiesce.settings import RedisTarget, Settings
 
 log = logging.getLogger(__name__)
@@ -40,46 +62,169 @@ except ImportError:  # pragma: no cover - older redis-py
 SCAN_COUNT = 10_000
 """SSCAN hint: a fleet of up to this many processes is listed in one call."""
 
+HINT_SCAN_COUNT = 1_000
+"""One bounded ``SCAN`` looking for a namespaced ``*:processes`` when the fleet is empty."""
+
 T = TypeVar("T")
+Command = tuple[str | int | float, ...]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class BeatWrite:
-    """One simulated heartbeat: what ``Launcher#❤`` writes in its registry MULTI."""
-
-    identity: str
-    fields: Mapping[str, str]
-
-
-def encode_commands(commands: Sequence[tuple[str | int, ...]]) -> bytes:
-    """A whole pipeline in RESP, byte for byte what redis-py's packer writes (a test checks)
-    but several times faster: encoding is most of the client's work for a large fleet."""
-    out: list[bytes] = []
-    for command in commands:
-        out.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            data = str(arg).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+# -- error classification ---------------------------------------------------------
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
-def _ssl_cause(exc: BaseException) -> BaseException | None:
-    """The TLS failure behind a redis-py error (a plain server never finishes a handshake)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError) or "handshake" in str(seen):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+def _first(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    return next((c for c in _causes(exc) if isinstance(c, kind)), None)
+
+
+def _reply_code(exc: BaseException) -> str:
+    """The error code a Redis error reply starts with (``WRONGTYPE``, ``OOM``, ``ERR``)."""
+    text = str(exc).strip()
+    return text.split(" ", 1)[0] if text[:1].isupper() else ""
+
+
+def _in_tls_handshake(exc: BaseException) -> bool:
+    """Whether the failure was raised inside ``SSLSocket.do_handshake`` (by frame, not text)."""
+    for cause in _causes(exc):
+        tb = cause.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_name == "do_handshake":
+                return True
+            tb = tb.tb_next
+    return False
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, rex.AuthenticationError) or _ssl_cause(exc) is not None:
+    """Worth another attempt: the connection failed or timed out, and not because of TLS
+    or credentials (those do not fix themselves)."""
+    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
+        return False
+    if _first(exc, ssl.SSLError) is not None or _in_tls_handshake(exc):
         return False
     return isinstance(exc, rex.ConnectionError | rex.TimeoutError)
 
 
+def classify(exc: BaseException, target: RedisTarget, read_timeout_s: float) -> QuiesceError:
+    """A redis-py (or socket) failure as one of ours: the class from the exception types
+    in the cause chain, then a one-line message. Never includes a password."""
+    url = target.label
+    if isinstance(exc, rex.AuthenticationError | rex.AuthenticationWrongNumberOfArgsError):
+        return RedisRefused(f"Redis refused authentication: {_one_line(exc)}", url=url)
+    if isinstance(exc, rex.NoPermissionError):
+        return RedisRefused(
+            f"the Redis user may not run a command quiesce needs: {_one_line(exc)}", url=url
+        )
+    tls = _first(exc, ssl.SSLError)
+    if tls is not None:
+        return RedisRefused(_tls_message(tls, target), url=url)
+    if isinstance(exc, rex.BusyLoadingError):
+        return RedisUnavailable("Redis is still loading its dataset", url=url)
+    if target.is_tls and _in_tls_handshake(exc):
+        # A TLS client at a plain-text port: the server waits for a command that never
+        # comes, so the handshake times out. A refusal no retry fixes.
+        return RedisRefused(
+            "TLS handshake got no answer: is this a plain-text port? use redis://", url=url
+        )
+    if isinstance(exc, rex.TimeoutError) or _first(exc, TimeoutError) is not None:
+        return RedisUnavailable(f"Redis did not answer within {read_timeout_s:g} s", url=url)
+    if isinstance(exc, rex.ConnectionError):
+        return _connection_problem(exc, target)
+    if isinstance(exc, rex.ReadOnlyError):
+        return RedisRefused("Redis is a read-only replica; point at the primary", url=url)
+    code = _reply_code(exc)
+    if code == "OOM":
+        return RedisRefused("Redis is out of memory (maxmemory reached)", url=url)
+    if code == "ERR" and "DB index is out of range" in str(exc):
+        return ConfigError(f"the database in the Redis URL does not exist on {url}")
+    if code == "WRONGTYPE":
+        return ProtocolError(
+            "a Sidekiq key holds the wrong Redis type; is this Sidekiq's database?", url=url
+        )
+    return ProtocolError(f"Redis replied with an error: {_one_line(exc)}", url=url)
+
+
+def _connection_problem(exc: BaseException, target: RedisTarget) -> RedisProblem:
+    url = target.label
+    if _first(exc, ConnectionRefusedError) is not None:
+        return RedisUnavailable("cannot connect to Redis: connection refused", url=url)
+    if _first(exc, socket.gaierror) is not None:
+        return RedisUnavailable("cannot connect to Redis: unknown host", url=url)
+    if _first(exc, FileNotFoundError) is not None:
+        return RedisUnavailable("cannot connect to Redis: no such unix socket", url=url)
+    if isinstance(exc, rex.AuthorizationError):
+        return RedisRefused(f"Redis refused the connection: {_one_line(exc)}", url=url)
+    reset = _first(exc, ConnectionResetError | BrokenPipeError)  # type: ignore[arg-type]
+    if reset is not None or "closed by server" in str(exc):
+        if not target.is_tls:
+            # A TLS port cuts a plain-text client off before any reply: a refusal that no
+            # retry fixes, unlike a server that went away (which refuses the reconnect).
+            return RedisRefused(
+                "Redis closed the connection before answering (does it require TLS? use rediss://)",
+                url=url,
+            )
+        return RedisUnavailable("Redis closed the connection", url=url)
+    return RedisUnavailable(f"cannot reach Redis: {_one_line(exc).rstrip('.')}", url=url)
+
+
+def _tls_message(tls: BaseException, target: RedisTarget) -> str:
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        detail = tls.verify_message or "certificate verify failed"
+        if "hostname" in detail.lower() or "IP address mismatch" in detail:
+            return f"TLS: the server certificate does not match the host ({detail})"
+        return f"TLS: the server certificate is not trusted ({detail}; see --tls-ca-cert)"
+    reason = getattr(tls, "reason", None) or _one_line(tls)
+    if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+        return f"TLS handshake failed: {reason}; is this a TLS port? use redis:// for plain text"
+    return f"TLS handshake failed: {reason}"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def connect(target: RedisTarget, settings: Settings) -> redis.Redis:
+    """A redis-py client for one target with quiesce's timeouts, TLS and RESP2.
+
+    Raises ``ConfigError`` for a URL or option redis-py cannot use: found here, at
+    start-up, not at the first command.
+    """
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "encoding_errors": "surrogateescape",
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "socket_timeout": settings.read_timeout_s,
+        # Retries are ours (quiesce.retry), bounded and only for transient errors.
+        "retry": Retry(NoBackoff(), 0),
+        # RESP2: no HELLO on connect, and Redis 4/5 (Sidekiq 5.2/6.x era) understand it.
+        "protocol": 2,
+    }
+    if not target.is_tls:
+        # Over TLS 1.3, redis-py 8 then finds the server's session tickets unread and
+        # refuses the fresh connection ("Connection not ready"): keep SETINFO there.
+        options.update(_NO_CLIENT_SETINFO)
+    else:
+        tls = target.tls
+        options.update(ssl_ca_certs=tls.ca_cert, ssl_certfile=tls.cert, ssl_keyfile=tls.key)
+        if tls.insecure:
+            options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
+    try:
+        client = redis.Redis.from_url(target.url, **options)
+        # Builds (does not open) a connection: bad query options fail here, not mid-deploy.
+        client.connection_pool.make_connection()
+    except (ValueError, TypeError, rex.RedisError) as exc:
+        raise ConfigError(f"cannot use the Redis URL {target.label}: {_one_line(exc)}") from None
+    return client
+
+
 class SidekiqStore:
+    """One Sidekiq universe (one Redis database, optionally namespaced)."""
+
     def __init__(
         self, target: RedisTarget, settings: Settings, *, client: redis.Redis | None = None
     ) -> None:
@@ -88,31 +233,8 @@ class SidekiqStore:
         self.keys = k.Keys(settings.namespace)
         self.round_trips = 0
         self._read_timeout_s = settings.read_timeout_s
-        options: dict[str, Any] = {
-            "decode_responses": True,
-            "socket_connect_timeout": settings.connect_timeout_s,
-            "socket_timeout": settings.read_timeout_s,
-            # Retries are ours (quiesce.retry), bounded and only for transient errors.
-            "retry": Retry(NoBackoff(), 0),
-            # RESP2: no HELLO on connect, and Redis 4/5 (Sidekiq 5.2/6.x era) understand it.
-            "protocol": 2,
-        }
-        if not target.is_tls:
-            # Over TLS 1.3, redis-py 8 then finds the server's session tickets unread and
-            # refuses the fresh connection ("Connection not ready"): keep SETINFO there.
-            options.update(_NO_CLIENT_SETINFO)
-        else:
-            tls = target.tls
-            options.update(ssl_ca_certs=tls.ca_cert, ssl_certfile=tls.cert, ssl_keyfile=tls.key)
-            if tls.insecure:
-                options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
-        if client is not None:
-            self._client: redis.Redis = client
-            return
-        try:
-            self._client = redis.Redis.from_url(target.url, **options)
-        except (ValueError, TypeError) as exc:
-            raise RedisRefused(f"cannot use this Redis URL: {exc}", url=target.label) from None
+        self._client: redis.Redis = client if client is not None else connect(target, settings)
+        self.db = int(self._client.connection_pool.connection_kwargs.get("db") or 0)
 
     @property
     def label(self) -> str:
@@ -121,113 +243,57 @@ class SidekiqStore:
     def close(self) -> None:
         self._client.close()
 
-    # -- error handling ---------------------------------------------------------
-    def _translate(self, exc: Exception) -> QuiesceError:
-        url = self.label
-        tls_error = _ssl_cause(exc)
-        if isinstance(exc, rex.AuthenticationError):
-            return RedisRefused(f"Redis refused authentication: {exc}", url=url)
-        if isinstance(exc, rex.NoPermissionError):
-            return RedisRefused(f"Redis ACL does not allow a command quiesce needs: {exc}", url=url)
-        if tls_error is not None:
-            reason = getattr(tls_error, "reason", None) or str(tls_error).split(": ")[-1]
-            hint = (
-                "; does this port speak TLS?"
-                if self.target.is_tls
-                else "; is this a TLS port? use rediss://"
-            )
-            return RedisRefused(f"TLS handshake failed: {reason}{hint}", url=url)
-        if isinstance(exc, rex.BusyLoadingError):
-            return RedisUnavailable("Redis is still loading its dataset", url=url)
-        if isinstance(exc, rex.TimeoutError):
-            return RedisUnavailable(
-                f"Redis did not answer within {self._read_timeout_s:g} s", url=url
-            )
-        if isinstance(exc, rex.ConnectionError):
-            message = self._describe_connection_error(exc)
-            if "use rediss://" in message:
-                # Every retry was cut off at once: a TLS port refusing plain text, not an outage
-                # (a server that went away refuses the reconnection instead).
-                return RedisRefused(message, url=url)
-            return RedisUnavailable(message, url=url)
-        if isinstance(exc, rex.ReadOnlyError):
-            return RedisRefused("Redis is a read-only replica; point at the primary", url=url)
-        if isinstance(exc, rex.ResponseError) and str(exc).startswith("WRONGTYPE"):
-            return ProtocolError(
-                "a Sidekiq key holds the wrong Redis type; is this Sidekiq's database?", url=url
-            )
-        return ProtocolError(f"Redis replied with an error: {exc}", url=url)
-
-    def _describe_connection_error(self, exc: Exception) -> str:
-        text = str(exc)
-        if "Connection refused" in text:
-            return "cannot connect to Redis: connection refused"
-        if "Name or service not known" in text or "nodename nor servname" in text:
-            return "cannot connect to Redis: unknown host"
-        if "closed by server" in text or "reset by peer" in text:
-            hint = "" if self.target.is_tls else " (does it require TLS? use rediss://)"
-            return f"Redis closed the connection{hint}"
-        if "timed out" in text.lower():
-            return "cannot connect to Redis: connection timed out"
-        return f"cannot reach Redis: {text.rstrip('.')}"
-
-    def _call(self, fn: Callable[[], T]) -> T:
+    # -- plumbing -------------------------------------------------------------------
+    def _call(self, fn: Callable[[], T], *, deadline: float | None = None) -> T:
+        """One logical request, retried while transient; never starts an attempt after
+        ``deadline`` (``time.monotonic``), so a wait ends on time whatever Redis does."""
         try:
-            for attempt in redis_retry(is_transient):
+            for attempt in redis_retry(is_transient, deadline=deadline):
                 with attempt:
                     self.round_trips += 1
                     return fn()
-        except rex.RedisError as exc:
-            raise self._translate(exc) from exc
-        except OSError as exc:  # e.g. a TLS file that cannot be read at connect time
-            raise RedisRefused(f"cannot open connection: {exc}", url=self.label) from exc
+        except (rex.RedisError, OSError) as exc:
+            raise classify(exc, self.target, self._read_timeout_s) from exc
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
-    def _pipeline(self, commands: Sequence[tuple[str | int, ...]]) -> list[Any]:
-        """One round trip: every command written at once, then every reply read.
-
-        Lower level than redis-py's ``Pipeline`` (about twice as fast per command, which
-        is what a 5,000-process fleet costs) and free of its MULTI handling, so a raw
-        ``MULTI ... EXEC`` per process goes on the wire exactly as Sidekiq sends it.
-        An error reply is returned in place; connection errors raise.
-        """
+    def _pipeline(
+        self, commands: Sequence[Command], *, transaction: bool = False, deadline: float | None
+    ) -> list[Any]:
+        """One round trip; per-command error replies are returned in place."""
 
         def run() -> list[Any]:
-            pool = self._client.connection_pool
-            conn: Any = pool.get_connection()  # redis-py leaves these methods untyped
+            pipe = self._client.pipeline(transaction=transaction)
+            for command in commands:
+                _queue(pipe, *command)
+            return list(pipe.execute(raise_on_error=False))
+
+        return self._call(run, deadline=deadline)
+
+    def _refusal(self, reply: Any) -> None:
+        """A per-command error that means quiesce may not do its job here at all."""
+        if isinstance(reply, rex.NoPermissionError | rex.AuthenticationError):
+            raise classify(reply, self.target, self._read_timeout_s)
+
+    def _time_ms(self, reply: Any) -> int:
+        # Some managed Redis services rename or refuse TIME: fall back to our clock.
+        if isinstance(reply, list | tuple) and len(reply) == 2:
             try:
-                conn.send_packed_command([encode_commands(commands)])
-                replies: list[Any] = []
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except rex.ResponseError as exc:  # the reply was read: keep going
-                        replies.append(exc)
-                return replies
-            except BaseException:
-                conn.disconnect()  # replies may be half read: never reuse this socket
-                raise
-            finally:
-                pool.release(conn)
+                return int(reply[0]) * 1000 + int(reply[1]) // 1000
+            except (TypeError, ValueError):
+                pass
+        log.debug("TIME unavailable on %s: using the local clock", self.label)
+        return int(time.time() * 1000)
 
-        return self._call(run)
+    def _server(self, reply: Any) -> ServerIdentity:
+        info = _parse_info(reply)
+        return ServerIdentity(
+            run_id=info.get("run_id") or None,
+            uptime_s=_opt_int(info.get("uptime_in_seconds")),
+            db=self.db,
+        )
 
-    def _fatal(self, result: Any) -> Any:
-        """Per-command errors inside a pipeline: ACL denials stop everything."""
-        if isinstance(result, rex.NoPermissionError | rex.AuthenticationError):
-            raise self._translate(result)
-        return result
-
-    def _checked(self, results: Iterable[Any]) -> list[Any]:
-        """Replies of a pipeline that must succeed as a whole."""
-        replies = [self._fatal(r) for r in results]
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise self._translate(reply)
-        return replies
-
-    # -- reading ----------------------------------------------------------------
-    def members(self) -> list[str]:
+    # -- reads ------------------------------------------------------------------------
+    def members(self, *, deadline: float | None = None) -> list[str]:
         def scan() -> list[str]:
             found: dict[str, None] = {}
             cursor = 0
@@ -238,164 +304,200 @@ class SidekiqStore:
                     return list(found)
                 self.round_trips += 1
 
-        return self._call(scan)
+        return self._call(scan, deadline=deadline)
 
-    def snapshot(
-        self, *, server_info: bool = False, latest_deploy: bool = False, detail: bool = True
-    ) -> RawSnapshot:
-        """``detail=False`` reads only the hash fields: planning needs no TTLs or pending
-        signal names, and at 5,000 processes every command per process costs."""
+    def read_fleet(self, *, detail: bool = True) -> RawSnapshot:
+        """Every registered process, the server's identity and clients, the latest record.
+
+        ``detail=False`` (the release command's plan) skips TTLs and pending signal
+        names: at 5,000 processes every command per process costs.
+        """
         members = self.members()
         keys = self.keys
+        commands: list[Command] = [
+            ("TIME",),
+            ("INFO", "server"),
+            ("INFO", "clients"),
+            ("GET", keys.latest_deploy),
+        ]
         per = 3 if detail else 1
-        commands: list[tuple[str | int, ...]] = [("TIME",)]
-        if server_info:
-            commands.append(("INFO", "clients"))
-        if latest_deploy:
-            commands.append(("GET", keys.latest_deploy))
         for m in members:
             commands.append(("HMGET", keys.process(m), *k.PROCESS_FIELDS))
             if detail:
                 commands.append(("PTTL", keys.process(m)))
                 commands.append(("LRANGE", keys.signals(m), 0, -1))
-
-        results = self._pipeline(commands)
-        now = self._time(results.pop(0))
-        clients: Mapping[str, str] = {}
-        if server_info:
-            clients = _parse_info(results.pop(0))
-        deploy = self._fatal(results.pop(0)) if latest_deploy else None
-        rows = [self._raw(m, results[i * per : i * per + per]) for i, m in enumerate(members)]
+        results = self._pipeline(commands, deadline=None)
+        for reply in results:
+            self._refusal(reply)
+        now_ms, server_reply, clients_reply, deploy = results[:4]
+        rows = results[4:]
+        clients = _parse_info(clients_reply)
+        server = self._server(server_reply)
         return RawSnapshot(
             redis=self.label,
-            time=now,
-            rows=tuple(rows),
+            time=self._time_ms(now_ms) / 1000.0,
+            rows=tuple(self._raw(m, rows[i * per : i * per + per]) for i, m in enumerate(members)),
             connected_clients=_opt_int(clients.get("connected_clients")),
             maxclients=_opt_int(clients.get("maxclients")),
             latest_deploy=deploy if isinstance(deploy, str) else None,
+            run_id=server.run_id,
+            db=self.db,
         )
 
     def _raw(self, identity: str, replies: Sequence[Any]) -> RawProcess:
-        values, *detail = (self._fatal(r) for r in replies)
+        values, *detail = replies
         pttl, signals = detail if detail else (None, [])
         for result in (values, pttl, signals):
-            if isinstance(result, rex.ResponseError):
-                return RawProcess(identity, {}, -2, (), self.label, error=f"Redis: {result}")
+            if isinstance(result, rex.RedisError):
+                return RawProcess(identity, {}, None, (), self.label, error=_one_line(result))
         return RawProcess(
             identity=identity,
             fields=dict(zip(k.PROCESS_FIELDS, values, strict=True)),
             pttl_ms=None if pttl is None else int(pttl),
-            signals=tuple(signals),
+            signals=tuple(str(s) for s in signals),
             redis=self.label,
         )
 
-    def _time(self, result: Any) -> float:
-        # Some managed Redis services rename or disable TIME: fall back to our clock.
-        if isinstance(result, tuple | list) and len(result) == 2:
-            return int(result[0]) + int(result[1]) / 1e6
-        log.debug("TIME unavailable on %s (%s): using the local clock", self.label, result)
-        return time.time()
+    def poll(self, identities: Sequence[str], *, deadline: float | None = None) -> Poll:
+        """One round trip: what the confirmation loop needs about each target.
 
-    def poll(self, identities: Sequence[str]) -> tuple[int, list[PollRow]]:
-        """One round trip: what the confirmation loop needs about each target."""
+        A per-target error reply (say, a key of the wrong type) is kept on that row:
+        it never reads as "the process exited".
+        """
         keys = self.keys
-        commands: list[tuple[str | int, ...]] = [("TIME",)]
+        commands: list[Command] = [("TIME",), ("INFO", "server")]
         for ident in identities:
             commands.append(("SISMEMBER", keys.processes, ident))
             commands.append(("HMGET", keys.process(ident), *k.POLL_FIELDS))
             commands.append(("PTTL", keys.process(ident)))
             commands.append(("LLEN", keys.signals(ident)))
-        results = [self._fatal(r) for r in self._pipeline(commands)]
-        now_ms = int(self._time(results.pop(0)) * 1000)
+        results = self._pipeline(commands, deadline=deadline)
+        for reply in results[2:]:
+            self._refusal(reply)
         rows = []
         for i in range(len(identities)):
-            in_set, values, pttl, llen = results[i * 4 : i * 4 + 4]
-            if any(isinstance(r, Exception) for r in (in_set, values, pttl, llen)):
-                rows.append(PollRow(False, None, None, -2, 0))  # no longer a process hash
+            in_set, values, pttl, llen = results[2 + i * 4 : 6 + i * 4]
+            errors = [r for r in (in_set, values, pttl, llen) if isinstance(r, Exception)]
+            if errors:
+                rows.append(PollRow(None, None, None, None, None, error=_one_line(errors[0])))
                 continue
-            quiet, beat, _busy = values
+            quiet, beat = values
             rows.append(PollRow(bool(in_set), quiet, beat, int(pttl), int(llen)))
-        return now_ms, rows
+        return Poll(self._time_ms(results[0]), self._server(results[1]), tuple(rows))
 
-    # -- writing ----------------------------------------------------------------
-    def push_signal(
+    def empty_fleet_hints(self) -> EmptyFleetHints:
+        """Two bounded reads: one ``SCAN`` page for ``*:processes``, ``INFO keyspace``."""
+
+        def look() -> tuple[Any, Any]:
+            pipe = self._client.pipeline(transaction=False)
+            _queue(pipe, "SCAN", 0, "MATCH", "*:processes", "COUNT", HINT_SCAN_COUNT)
+            _queue(pipe, "INFO", "keyspace")
+            scan, info = pipe.execute(raise_on_error=False)
+            return scan, info
+
+        scan, info = self._call(look)
+        found: tuple[str, ...] = ()
+        if isinstance(scan, list | tuple) and len(scan) == 2:
+            found = tuple(sorted(str(x) for x in scan[1]))[:5]
+        dbs: dict[int, int] = {}
+        for name, value in _parse_info(info).items():
+            if name.startswith("db") and name[2:].isdigit() and int(name[2:]) != self.db:
+                count = value.split(",", 1)[0].removeprefix("keys=")
+                if count.isdigit():
+                    dbs[int(name[2:])] = int(count)
+        return EmptyFleetHints(namespaced=found, other_dbs=dbs)
+
+    # -- writes: the closed list ------------------------------------------------------
+    def push_quiet(
         self,
         identities: Sequence[str],
         signal: str,
+        records: Sequence[tuple[str, str, int]] = (),
         *,
-        records: Iterable[tuple[str, str, int]] = (),
-    ) -> int:
-        """``Sidekiq::Process#signal`` for every identity, in one round trip.
+        deadline: float | None = None,
+    ) -> Push:
+        """``Sidekiq::Process#signal`` for every identity, plus quiesce's own records
+        ``(key, value, ttl_s)``, in one ``MULTI``/``EXEC`` and one round trip.
 
-        Each push is its own ``MULTI LPUSH EXPIRE 60 EXEC``, byte for byte what Sidekiq's
-        API sends; ``records`` are quiesce's own ``(key, value, ttl_s)`` written alongside.
-        Returns the Redis time (ms) read just before the pushes.
+        A command Redis refuses while queueing (ACL, ``maxmemory``) aborts the whole
+        transaction: nothing was pushed, and this raises. A command that fails inside
+        ``EXEC`` (a signal list of the wrong type) fails alone: it is returned in
+        ``Push.errors`` and the others went in.
         """
         keys = self.keys
-        commands: list[tuple[str | int, ...]] = [("TIME",)]
+        commands: list[Command] = [("TIME",), ("MULTI",)]
         for ident in identities:
-            commands.append(("MULTI",))
             commands.append(("LPUSH", keys.signals(ident), signal))
             commands.append(("EXPIRE", keys.signals(ident), k.SIGNAL_TTL_S))
-            commands.append(("EXEC",))
         commands.extend(("SET", key, value, "EX", ttl) for key, value, ttl in records)
-        results = self._pipeline(commands)
-        now = results.pop(0)  # TIME may be disabled: _time falls back, it is not an error
-        self._checked(results)
-        return int(self._time(now) * 1000)
+        commands.append(("EXEC",))
+        # TIME goes before the MULTI, not in it: a TIME refused or renamed away must not
+        # abort the pushes (the clock falls back), only a refused push may.
+        replies = self._pipeline(commands, deadline=deadline)
+        queued, executed = replies[2:-1], replies[-1]
+        if not isinstance(executed, list):
+            # EXECABORT: a command was refused while queueing, so nothing was applied.
+            refused = next((r for r in queued if isinstance(r, Exception)), executed)
+            raise classify(refused, self.target, self._read_timeout_s)
+        errors: dict[str, str] = {}
+        for i, ident in enumerate(identities):
+            for reply in executed[i * 2 : i * 2 + 2]:
+                if isinstance(reply, Exception):
+                    errors[ident] = _one_line(reply)
+                    break
+        for reply in executed[len(identities) * 2 :]:
+            if isinstance(reply, Exception):
+                raise classify(reply, self.target, self._read_timeout_s)
+        return Push(pushed_at_ms=self._time_ms(replies[0]), errors=errors)
 
-    def save(self, records: Iterable[tuple[str, str, int]]) -> None:
-        self._checked(self._pipeline([("SET", key, v, "EX", ttl) for key, v, ttl in records]))
+    def save_records(
+        self, records: Sequence[tuple[str, str, int]], *, deadline: float | None = None
+    ) -> None:
+        """quiesce's own keys (``quiesce:*``), each with its TTL."""
+        commands = [("SET", key, value, "EX", ttl) for key, value, ttl in records]
+        for reply in self._pipeline(commands, deadline=deadline):
+            if isinstance(reply, Exception):
+                raise classify(reply, self.target, self._read_timeout_s)
 
     def mark_deploy(self, label: str, datecode: str, stamp: str) -> bool:
-        """``Sidekiq::Deploy#mark``: a 60 s NX lock per label, then HSETNX into the dated hash."""
+        """``Sidekiq::Deploy#mark``: a 60 s NX lock per label, then ``HSETNX`` into the
+        dated hash, in a ``MULTI`` as Sidekiq sends it. False: another mark holds the lock."""
         keys = self.keys
-        lock = ("SET", keys.deploy_lock(label), stamp, "NX", "EX", k.DEPLOY_LOCK_TTL_S)
-        (locked,) = self._checked(self._pipeline([lock]))
-        if locked is None:
+
+        def lock() -> Any:
+            client: Any = self._client
+            return client.execute_command(
+                "SET", keys.deploy_lock(label), stamp, "NX", "EX", k.DEPLOY_LOCK_TTL_S
+            )
+
+        if self._call(lock) is None:
             return False
         marks = keys.marks(datecode)
-        self._checked(
-            self._pipeline(
-                [
-                    ("MULTI",),
-                    ("HSETNX", marks, stamp, label),
-                    ("EXPIRE", marks, k.MARK_TTL_S),
-                    ("EXEC",),
-                ]
-            )
-        )
+
+        def mark() -> list[Any]:
+            pipe = self._client.pipeline(transaction=True)
+            _queue(pipe, "HSETNX", marks, stamp, label)
+            _queue(pipe, "EXPIRE", marks, k.MARK_TTL_S)
+            return list(pipe.execute(raise_on_error=False))
+
+        for reply in self._call(mark):
+            if isinstance(reply, Exception):
+                raise classify(reply, self.target, self._read_timeout_s)
         return True
 
-    # -- the simulator's heartbeat ----------------------------------------------
-    def beat(self, beats: Sequence[BeatWrite]) -> list[str | None]:
-        """Heartbeats exactly as ``Launcher#❤`` writes them; returns each popped signal."""
-        keys = self.keys
-        commands: list[tuple[str | int, ...]] = []
-        for b in beats:
-            fields = [x for pair in b.fields.items() for x in pair]
-            commands.append(("MULTI",))
-            commands.append(("SADD", keys.processes, b.identity))
-            commands.append(("EXISTS", keys.process(b.identity)))
-            commands.append(("HSET", keys.process(b.identity), *fields))
-            commands.append(("EXPIRE", keys.process(b.identity), k.HEARTBEAT_TTL_S))
-            commands.append(("RPOP", keys.signals(b.identity)))
-            commands.append(("EXEC",))
-        results = self._checked(self._pipeline(commands))
-        return [results[i * 7 + 6][4] for i in range(len(beats))]
 
-    def leave(self, identities: Sequence[str]) -> None:
-        """A stopping process's ``clear_heartbeat``: SREM and UNLINK ``:work``; the hash lingers."""
-        keys = self.keys
-        commands: list[tuple[str | int, ...]] = []
-        for ident in identities:
-            commands.append(("SREM", keys.processes, ident))
-            commands.append(("UNLINK", keys.work(ident)))
-        self._checked(self._pipeline(commands))
+def _queue(pipe: Any, *command: str | int | float) -> None:
+    """Queue one command on a pipeline (redis-py leaves ``execute_command`` untyped)."""
+    pipe.execute_command(*command)
 
 
 def _parse_info(reply: Any) -> dict[str, str]:
-    """``INFO clients`` as a bulk string (``key:value`` lines); {} if it was refused."""
+    """An ``INFO`` reply as ``key -> value``; {} if it was refused or renamed away.
+
+    redis-py parses INFO itself when it recognises the command: accept both shapes.
+    """
+    if isinstance(reply, Mapping):
+        return {str(key): str(value) for key, value in reply.items()}
     if not isinstance(reply, str):
         return {}
     pairs = (line.split(":", 1) for line in reply.splitlines() if ":" in line)

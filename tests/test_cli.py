@@ -118,7 +118,7 @@ def test_stalled_process_exit_3_and_best_effort_exit_0(
     time.sleep(0.5)
     code, out, _ = run("--redis-url", redis_url, "quiet", "--timeout", "1.5")
     assert code == 3
-    assert "STALLED" in out and "FAILED: 1 process not confirmed quiet; exit 3" in out
+    assert "NOT_CONFIRMED" in out and "FAILED: 1 process not confirmed quiet; exit 3" in out
     fleet.processes[1].stalled = True
     time.sleep(0.5)
     code, out, _ = run("--redis-url", redis_url, "quiet", "--timeout", "1", "--best-effort")

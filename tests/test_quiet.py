@@ -11,11 +11,12 @@ import redis
 
 from quiesce.confirm import Until
 from quiesce.errors import ExitCode
+from quiesce.observe import read_fleet
 from quiesce.plan import Filters, Outcome
+from quiesce.quiet_run import QuietOptions, quiet_fleet
 from quiesce.settings import Settings, build_settings
-from quiesce.signalling import QuietOptions, quiet_fleet, take_snapshot
-from quiesce.simulator import SimulatedFleet, SimulatedProcess, make_processes
-from quiesce.store import SidekiqStore
+from quiesce.simulator import SidekiqWrites, SimulatedFleet, SimulatedProcess, make_processes
+from quiesce.store import SidekiqStore, connect
 from tests.support import RedisServer
 
 FleetFactory = Callable[..., SimulatedFleet]
@@ -69,9 +70,9 @@ def test_signalling_costs_three_round_trips_whatever_the_size(
 ) -> None:
     fleet = start_fleet(make_processes(count, seed=3), beat=30)
     store = store_for(redis_url)
-    raw = store.snapshot(server_info=True)
-    store.push_signal([r.identity for r in raw.rows], "TSTP")
-    assert len(raw.rows) == count
+    raw = store.read_fleet()
+    push = store.push_quiet([r.identity for r in raw.rows], "TSTP")
+    assert len(raw.rows) == count and not push.errors
     assert store.round_trips == 3  # SSCAN, one read pipeline, one push pipeline
     fleet.stop()
 
@@ -115,15 +116,16 @@ def test_skips_embedded_quiet_and_dead_and_never_removes_them(
     assert raw.sismember("processes", "ghost:1:0123456789ab")
 
 
-def test_stalled_process_fails_the_gate_others_confirmed(
+def test_silent_process_fails_the_gate_others_confirmed(
     start_fleet: FleetFactory, redis_url: str
 ) -> None:
+    """Silent for 2 s is not "hung" for a 10 s-beat Sidekiq 7: not confirmed, not stalled."""
     procs = make_processes(4, seed=21)
     fleet = start_fleet(procs)
     procs[0].stalled = True
     time.sleep(0.4)
     report = quiet_fleet([store_for(redis_url)], QuietOptions(timeout_s=2))
-    assert outcomes(report.entries)[procs[0].identity] is Outcome.STALLED
+    assert outcomes(report.entries)[procs[0].identity] is Outcome.NOT_CONFIRMED
     assert report.count(Outcome.CONFIRMED) == 3
     assert report.exit_code is ExitCode.NOT_CONFIRMED
     fleet.stop()
@@ -155,7 +157,9 @@ def test_process_that_exits_during_the_wait_is_vanished(
 
     def exit_soon() -> None:  # ... and shuts down cleanly while we wait
         time.sleep(0.8)
-        store_for(redis_url).leave([procs[0].identity])
+        SidekiqWrites(connect(store.target, settings_for(redis_url)), store.keys).leave(
+            [procs[0].identity]
+        )
 
     threading.Thread(target=exit_soon).start()
     report = quiet_fleet([store], QuietOptions(timeout_s=5))
@@ -200,22 +204,21 @@ def test_dry_run_writes_nothing(
 
 
 def test_pushes_are_exactly_what_sidekiq_api_sends(redis_url: str, raw: redis.Redis) -> None:
-    """MONITOR shows MULTI, LPUSH <id>-signals TSTP, EXPIRE <id>-signals 60, EXEC per process."""
+    """MONITOR shows Sidekiq's LPUSH <id>-signals TSTP, EXPIRE <id>-signals 60 per process,
+    all inside one MULTI/EXEC (atomic for the whole fleet)."""
     identities = ["m1:1:aaaaaaaaaaaa", "m2:1:bbbbbbbbbbbb"]
     store = store_for(redis_url)
     store.members()  # connect first: only the pushes should show up below
     seen: list[str] = []
     with raw.monitor() as monitor:  # type: ignore[no-untyped-call]
-        store.push_signal(identities, "TSTP")
-        while len(seen) < 9:
+        store.push_quiet(identities, "TSTP")
+        while len(seen) < 7:
             seen.append(monitor.next_command()["command"])
-    pushes = [c for c in seen if c != "TIME"]
-    assert pushes == [
+    assert seen == [
+        "TIME",
         "MULTI",
         "LPUSH m1:1:aaaaaaaaaaaa-signals TSTP",
         "EXPIRE m1:1:aaaaaaaaaaaa-signals 60",
-        "EXEC",
-        "MULTI",
         "LPUSH m2:1:bbbbbbbbbbbb-signals TSTP",
         "EXPIRE m2:1:bbbbbbbbbbbb-signals 60",
         "EXEC",
@@ -238,7 +241,7 @@ def test_deploy_record_and_mark(
     assert stamp.endswith(":00Z") and stamp[:10].replace("-", "") == marks[0][:8]
     assert 89 * 86400 < raw.ttl(marks[0]) <= 90 * 86400
     assert 0 < raw.ttl("deploylock-registry.fly.io/app:deployment-01J") <= 60
-    snapshot = take_snapshot([store_for(redis_url)], latest_deploy=True)
+    snapshot = read_fleet([store_for(redis_url)])
     deploy = snapshot.latest_deploy
     assert deploy is not None and deploy["deploy_id"] == report.deploy_id
     assert deploy["strategy"] == "bluegreen"

@@ -14,10 +14,19 @@ from collections.abc import Sequence
 import pytest
 
 from quiesce.confirm import Until
+from quiesce.errors import ExitCode, RedisRefused, RedisUnavailable
 from quiesce.keys import PROCESS_FIELDS, Keys
 from quiesce.plan import Outcome
-from quiesce.rows import PollRow, RawProcess, RawSnapshot
-from quiesce.signalling import QuietOptions, quiet_fleet
+from quiesce.quiet_run import QuietOptions, QuietReport, quiet_fleet
+from quiesce.rows import (
+    EmptyFleetHints,
+    Poll,
+    PollRow,
+    Push,
+    RawProcess,
+    RawSnapshot,
+    ServerIdentity,
+)
 
 
 @dataclasses.dataclass
@@ -35,6 +44,8 @@ class FakeProcess:
     """Quiet is reported from the beat after the one that popped TSTP."""
     last_beat: float = 0.0
     in_set: bool = True
+    wiped_at: float = -1.0
+    """When Redis lost this process's keys (its hash is gone until it beats again)."""
 
 
 class FakeFleet:
@@ -49,6 +60,10 @@ class FakeFleet:
         self.signals_expire: dict[str, float] = {}
         self.pushes: list[tuple[float, list[str]]] = []
         self.saved: list[str] = []
+        self.marked: list[str] = []
+        self.run_id: str | None = "run-0"
+        self.wrong_type: set[str] = set()
+        """Identities whose signal list is not a list: pushes and polls error."""
 
     # the clock -------------------------------------------------------------
     def clock(self) -> float:
@@ -70,7 +85,7 @@ class FakeFleet:
                 p.in_set = False
 
     def _beats(self, p: FakeProcess) -> bool:
-        return p.in_set and not p.dead
+        return not p.dead and not (p.exits_at is not None and p.exits_at <= self.now)
 
     def _next_beat(self, p: FakeProcess) -> float:
         t = p.last_beat + p.interval if p.last_beat else p.phase
@@ -78,6 +93,7 @@ class FakeFleet:
 
     def _beat(self, p: FakeProcess) -> None:
         p.last_beat = self.now
+        p.in_set = True
         if p.popped_tstp_at is not None:
             p.quiet = True  # written by this beat: the flag was set when TSTP was popped
         queue = self._live_signals(p.identity)
@@ -90,12 +106,20 @@ class FakeFleet:
         return self.signals.setdefault(identity, [])
 
     def _hash_alive(self, p: FakeProcess) -> bool:
-        return p.last_beat > 0 and self.now - p.last_beat < 60
+        return p.last_beat > max(0.0, p.wiped_at) and self.now - p.last_beat < 60
+
+    # faults ---------------------------------------------------------------
+    def restart_empty(self) -> None:
+        """Redis crashed and came back empty: Sidekiq re-registers on its next beat."""
+        self.run_id = None if self.run_id is None else f"run-{self.now}"
+        self.signals.clear()
+        self.signals_expire.clear()
+        for p in self.procs.values():
+            p.in_set = False
+            p.wiped_at = self.now
 
     # the store port --------------------------------------------------------
-    def snapshot(
-        self, *, server_info: bool = False, latest_deploy: bool = False, detail: bool = True
-    ) -> RawSnapshot:
+    def read_fleet(self, *, detail: bool = True) -> RawSnapshot:
         self.round_trips += 2
         rows = []
         for p in self.procs.values():
@@ -106,13 +130,19 @@ class FakeFleet:
                     info=json.dumps(info), quiet=str(p.quiet).lower(), beat=str(p.last_beat)
                 )
             rows.append(RawProcess(p.identity, fields, None, (), self.label))
-        return RawSnapshot(self.label, self.now, tuple(rows))
+        return RawSnapshot(self.label, self.now, tuple(rows), run_id=self.run_id)
 
-    def poll(self, identities: Sequence[str]) -> tuple[int, list[PollRow]]:
+    def empty_fleet_hints(self) -> EmptyFleetHints:
+        return EmptyFleetHints((), {})
+
+    def poll(self, identities: Sequence[str], *, deadline: float | None = None) -> Poll:
         self.round_trips += 1
         rows = []
         for ident in identities:
             p = self.procs[ident]
+            if ident in self.wrong_type:
+                rows.append(PollRow(None, None, None, None, None, error="WRONGTYPE"))
+                continue
             alive = self._hash_alive(p)
             pttl = int((60 - (self.now - p.last_beat)) * 1000) if alive else -2
             rows.append(
@@ -124,26 +154,35 @@ class FakeFleet:
                     signals_len=len(self._live_signals(ident)),
                 )
             )
-        return int(self.now * 1000), rows
+        return Poll(int(self.now * 1000), ServerIdentity(self.run_id, None, 0), tuple(rows))
 
-    def push_signal(
+    def push_quiet(
         self,
         identities: Sequence[str],
         signal: str,
-        *,
         records: Sequence[tuple[str, str, int]] = (),
-    ) -> int:
+        *,
+        deadline: float | None = None,
+    ) -> Push:
         self.round_trips += 1
         self.pushes.append((self.now, list(identities)))
+        errors = {}
         for ident in identities:
+            if ident in self.wrong_type:
+                errors[ident] = "WRONGTYPE Operation against a key holding the wrong kind of value"
+                continue
             self._live_signals(ident).append(signal)
             self.signals_expire[ident] = self.now + 60
-        return int(self.now * 1000)
+        self.saved.extend(value for _, value, _ in records)
+        return Push(int(self.now * 1000), errors)
 
-    def save(self, records: Sequence[tuple[str, str, int]]) -> None:
+    def save_records(
+        self, records: Sequence[tuple[str, str, int]], *, deadline: float | None = None
+    ) -> None:
         self.saved.extend(value for _, value, _ in records)
 
     def mark_deploy(self, label: str, datecode: str, stamp: str) -> bool:
+        self.marked.append(label)
         return True
 
 
@@ -187,7 +226,7 @@ def test_stall_past_the_signal_ttl_is_pushed_again_and_confirmed() -> None:
     assert [round(t) for t, _ in fleet.pushes] == [2, 62]
 
 
-def test_process_that_never_comes_back_is_stalled_at_the_deadline() -> None:
+def test_process_that_never_beats_again_is_stalled_at_the_deadline() -> None:
     proc = FakeProcess("m:1:aaaaaaaaaaaa", phase=1)
     fleet = FakeFleet([proc, FakeProcess("m:2:bbbbbbbbbbbb", phase=3)])
     fleet.sleep(4)
@@ -208,10 +247,134 @@ def test_clean_exit_during_the_wait_is_vanished() -> None:
     assert run(fleet, timeout_s=30) == {"m:1:aaaaaaaaaaaa": (Outcome.VANISHED, 1)}
 
 
-@pytest.mark.parametrize("count", [1, 300])
-def test_round_trips_do_not_grow_with_the_fleet(count: int) -> None:
-    fleet = FakeFleet([FakeProcess(f"m:{i}:aaaaaaaaaaaa", phase=1 + i % 10) for i in range(count)])
-    fleet.sleep(11)
-    fleet.round_trips = 0
-    run(fleet, timeout_s=30, wait=False)
-    assert fleet.round_trips == 3  # snapshot (2) + one push pipeline
+def report_for(fleet: FakeFleet, **options: object) -> QuietReport:
+    return quiet_fleet(
+        [fleet],
+        QuietOptions(**options),  # type: ignore[arg-type]
+        clock=fleet.clock,
+        sleep=fleet.sleep,
+    )
+
+
+def test_a_signal_list_of_the_wrong_type_is_a_failed_push_not_an_exit() -> None:
+    fleet = FakeFleet([FakeProcess("m:1:aaaaaaaaaaaa", phase=1), FakeProcess("m:2:bbbbbbbbbbbb")])
+    fleet.sleep(2)
+    fleet.wrong_type.add("m:2:bbbbbbbbbbbb")
+    report = report_for(fleet, timeout_s=30, release="v1")
+    out = {e.process.identity: e for e in report.entries}
+    assert out["m:1:aaaaaaaaaaaa"].outcome is Outcome.CONFIRMED
+    assert out["m:2:bbbbbbbbbbbb"].outcome is Outcome.SIGNAL_FAILED
+    assert "WRONGTYPE" in (out["m:2:bbbbbbbbbbbb"].reason or "")
+    assert report.exit_code is ExitCode.NOT_CONFIRMED
+    assert fleet.marked == []  # no deploy mark for a release whose quiet failed
+    assert json.loads(fleet.saved[-1])["state"] == "failed"
+
+
+@pytest.mark.parametrize("run_id", ["run-0", None], ids=["info", "info-refused"])
+def test_redis_restarting_empty_mid_wait_is_never_counted_as_an_exit(run_id: str | None) -> None:
+    """Every hash and membership vanish at once: the processes re-register on their next
+    beat without the signal. They are pushed again and confirmed only when they take it,
+    whether the restart shows in ``INFO`` (run_id) or only as data gone."""
+    procs = [FakeProcess(f"m:{i}:aaaaaaaaaaaa", phase=1 + i) for i in range(3)]
+    fleet = FakeFleet(procs)
+    fleet.run_id = run_id
+    fleet.sleep(5)
+    restart_at = fleet.now + 0.5  # before any of them beats again
+    original_sleep = fleet.sleep
+
+    def sleep(seconds: float) -> None:
+        before = fleet.now
+        original_sleep(seconds)
+        if before < restart_at <= fleet.now:
+            fleet.restart_empty()
+
+    report = quiet_fleet([fleet], QuietOptions(timeout_s=40), clock=fleet.clock, sleep=sleep)
+    assert {e.outcome for e in report.entries} == {Outcome.CONFIRMED}
+    assert all(e.pushes == 2 for e in report.entries)
+    assert all(p.popped_tstp_at is not None for p in procs)
+    assert report.exit_code is ExitCode.OK
+    if run_id is not None:
+        assert any("restarted" in n for n in report.notes)
+
+
+def test_a_process_that_disappears_with_its_data_and_never_returns_is_lost() -> None:
+    gone = FakeProcess("m:1:aaaaaaaaaaaa", phase=1)
+    fleet = FakeFleet([gone, FakeProcess("m:2:bbbbbbbbbbbb", phase=2)])
+    fleet.sleep(3)
+    fleet.run_id = "run-0"
+    original_sleep = fleet.sleep
+
+    def sleep(seconds: float) -> None:
+        original_sleep(seconds)
+        if gone.in_set and gone.popped_tstp_at is None:
+            gone.dead = True
+            gone.in_set = False
+            gone.wiped_at = fleet.now  # hash and membership gone, same server (no restart)
+
+    report = quiet_fleet([fleet], QuietOptions(timeout_s=20), clock=fleet.clock, sleep=sleep)
+    out = {e.process.identity: e.outcome for e in report.entries}
+    assert out == {"m:1:aaaaaaaaaaaa": Outcome.LOST, "m:2:bbbbbbbbbbbb": Outcome.CONFIRMED}
+    assert report.exit_code is ExitCode.NOT_CONFIRMED
+
+
+def test_a_timeout_shorter_than_a_beat_is_not_confirmed_and_says_so() -> None:
+    fleet = FakeFleet([FakeProcess(f"m:{i}:aaaaaaaaaaaa", phase=1 + i) for i in range(6)])
+    fleet.sleep(7)
+    report = report_for(fleet, timeout_s=4)
+    assert Outcome.STALLED not in {e.outcome for e in report.entries}
+    assert report.count(Outcome.NOT_CONFIRMED) >= 1
+    assert any("shorter than one heartbeat" in n for n in report.notes)
+
+
+def test_a_successful_quiet_writes_a_complete_record_and_the_mark() -> None:
+    fleet = FakeFleet([FakeProcess("m:1:aaaaaaaaaaaa", phase=1)])
+    fleet.sleep(2)
+    report = report_for(fleet, timeout_s=30, release="v7")
+    assert report.ok and fleet.marked == ["v7"]
+    first, last = json.loads(fleet.saved[0]), json.loads(fleet.saved[-1])
+    assert first["state"] == "pending" and last["state"] == "complete"
+    entry = last["outcomes"]["m:1:aaaaaaaaaaaa"]
+    assert entry["outcome"] == "confirmed" and entry["pushes"] == 1
+    assert entry["pushed_at"] <= entry["confirmed_at"]
+
+
+class RefusingPolls(FakeFleet):
+    def poll(self, identities: Sequence[str], *, deadline: float | None = None) -> Poll:
+        raise RedisRefused("the Redis user may not run a command quiesce needs: PTTL", url="r")
+
+
+def test_a_user_that_may_push_but_not_poll_is_refused_before_any_signal() -> None:
+    fleet = RefusingPolls([FakeProcess("m:1:aaaaaaaaaaaa", phase=1)])
+    fleet.sleep(2)
+    with pytest.raises(RedisRefused, match="PTTL"):
+        report_for(fleet, timeout_s=30)
+    assert fleet.pushes == [] and fleet.saved == []
+
+
+class OutageAfterPush(FakeFleet):
+    """Redis stops answering right after the push, for ``outage_s`` seconds."""
+
+    outage_s = 1000.0
+
+    def poll(self, identities: Sequence[str], *, deadline: float | None = None) -> Poll:
+        if self.pushes and self.now < self.pushes[0][0] + self.outage_s:
+            raise RedisUnavailable("cannot connect to Redis: connection refused", url="r")
+        return super().poll(identities, deadline=deadline)
+
+
+def test_redis_gone_until_the_deadline_reports_what_was_done() -> None:
+    fleet = OutageAfterPush([FakeProcess("m:1:aaaaaaaaaaaa", phase=1)])
+    fleet.sleep(2)
+    report = report_for(fleet, timeout_s=20, release="v1")
+    assert report.exit_code is ExitCode.REDIS_UNAVAILABLE
+    assert [e.outcome for e in report.entries] == [Outcome.NOT_CONFIRMED]
+    assert report.deploy_id is not None and not report.record_saved
+    assert fleet.marked == []
+
+
+def test_a_short_outage_is_waited_out() -> None:
+    fleet = OutageAfterPush([FakeProcess("m:1:aaaaaaaaaaaa", phase=1)])
+    fleet.outage_s = 3
+    fleet.sleep(2)
+    report = report_for(fleet, timeout_s=30)
+    assert report.ok and [e.outcome for e in report.entries] == [Outcome.CONFIRMED]

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import fakeredis
 import pytest
 
 from quiesce.decode import decode_snapshot
 from quiesce.fleet import ProcessState
+from quiesce.keys import Keys
 from quiesce.settings import build_settings
-from quiesce.simulator import make_processes
-from quiesce.store import BeatWrite, SidekiqStore
+from quiesce.simulator import BeatWrite, SidekiqWrites, make_processes
+from quiesce.store import SidekiqStore
 
 
 @pytest.fixture
@@ -27,10 +26,10 @@ def store(fake: fakeredis.FakeRedis, namespace: str = "") -> SidekiqStore:
 def test_snapshot_reads_and_never_writes(fake: fakeredis.FakeRedis) -> None:
     procs = make_processes(3, seed=1, version="8.1.7")
     s = store(fake)
-    s.beat([BeatWrite(p.identity, p.fields(1000.0)) for p in procs])
+    SidekiqWrites(fake, Keys()).beat([BeatWrite(p.identity, p.fields(1000.0)) for p in procs])
     fake.sadd("processes", "gone:1:000000000000")
     before = {k: fake.type(k) for k in fake.scan_iter()}
-    snap = decode_snapshot(s.snapshot(server_info=True, latest_deploy=True))
+    snap = decode_snapshot(s.read_fleet())
     assert {k: fake.type(k) for k in fake.scan_iter()} == before
     states = {p.identity: p.state for p in snap.processes}
     assert states["gone:1:000000000000"] is ProcessState.DEAD
@@ -41,7 +40,7 @@ def test_snapshot_reads_and_never_writes(fake: fakeredis.FakeRedis) -> None:
 def test_member_that_is_not_a_hash_is_unreadable(fake: fakeredis.FakeRedis) -> None:
     fake.sadd("processes", "weird:1:abcdefabcdef")
     fake.set("weird:1:abcdefabcdef", "a string, not a hash")
-    snap = decode_snapshot(store(fake).snapshot())
+    snap = decode_snapshot(store(fake).read_fleet())
     (proc,) = snap.processes
     assert proc.state is ProcessState.UNREADABLE and proc.problem and "WRONGTYPE" in proc.problem
 
@@ -49,26 +48,30 @@ def test_member_that_is_not_a_hash_is_unreadable(fake: fakeredis.FakeRedis) -> N
 def test_namespace_prefixes_keys_only(fake: fakeredis.FakeRedis) -> None:
     proc = make_processes(1, seed=2, version="6.4.1")[0]
     s = store(fake, "app")
-    s.beat([BeatWrite(proc.identity, proc.fields(1.0))])
+    SidekiqWrites(fake, Keys("app")).beat([BeatWrite(proc.identity, proc.fields(1.0))])
     assert fake.smembers("app:processes") == {proc.identity}
     assert fake.exists(f"app:{proc.identity}")
-    (decoded,) = decode_snapshot(s.snapshot()).processes
+    (decoded,) = decode_snapshot(s.read_fleet()).processes
     assert decoded.identity == proc.identity and decoded.alive
 
 
 def test_poll_rows(fake: fakeredis.FakeRedis) -> None:
     proc = make_processes(1, seed=3)[0]
     s = store(fake)
-    s.beat([BeatWrite(proc.identity, proc.fields(1.0))])
+    SidekiqWrites(fake, Keys()).beat([BeatWrite(proc.identity, proc.fields(1.0))])
     fake.lpush(f"{proc.identity}-signals", "TSTP")
-    _, (row, missing) = s.poll([proc.identity, "nobody:1:000000000000"])
+    fake.hset("odd:1:000000000000-signals", "x", "1")
+    (row, missing, odd) = s.poll(
+        [proc.identity, "nobody:1:000000000000", "odd:1:000000000000"]
+    ).rows
     assert row.in_set and row.quiet == "false" and row.signals_len == 1 and 0 < row.pttl_ms <= 60000
     assert not missing.in_set and missing.pttl_ms == -2
+    assert odd.error is not None and "WRONGTYPE" in odd.error  # an error, never "exited"
 
 
 def test_beat_pops_one_signal_per_beat(fake: fakeredis.FakeRedis) -> None:
     proc = make_processes(1, seed=4)[0]
-    s = store(fake)
+    s = SidekiqWrites(fake, Keys())
     fake.lpush(f"{proc.identity}-signals", "TSTP", "TTIN")
     assert s.beat([BeatWrite(proc.identity, proc.fields(1.0))]) == ["TSTP"]  # FIFO: oldest first
     assert s.beat([BeatWrite(proc.identity, proc.fields(2.0))]) == ["TTIN"]
@@ -82,22 +85,3 @@ def test_mark_deploy_lock_then_hsetnx(fake: fakeredis.FakeRedis) -> None:
     assert fake.hgetall("20261126-marks") == {"2026-11-26T07:25:00Z": "v1"}
     assert fake.get("deploylock-v1") == "2026-11-26T07:25:00Z"
     assert 0 < fake.ttl("deploylock-v1") <= 60
-
-
-def test_encoder_writes_what_redis_py_writes() -> None:
-    import redis
-
-    from quiesce.store import encode_commands
-
-    commands: list[tuple[str | int, ...]] = [
-        ("MULTI",),
-        ("LPUSH", "host:1:abcdefabcdef-signals", "TSTP"),
-        ("EXPIRE", "host:1:abcdefabcdef-signals", 60),
-        ("EXEC",),
-        ("HMGET", "ns:ünïcödé:7:000000000000", "info", "busy"),
-        ("SET", "quiesce:deploy:latest", '{"x": "' + "y" * 10_000 + '"}', "EX", 1209600),
-        ("LRANGE", "k", 0, -1),
-        ("GET", ""),
-    ]
-    conn: Any = redis.Redis(protocol=2).connection_pool.make_connection()
-    assert encode_commands(commands) == b"".join(conn.pack_commands(commands))
