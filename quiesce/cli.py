@@ -438,8 +438,9 @@ def simulate(
     """
     from quiesce.signalling import take_snapshot
     from quiesce.simulator import SimulatedFleet, make_processes
+    from quiesce.store import connect
 
-    with _guard(), _stores(_settings(ctx), first_only=True) as stores:
+    with _guard(), _stores(settings := _settings(ctx), first_only=True) as stores:
         store = stores[0]
         others = [
             p
@@ -452,10 +453,11 @@ def simulate(
                 "refusing to mix simulated ones in (use --force)"
             )
         fleet = SimulatedFleet(
-            store,
+            connect(store.target, settings),
             make_processes(
                 processes, version=sidekiq_version, per_machine=per_machine, tag=SIM_TAG
             ),
+            keys=store.keys,
             beat_interval_s=beat_interval,
         )
         typer.echo(
@@ -476,7 +478,8 @@ def simulate(
             pass
         finally:
             fleet.stop()
-            store.leave([p.identity for p in fleet.processes if not p.stopped])
+            fleet.leave_all()
+            fleet.client.close()
         typer.echo("simulated processes left the registry", err=True)
 
 

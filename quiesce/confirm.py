@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from quiesce.decode import parse_float as _number
 from quiesce.fleet import ProcessRecord
 from quiesce.keys import HEARTBEAT_TTL_S, SIGNAL_TTL_S
 from quiesce.plan import Outcome
@@ -123,10 +124,3 @@ def finalize(target: Target) -> None:
     row = target.last_row
     stalled = row is not None and not target.beat_since_push(row)
     target.outcome = Outcome.STALLED if stalled else Outcome.NOT_CONFIRMED
-
-
-def _number(text: str | None) -> float | None:
-    try:
-        return float(text) if text is not None else None
-    except ValueError:
-        return None

@@ -36,6 +36,8 @@ class RawSnapshot:
     connected_clients: int | None = None
     maxclients: int | None = None
     latest_deploy: str | None = None
+    run_id: str | None = None
+    """``INFO server`` run_id, when the adapter read it."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from quiesce import __version__
 from quiesce import keys as k
 from quiesce.confirm import Target, Until, Verdict, apply, assess, finalize, repushed
 from quiesce.decode import decode_snapshot
-from quiesce.deploy import DeployRecord, mark_stamp, new_deploy_id
+from quiesce.deploy import DeployRecord, OutcomeEntry, mark_stamp, new_deploy_id
 from quiesce.errors import ExitCode
 from quiesce.fleet import FleetSnapshot, ProcessRecord
 from quiesce.plan import FAILED_OUTCOMES, Filters, Outcome, plan_quiet
@@ -273,10 +273,14 @@ def quiet_fleet(
         servers=fleet.servers,
         quiesce_version=__version__,
     )
-    record.outcomes = {p.identity: {"outcome": o.value} for p, o in plan.skipped}
     first = Outcome.PENDING if options.wait else Outcome.SIGNALLED
-    for p in plan.targets:
-        record.outcomes[p.identity] = {"outcome": first.value}
+    # pushed_at is provisional (the snapshot's time, no later than the push) until the wait ends.
+    record = record.with_outcomes(
+        {p.identity: OutcomeEntry(o.value) for p, o in plan.skipped}
+        | {p.identity: OutcomeEntry(first.value, fleet.taken_at, pushes=1) for p in plan.targets}
+    )
+    if not options.wait:  # written once, with the pushes: final as it is
+        record = record.finish(fleet.taken_at)
     run.push(plan.targets, record)
     marks = _mark(stores, options, fleet.taken_at)
     if not options.wait:  # the record written with the pushes is already final
@@ -285,13 +289,17 @@ def quiet_fleet(
         )
     run.wait()
     entries = tuple(_entry(t, options.wait) for t in run.all_targets())
-    for target, entry in zip(run.all_targets(), entries, strict=True):
-        confirmed_at = target.confirmed_at_ms / 1000.0 if target.confirmed_at_ms else None
-        record.outcomes[target.identity] = {
-            "outcome": entry.outcome.value,
-            "confirmed_at": confirmed_at,
+    record = record.with_outcomes(
+        {
+            target.identity: OutcomeEntry(
+                entry.outcome.value,
+                pushed_at=target.pushed_at_ms / 1000.0,
+                confirmed_at=target.confirmed_at_ms / 1000.0 if target.confirmed_at_ms else None,
+                pushes=target.pushes,
+            )
+            for target, entry in zip(run.all_targets(), entries, strict=True)
         }
-    record.finished_at = fleet.taken_at + (clock() - run.started)
+    ).finish(fleet.taken_at + (clock() - run.started))
     body = record.to_json()
     for store in stores:
         store.save(_record_writes(store.keys, record.deploy_id, body))

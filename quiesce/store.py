@@ -3,14 +3,12 @@
 Every method costs a fixed number of round trips whatever the fleet size: one
 ``SSCAN`` walk (one call up to ``SCAN_COUNT`` members), then one pipeline. The only
 writes to Sidekiq's keys are the two Sidekiq's own API makes: signal pushes
-(``Sidekiq::Process#signal``) and deploy marks (``Sidekiq::Deploy#mark``). The simulator's
-heartbeat writes live here too, because they are Redis I/O, but only the simulator
-calls them.
+(``Sidekiq::Process#signal``) and deploy marks (``Sidekiq::Deploy#mark``). (The simulator
+plays Sidekiq with its own client from ``connect``: its heartbeats are not quiesce's.)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import ssl
 import time
@@ -43,14 +41,6 @@ SCAN_COUNT = 10_000
 T = TypeVar("T")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class BeatWrite:
-    """One simulated heartbeat: what ``Launcher#❤`` writes in its registry MULTI."""
-
-    identity: str
-    fields: Mapping[str, str]
-
-
 def encode_commands(commands: Sequence[tuple[str | int, ...]]) -> bytes:
     """A whole pipeline in RESP, byte for byte what redis-py's packer writes (a test checks)
     but several times faster: encoding is most of the client's work for a large fleet."""
@@ -79,6 +69,33 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, rex.ConnectionError | rex.TimeoutError)
 
 
+def connect(target: RedisTarget, settings: Settings) -> redis.Redis:
+    """A redis-py client for ``target`` with quiesce's options: decoded replies, timeouts,
+    RESP2, TLS files, no retries of its own. Raises ``RedisRefused`` for an unusable URL."""
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "socket_timeout": settings.read_timeout_s,
+        # Retries are ours (quiesce.retry), bounded and only for transient errors.
+        "retry": Retry(NoBackoff(), 0),
+        # RESP2: no HELLO on connect, and Redis 4/5 (Sidekiq 5.2/6.x era) understand it.
+        "protocol": 2,
+    }
+    if not target.is_tls:
+        # Over TLS 1.3, redis-py 8 then finds the server's session tickets unread and
+        # refuses the fresh connection ("Connection not ready"): keep SETINFO there.
+        options.update(_NO_CLIENT_SETINFO)
+    else:
+        tls = target.tls
+        options.update(ssl_ca_certs=tls.ca_cert, ssl_certfile=tls.cert, ssl_keyfile=tls.key)
+        if tls.insecure:
+            options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
+    try:
+        return redis.Redis.from_url(target.url, **options)
+    except (ValueError, TypeError) as exc:
+        raise RedisRefused(f"cannot use this Redis URL: {exc}", url=target.label) from None
+
+
 class SidekiqStore:
     def __init__(
         self, target: RedisTarget, settings: Settings, *, client: redis.Redis | None = None
@@ -88,31 +105,7 @@ class SidekiqStore:
         self.keys = k.Keys(settings.namespace)
         self.round_trips = 0
         self._read_timeout_s = settings.read_timeout_s
-        options: dict[str, Any] = {
-            "decode_responses": True,
-            "socket_connect_timeout": settings.connect_timeout_s,
-            "socket_timeout": settings.read_timeout_s,
-            # Retries are ours (quiesce.retry), bounded and only for transient errors.
-            "retry": Retry(NoBackoff(), 0),
-            # RESP2: no HELLO on connect, and Redis 4/5 (Sidekiq 5.2/6.x era) understand it.
-            "protocol": 2,
-        }
-        if not target.is_tls:
-            # Over TLS 1.3, redis-py 8 then finds the server's session tickets unread and
-            # refuses the fresh connection ("Connection not ready"): keep SETINFO there.
-            options.update(_NO_CLIENT_SETINFO)
-        else:
-            tls = target.tls
-            options.update(ssl_ca_certs=tls.ca_cert, ssl_certfile=tls.cert, ssl_keyfile=tls.key)
-            if tls.insecure:
-                options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
-        if client is not None:
-            self._client: redis.Redis = client
-            return
-        try:
-            self._client = redis.Redis.from_url(target.url, **options)
-        except (ValueError, TypeError) as exc:
-            raise RedisRefused(f"cannot use this Redis URL: {exc}", url=target.label) from None
+        self._client: redis.Redis = client if client is not None else connect(target, settings)
 
     @property
     def label(self) -> str:
@@ -366,32 +359,6 @@ class SidekiqStore:
             )
         )
         return True
-
-    # -- the simulator's heartbeat ----------------------------------------------
-    def beat(self, beats: Sequence[BeatWrite]) -> list[str | None]:
-        """Heartbeats exactly as ``Launcher#❤`` writes them; returns each popped signal."""
-        keys = self.keys
-        commands: list[tuple[str | int, ...]] = []
-        for b in beats:
-            fields = [x for pair in b.fields.items() for x in pair]
-            commands.append(("MULTI",))
-            commands.append(("SADD", keys.processes, b.identity))
-            commands.append(("EXISTS", keys.process(b.identity)))
-            commands.append(("HSET", keys.process(b.identity), *fields))
-            commands.append(("EXPIRE", keys.process(b.identity), k.HEARTBEAT_TTL_S))
-            commands.append(("RPOP", keys.signals(b.identity)))
-            commands.append(("EXEC",))
-        results = self._checked(self._pipeline(commands))
-        return [results[i * 7 + 6][4] for i in range(len(beats))]
-
-    def leave(self, identities: Sequence[str]) -> None:
-        """A stopping process's ``clear_heartbeat``: SREM and UNLINK ``:work``; the hash lingers."""
-        keys = self.keys
-        commands: list[tuple[str | int, ...]] = []
-        for ident in identities:
-            commands.append(("SREM", keys.processes, ident))
-            commands.append(("UNLINK", keys.work(ident)))
-        self._checked(self._pipeline(commands))
 
 
 def _parse_info(reply: Any) -> dict[str, str]:

@@ -7,7 +7,15 @@ import dataclasses
 import pytest
 
 from quiesce.confirm import Target, Until, Verdict, assess, finalize
-from quiesce.deploy import DeployRecord, mark_stamp, new_deploy_id, quiet_since
+from quiesce.deploy import (
+    DeployRecord,
+    DeployState,
+    OutcomeEntry,
+    mark_stamp,
+    new_deploy_id,
+    parse_deploy_record,
+    quiet_since,
+)
 from quiesce.errors import ConfigError
 from quiesce.fleet import FleetSnapshot, ProcessRecord, SidekiqVersion
 from quiesce.plan import Filters, Outcome, plan_quiet
@@ -190,12 +198,15 @@ def test_deploy_record_round_trip() -> None:
     )
     assert record.deploy_id == "20261126T072528Z-abc123"
     assert len(record.fleet) == 6  # the dead member is not part of the pre-deploy fleet
-    record.outcomes["m1:1:aaaaaaaaaaaa"] = {"outcome": "confirmed", "confirmed_at": 1795677931.5}
-    parsed = DeployRecord.parse(record.to_json())
-    assert parsed is not None and parsed["release"] == "v42"
+    record = record.with_outcomes(
+        {"m1:1:aaaaaaaaaaaa": OutcomeEntry("confirmed", 1795677929.0, 1795677931.5, pushes=1)}
+    )
+    parsed, problem = parse_deploy_record(record.to_json())
+    assert problem is None and parsed == record
+    assert parsed.release == "v42" and parsed.state is DeployState.PENDING
     assert quiet_since(parsed, "m1:1:aaaaaaaaaaaa") == 1795677931.5
     assert quiet_since(parsed, "m2:1:cccccccccccc") is None
-    assert DeployRecord.parse("{not json") is None
+    assert parse_deploy_record("{not json")[0] is None
 
 
 @pytest.mark.parametrize(
