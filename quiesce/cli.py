@@ -467,10 +467,10 @@ def simulate(
     It refuses to start when other live Sidekiq processes are registered, unless --force.
     """
     from quiesce.observe import read_fleet
-    from quiesce.simulator import SidekiqWrites, SimulatedFleet, make_processes
+    from quiesce.simulator import SimulatedFleet, make_processes
     from quiesce.store import connect
 
-    with _guard(), _stores(_settings(ctx), first_only=True) as stores:
+    with _guard(), _stores(settings := _settings(ctx), first_only=True) as stores:
         store = stores[0]
         others = [
             p
@@ -482,12 +482,12 @@ def simulate(
                 f"{len(others)} other Sidekiq processes are registered in {store.label}; "
                 "refusing to mix simulated ones in (use --force)"
             )
-        writes = SidekiqWrites(connect(store.target, _settings(ctx)), store.keys)
         fleet = SimulatedFleet(
-            writes,
+            connect(store.target, settings),
             make_processes(
                 processes, version=sidekiq_version, per_machine=per_machine, tag=SIM_TAG
             ),
+            keys=store.keys,
             beat_interval_s=beat_interval,
         )
         typer.echo(
@@ -508,7 +508,8 @@ def simulate(
             pass
         finally:
             fleet.stop()
-            writes.leave([p.identity for p in fleet.processes if not p.stopped])
+            fleet.leave_all()
+            fleet.client.close()
         typer.echo("simulated processes left the registry", err=True)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from quiesce.decode import parse_float
 from quiesce.fleet import ProcessRecord, beat_overdue
 from quiesce.keys import HEARTBEAT_TTL_S, SIGNAL_TTL_S
 from quiesce.plan import Outcome
@@ -89,13 +90,6 @@ class Target:
             return self.last_beat_ms >= self.pushed_at_ms - BEAT_CLOCK_SLACK_MS
         beat = parse_float(row.beat)
         return beat is not None and beat != self.beat_seen
-
-
-def parse_float(text: str | None) -> float | None:
-    try:
-        return float(text) if text is not None else None
-    except ValueError:
-        return None
 
 
 def assess(

@@ -1,4 +1,4 @@
-"""Raw Redis rows -> ``ProcessRecord``, for any Sidekiq from 5.2 to 8.1 (pure, tolerant).
+"""Raw Redis rows -> ``ProcessRecord``, for every Sidekiq in ``versions.BANDS`` (pure, tolerant).
 
 Decoding is per process, never per fleet: during a deploy old and new Sidekiq versions
 beat side by side. A row that cannot be decoded becomes a record with ``problem`` set,
@@ -7,29 +7,50 @@ so the rest of the fleet is unaffected.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
-import re
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeGuard
 
-from quiesce.deploy import DeployRecord
-from quiesce.fleet import FleetSnapshot, ProcessRecord, ServerInfo, SidekiqVersion, split_identity
+from quiesce.deploy import has_surrogates, parse_deploy_record
+from quiesce.fleet import (
+    FleetSnapshot,
+    ProcessRecord,
+    ServerInfo,
+    SidekiqVersion,
+    mark_quieting,
+    split_identity,
+)
 from quiesce.keys import HEARTBEAT_TTL_S
 from quiesce.rows import RawProcess, RawSnapshot
+from quiesce.versions import (
+    BANDS,
+    FIRST_UNSUPPORTED,
+    OLDEST_SUPPORTED,
+    OPTIONAL_HASH_FIELDS,
+    band_for,
+    bands_without_version,
+    format_version,
+    parse_version,
+    range_text,
+)
 
-OLDEST_SUPPORTED = (5, 2)
-FIRST_UNSUPPORTED = (9, 0)
-N = TypeVar("N", int, float)
-_VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
+__all__ = ["decode_process", "decode_snapshot", "parse_float", "parse_version", "read_version"]
 
 
 def decode_snapshot(raw: RawSnapshot, *, allow_newer: bool = False) -> FleetSnapshot:
+    """Every row decoded on its own; the latest deploy record read tolerantly and used to
+    tell quieting processes (``fleet.is_quieting``) from running ones."""
+    deploy, problem = parse_deploy_record(raw.latest_deploy)
+    records = [decode_process(row, raw.time, allow_newer=allow_newer) for row in raw.rows]
     return FleetSnapshot(
-        processes=tuple(decode_process(row, raw.time, allow_newer=allow_newer) for row in raw.rows),
+        processes=mark_quieting(records, deploy, raw.time),
         taken_at=raw.time,
-        servers=(ServerInfo(raw.redis, raw.connected_clients, raw.maxclients),),
-        latest_deploy=DeployRecord.parse(raw.latest_deploy),
+        servers=(ServerInfo(raw.redis, raw.connected_clients, raw.maxclients, raw.run_id),),
+        latest_deploy=deploy,
+        deploy_problem=f"{problem} ({raw.redis})" if problem else None,
     )
 
 
@@ -37,17 +58,30 @@ class _Unreadable(Exception):
     """Internal: carries the one-line reason a row is unreadable."""
 
 
-def parse_version(text: str) -> tuple[int, int, int] | None:
-    match = _VERSION_RE.match(text.strip())
-    if not match:
+def parse_float(text: str | None) -> float | None:
+    """A finite number from a Redis string, or None (missing, garbage, NaN, infinity)."""
+    if text is None:
         return None
-    major, minor, patch = match.groups()
-    return int(major), int(minor), int(patch or 0)
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
-def beat_interval_for(numbers: tuple[int, int, int]) -> float:
-    """``BEAT_PAUSE``: 5 s up to 6.5.x, 10 s from 7.0.0."""
-    return 10.0 if numbers >= (7, 0, 0) else 5.0
+def printable(text: str) -> str:
+    """``text`` safe to show: non-UTF-8 bytes as ``\\xff``, control characters escaped."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif "\udc80" <= ch <= "\udcff":  # a byte surrogateescape could not decode
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
 
 
 def read_version(
@@ -55,21 +89,21 @@ def read_version(
 ) -> SidekiqVersion:
     """``info.version`` (7.0.2+), else inferred from which fields the process writes.
 
-    ``allow_newer`` accepts versions after 8.x as if they were 8.x (TSTP, 10 s beat), for
+    ``allow_newer`` reads versions from ``FIRST_UNSUPPORTED`` on as the newest band, for
     the day a fleet upgrades before quiesce does; older than 5.2 is never accepted.
+    An inferred version gets the longest beat interval of its candidate bands: 7.0.0 and
+    7.0.1 write no version and look like 6.5 but beat every 10 s.
     """
     raw = info.get("version")
     if raw is not None:
-        version = _known_version(str(raw), allow_newer)
+        version = _known_version(str(raw)[:40], allow_newer)
         if isinstance(version, str):
             raise _Unreadable(version)
         return version
-    # 7.0.0/7.0.1 write no version and look like 6.5 but beat every 10 s: stay conservative.
-    if fields.get("rtt_us") is not None:
-        return SidekiqVersion("6.2-7.0.1", inferred=True, beat_interval_s=10.0)
-    if fields.get("rss") is not None:
-        return SidekiqVersion("6.1.3-6.1.x", inferred=True, beat_interval_s=5.0)
-    return SidekiqVersion("5.2-6.1.2", inferred=True, beat_interval_s=5.0)
+    present = frozenset(f for f in OPTIONAL_HASH_FIELDS if fields.get(f) not in (None, ""))
+    bands = bands_without_version(present)
+    interval = max(b.beat_interval_s for b in bands)
+    return SidekiqVersion(range_text(bands), inferred=True, beat_interval_s=interval)
 
 
 @functools.lru_cache(maxsize=64)
@@ -77,23 +111,37 @@ def _known_version(text: str, allow_newer: bool) -> SidekiqVersion | str:
     """A fleet runs a handful of versions: parse each once. A ``str`` result is the problem."""
     numbers = parse_version(text)
     if numbers is None:
-        return f"unparseable Sidekiq version {text!r}"
-    newer = numbers[:2] >= FIRST_UNSUPPORTED
-    if numbers[:2] < OLDEST_SUPPORTED or (newer and not allow_newer):
-        hint = " (--allow-newer-sidekiq treats it as 8.x)" if newer else ""
-        return f"unsupported Sidekiq version {text}: quiesce knows 5.2 to 8.x{hint}"
-    return SidekiqVersion(text, inferred=False, beat_interval_s=beat_interval_for(numbers))
+        return f"unparseable Sidekiq version {printable(text)!r}"
+    band = band_for(numbers, allow_newer=allow_newer)
+    if band is None:
+        newest = f"{BANDS[-1].first[0]}.x"
+        newer = numbers >= FIRST_UNSUPPORTED
+        hint = f" (--allow-newer-sidekiq treats it as {newest})" if newer else ""
+        return (
+            f"unsupported Sidekiq version {printable(text)}: quiesce knows "
+            f"{format_version(OLDEST_SUPPORTED)} to {newest}{hint}"
+        )
+    return SidekiqVersion(text, inferred=False, beat_interval_s=band.beat_interval_s)
 
 
-def _field(fields: Mapping[str, str | None], name: str, kind: Callable[[str], N]) -> N | None:
+def _int_field(fields: Mapping[str, str | None], name: str) -> int | None:
     value = fields.get(name)
     if value is None or value == "":
         return None
     try:
-        return kind(value)
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise _Unreadable(f"field {name!r} is not {what}: {value[:40]!r}") from None
+        return int(value)
+    except ValueError:  # also digit strings over Python's 4,300-digit limit
+        raise _Unreadable(f"field {name!r} is not an integer: {value[:40]!r}") from None
+
+
+def _float_field(fields: Mapping[str, str | None], name: str) -> float | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    number = parse_float(value)
+    if number is None:
+        raise _Unreadable(f"field {name!r} is not a number: {value[:40]!r}")
+    return number
 
 
 def _str_list(info: Mapping[str, Any], key: str) -> tuple[str, ...]:
@@ -103,29 +151,40 @@ def _str_list(info: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _concurrency(info: Mapping[str, Any], fields: Mapping[str, str | None]) -> int | None:
     # 8.1.2 moved it from info into the hash; the hash field wins when present.
-    from_hash = _field(fields, "concurrency", int)
+    from_hash = _int_field(fields, "concurrency")
     if from_hash is not None:
         return from_hash
     value = info.get("concurrency")
-    if isinstance(value, int):
+    if _is_int(value):
         return value
     capsules = info.get("capsules")
     if isinstance(capsules, dict):
         total = [c.get("concurrency") for c in capsules.values() if isinstance(c, dict)]
-        if total and all(isinstance(c, int) for c in total):
-            return sum(c for c in total if isinstance(c, int))
+        counts = [c for c in total if _is_int(c)]
+        if counts and len(counts) == len(total):
+            return sum(counts)
     return None
 
 
 def _decode_info(raw_info: str | None) -> dict[str, Any]:
     if raw_info is None:
         raise _Unreadable("hash has no 'info' field")
+    if has_surrogates(raw_info):
+        raise _Unreadable("info is not valid UTF-8")
     try:
         info = json.loads(raw_info)
+    except RecursionError:
+        raise _Unreadable("info JSON is nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise _Unreadable(f"info is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    except ValueError as exc:  # e.g. an integer over Python's 4,300-digit limit
+        raise _Unreadable(f"info is not valid JSON ({str(exc)[:60]})") from None
     if not isinstance(info, dict):
         raise _Unreadable("info JSON is not an object")
     return info
@@ -141,79 +200,99 @@ def beat_age(pttl_ms: int | None, beat: float | None, redis_now: float) -> float
     return None
 
 
+def _identity_problem(identity: str) -> str | None:
+    if has_surrogates(identity):
+        return "identity is not valid UTF-8"
+    if not identity.isprintable():
+        return "identity contains unprintable characters"
+    return None
+
+
+def _signals(signals: Sequence[str]) -> tuple[str, ...]:
+    """Oldest first; names are shown escaped, so a hostile entry cannot reach a terminal."""
+    return tuple(printable(s) for s in reversed(signals))
+
+
 def decode_process(
     raw: RawProcess, redis_now: float, *, allow_newer: bool = False
 ) -> ProcessRecord:
+    """Never raises: whatever the row holds, the result is a record, with ``problem`` set
+    (state ``unreadable``) when the row cannot be trusted."""
     hostname, pid = split_identity(raw.identity)
     alive = raw.pttl_ms != -2 and any(v is not None for v in raw.fields.values())
     problem = raw.error
     if alive and problem is None:
         try:
-            return _decode_alive(raw, redis_now, allow_newer)
+            record = _decode_alive(raw, redis_now, allow_newer)
         except _Unreadable as exc:
             problem = str(exc)
-    beat = _safe_float(raw.fields.get("beat"))
+        except (RecursionError, ValueError, TypeError) as exc:  # a shape nobody foresaw
+            problem = f"heartbeat cannot be decoded ({type(exc).__name__})"
+        else:
+            bad_identity = _identity_problem(raw.identity)
+            if bad_identity is None:
+                return record
+            shown = printable(record.hostname)
+            return dataclasses.replace(record, hostname=shown, problem=bad_identity)
+    beat = parse_float(raw.fields.get("beat"))
     return ProcessRecord(
         identity=raw.identity,
-        hostname=hostname,
+        hostname=printable(hostname),
         pid=pid,
         alive=alive or raw.error is not None,
         redis=raw.redis,
         beat=beat,
         beat_age_s=beat_age(raw.pttl_ms, beat, redis_now) if alive else None,
-        ttl_ms=_ttl(raw.pttl_ms),
-        pending_signals=tuple(reversed(raw.signals)),
-        problem=problem,
+        pending_signals=_signals(raw.signals),
+        problem=problem if problem is not None else _identity_problem(raw.identity),
     )
-
-
-def _ttl(pttl_ms: int | None) -> int | None:
-    return pttl_ms if pttl_ms is not None and pttl_ms >= 0 else None
-
-
-def _safe_float(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _decode_alive(raw: RawProcess, redis_now: float, allow_newer: bool) -> ProcessRecord:
     fields = raw.fields
+    if any(has_surrogates(s) for s in raw.signals):
+        raise _Unreadable("signal list holds an entry that is not valid UTF-8")
     info = _decode_info(fields.get("info"))
     hostname, pid = split_identity(raw.identity)
     hostname = info.get("hostname", hostname)
     pid = info.get("pid", pid)
-    if not isinstance(hostname, str) or not (pid is None or isinstance(pid, int)):
+    if not isinstance(hostname, str) or not (pid is None or _is_int(pid)):
         raise _Unreadable("info.hostname or info.pid has the wrong type")
     started_at = info.get("started_at")
-    if started_at is not None and not isinstance(started_at, int | float):
+    if started_at is not None and (
+        not isinstance(started_at, int | float)
+        or isinstance(started_at, bool)
+        or not math.isfinite(started_at)
+    ):
         raise _Unreadable("info.started_at is not a number")
-    capsules = info.get("capsules")
-    beat = _field(fields, "beat", float)
+    tag = info.get("tag") or ""
+    if not isinstance(tag, str):
+        raise _Unreadable("info.tag is not a string")
+    labels, queues = _str_list(info, "labels"), _str_list(info, "queues")
+    if any(has_surrogates(s) for s in (hostname, tag, *labels, *queues)):  # \udcXX escapes
+        raise _Unreadable("info holds text that is not valid UTF-8")
+    beat = _float_field(fields, "beat")
     quiet = fields.get("quiet")
     if quiet not in (None, "true", "false"):
-        raise _Unreadable(f"field 'quiet' is {quiet!r}, expected 'true' or 'false'")
+        raise _Unreadable(f"field 'quiet' is {quiet[:40]!r}, expected 'true' or 'false'")
     return ProcessRecord(
         identity=raw.identity,
         hostname=hostname,
         pid=pid,
         alive=True,
         redis=raw.redis,
-        ttl_ms=_ttl(raw.pttl_ms),
-        pending_signals=tuple(reversed(raw.signals)),
-        tag=str(info.get("tag") or ""),
-        labels=_str_list(info, "labels"),
-        queues=_str_list(info, "queues"),
-        capsules=tuple(capsules) if isinstance(capsules, dict) else (),
+        pending_signals=_signals(raw.signals),
+        tag=tag,
+        labels=labels,
+        queues=queues,
         version=read_version(info, fields, allow_newer=allow_newer),
         embedded=info.get("embedded") is True,
         concurrency=_concurrency(info, fields),
-        busy=_field(fields, "busy", int),
+        busy=_int_field(fields, "busy"),
         beat=beat,
         beat_age_s=beat_age(raw.pttl_ms, beat, redis_now),
         quiet=quiet == "true",
-        rss_kib=_field(fields, "rss", int),
-        rtt_us=_field(fields, "rtt_us", int),
+        rss_kib=_int_field(fields, "rss"),
+        rtt_us=_int_field(fields, "rtt_us"),
         started_at=float(started_at) if started_at is not None else None,
     )

@@ -1,22 +1,49 @@
 """The deploy record quiesce keeps, and Sidekiq's deploy-mark stamp (pure).
 
 A record is written when ``quiesce quiet`` pushes its signals and rewritten with the
-outcomes when the wait ends, so a release command killed mid-wait still leaves one.
-Later commands read it to tell pre-deploy processes from new ones, to say how long a
-process has been quiet, and to compare Redis connection counts with the baseline.
+outcomes when the wait ends, so a release command killed mid-wait still leaves one
+(``state`` stays ``pending``). Later commands read it to tell pre-deploy processes from
+new ones, to say how long a process has been quiet, and to compare Redis connection
+counts with the baseline.
+
+Records are typed and frozen; ``parse_deploy_record`` is the one reader. It accepts
+schema 1 (``"schema": 1``, no ``state``/``pushed_at``/``pushes``/``run_id``) and
+schema 2 (``"version": 2``), and keeps top-level fields it does not know (a newer
+quiesce may have added them) so that a rewrite does not drop them.
+
+Reading is tolerant in two steps. Anything wrong at the top level (not JSON, not an
+object, not UTF-8, a field of the wrong type) rejects the whole record: ``(None,
+problem)``; nothing in it can be trusted. A malformed *entry* of ``fleet``,
+``servers`` or ``outcomes`` is dropped and the rest kept: ``(record, problem)``, the
+problem naming how many were dropped. Dropping errs on the safe side: a process
+without an outcome entry is shown as running rather than quieting, so ``status
+--expect quiet`` fails instead of passing on a record it could not read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from quiesce.fleet import ProcessRecord, ServerInfo
+if TYPE_CHECKING:  # fleet.py reads DeployRecord too: no import cycle at run time
+    from quiesce.fleet import ProcessRecord, ServerInfo
 
-SCHEMA = 1
+SCHEMA_VERSION = 2
+T = TypeVar("T")
+
+
+class DeployState(enum.StrEnum):
+    PENDING = "pending"
+    """Signals pushed, outcomes not final (the wait is running, or was killed)."""
+    COMPLETE = "complete"
+    """The wait ended and every outcome was written (failed outcomes included)."""
+    FAILED = "failed"
+    """The run broke off after signals went out; ``failure`` says why."""
 
 
 def new_deploy_id(now: float, suffix: str) -> str:
@@ -35,22 +62,181 @@ def mark_stamp(now: float) -> tuple[str, str]:
     return floor.strftime("%Y%m%d"), floor.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclasses.dataclass(slots=True)
+class _Bad(Exception):
+    """Internal: one field of the wrong type; the message names it."""
+
+
+def _show(value: object) -> str:
+    return repr(value)[:40]
+
+
+def _get(data: Mapping[str, Any], key: str, check: Callable[[Any], T | None], what: str) -> T:
+    value = check(data.get(key))
+    if value is None:
+        raise _Bad(f"{key!r} is not {what}: {_show(data.get(key))}")
+    return value
+
+
+def _opt(
+    data: Mapping[str, Any], key: str, check: Callable[[Any], T | None], what: str
+) -> T | None:
+    if data.get(key) is None:
+        return None
+    return _get(data, key, check, what)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _texts(value: Any) -> tuple[str, ...] | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return None
+    return tuple(value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetEntry:
+    """The identity-level facts a record keeps about one pre-deploy process."""
+
+    identity: str
+    hostname: str
+    pid: int | None = None
+    started_at: float | None = None
+    tag: str = ""
+    labels: tuple[str, ...] = ()
+    version: str | None = None
+    concurrency: int | None = None
+    redis: str = ""
+
+    @classmethod
+    def from_process(cls, p: ProcessRecord) -> FleetEntry:
+        return cls(
+            identity=p.identity,
+            hostname=p.hostname,
+            pid=p.pid,
+            started_at=p.started_at,
+            tag=p.tag,
+            labels=p.labels,
+            version=p.version.text if p.version else None,
+            concurrency=p.concurrency,
+            redis=p.redis,
+        )
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FleetEntry:
+        return cls(
+            identity=_get(data, "identity", _text, "a string"),
+            hostname=_get(data, "hostname", _text, "a string"),
+            pid=_opt(data, "pid", _integer, "an integer"),
+            started_at=_opt(data, "started_at", _number, "a number"),
+            tag=_opt(data, "tag", _text, "a string") or "",
+            labels=_opt(data, "labels", _texts, "a list of strings") or (),
+            version=_opt(data, "version", _text, "a string"),
+            concurrency=_opt(data, "concurrency", _integer, "an integer"),
+            redis=_opt(data, "redis", _text, "a string") or "",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**_plain(self), "labels": list(self.labels)}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutcomeEntry:
+    """What became of one process: ``outcome`` is a ``plan.Outcome`` value. Times are
+    epoch seconds on the Redis clock of the server the process registers in."""
+
+    outcome: str
+    pushed_at: float | None = None
+    """When the last TSTP push went out (None: not signalled, e.g. already quiet)."""
+    confirmed_at: float | None = None
+    pushes: int = 0
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> OutcomeEntry:
+        return cls(
+            outcome=_get(data, "outcome", _text, "a string"),
+            pushed_at=_opt(data, "pushed_at", _number, "a number"),
+            confirmed_at=_opt(data, "confirmed_at", _number, "a number"),
+            pushes=_opt(data, "pushes", _integer, "an integer") or 0,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return _plain(self)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerEntry:
+    """One Redis server's client counts when the deploy started (the baseline)."""
+
+    redis: str
+    connected_clients: int | None = None
+    maxclients: int | None = None
+    run_id: str | None = None
+    """``INFO server`` run_id (schema 2): a different one later means Redis restarted."""
+
+    @classmethod
+    def from_server(cls, s: ServerInfo) -> ServerEntry:
+        return cls(s.redis, s.connected_clients, s.maxclients, s.run_id)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ServerEntry:
+        return cls(
+            redis=_get(data, "redis", _text, "a string"),
+            connected_clients=_opt(data, "connected_clients", _integer, "an integer"),
+            maxclients=_opt(data, "maxclients", _integer, "an integer"),
+            run_id=_opt(data, "run_id", _text, "a string"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return _plain(self)
+
+
+def _plain(entry: FleetEntry | OutcomeEntry | ServerEntry) -> dict[str, Any]:
+    return {f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)}
+
+
+_KNOWN = frozenset(
+    {
+        "version", "schema", "deploy_id", "release", "strategy", "started_at", "finished_at",
+        "until", "timeout_s", "state", "failure", "fleet", "servers", "outcomes",
+        "quiesce_version",
+    }
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class DeployRecord:
     deploy_id: str
     release: str | None
     strategy: str
     started_at: float
+    """Redis clock (the snapshot's ``taken_at``), epoch seconds."""
     until: str
     timeout_s: float
-    fleet: list[dict[str, Any]]
-    servers: list[dict[str, Any]]
-    outcomes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    finished_at: float | None = None
-    state: str = "pending"
+    state: DeployState = DeployState.PENDING
     failure: str | None = None
+    """Why the run failed after signals went out (``state`` is ``failed``)."""
+    finished_at: float | None = None
+    fleet: tuple[FleetEntry, ...] = ()
+    servers: tuple[ServerEntry, ...] = ()
+    outcomes: Mapping[str, OutcomeEntry] = dataclasses.field(default_factory=dict)
+    """Identity -> outcome; read it, replace it with ``with_outcomes``."""
     quiesce_version: str = ""
-    schema: int = SCHEMA
+    version: int = SCHEMA_VERSION
+    """Schema of the record as read (1 or 2); always written as ``SCHEMA_VERSION``."""
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """Top-level fields this quiesce does not know, re-written as they were read."""
 
     @classmethod
     def start(
@@ -73,35 +259,150 @@ class DeployRecord:
             started_at=started_at,
             until=until,
             timeout_s=timeout_s,
-            fleet=[p.fleet_entry() for p in processes if p.alive],
-            servers=[dataclasses.asdict(s) for s in servers],
+            fleet=tuple(FleetEntry.from_process(p) for p in processes if p.alive),
+            servers=tuple(ServerEntry.from_server(s) for s in servers),
             quiesce_version=quiesce_version,
         )
 
+    def with_outcomes(self, outcomes: Mapping[str, OutcomeEntry]) -> DeployRecord:
+        """A copy whose outcomes are updated (merged over the existing ones)."""
+        return dataclasses.replace(self, outcomes={**self.outcomes, **outcomes})
+
+    def finish(self, finished_at: float, *, failure: str | None = None) -> DeployRecord:
+        """A copy marked ``complete``, or ``failed`` when ``failure`` says why."""
+        state = DeployState.FAILED if failure else DeployState.COMPLETE
+        return dataclasses.replace(self, finished_at=finished_at, state=state, failure=failure)
+
+    def quiet_since(self, identity: str) -> float | None:
+        """When this deploy confirmed the process quiet (Redis clock), if it did."""
+        entry = self.outcomes.get(identity)
+        return entry.confirmed_at if entry is not None else None
+
     def to_json(self) -> str:
-        # Shallow on purpose: the fields already hold plain JSON values (asdict deep-copies).
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data: dict[str, Any] = dict(self.extra)
+        data.update(
+            version=SCHEMA_VERSION,
+            deploy_id=self.deploy_id,
+            release=self.release,
+            strategy=self.strategy,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            until=self.until,
+            timeout_s=self.timeout_s,
+            state=self.state.value,
+            failure=self.failure,
+            fleet=[e.to_json() for e in self.fleet],
+            servers=[e.to_json() for e in self.servers],
+            outcomes={k: e.to_json() for k, e in self.outcomes.items()},
+            quiesce_version=self.quiesce_version,
+        )
         return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
-    @staticmethod
-    def parse(text: str | None) -> Mapping[str, Any] | None:
-        """Records are read as plain mappings: a newer quiesce may have added fields."""
-        if not text:
-            return None
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
 
-
-def quiet_since(deploy: Mapping[str, Any] | None, identity: str) -> float | None:
+def quiet_since(deploy: DeployRecord | None, identity: str) -> float | None:
     """When the latest deploy confirmed this process quiet (Redis clock), if it did."""
-    if not deploy:
-        return None
-    outcomes = deploy.get("outcomes")
-    entry = outcomes.get(identity) if isinstance(outcomes, dict) else None
-    if not isinstance(entry, dict):
-        return None
-    at = entry.get("confirmed_at")
-    return float(at) if isinstance(at, int | float) else None
+    return deploy.quiet_since(identity) if deploy is not None else None
+
+
+def has_surrogates(text: str) -> bool:
+    """Non-UTF-8 bytes, as the Redis adapter decodes them (``errors="surrogateescape"``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def parse_deploy_record(text: str | None) -> tuple[DeployRecord | None, str | None]:
+    """The one reader: ``(record, problem)``, never an exception.
+
+    ``(None, None)``: no record. ``(None, problem)``: unusable, ``problem`` says why in
+    one line. ``(record, problem)``: usable, but malformed entries were dropped.
+    """
+    if not text:
+        return None, None
+    if has_surrogates(text):
+        return None, "deploy record is not valid UTF-8"
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        return None, "deploy record JSON is nested too deeply"
+    except ValueError as exc:  # JSONDecodeError, and ints over Python's 4,300-digit limit
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        return None, f"deploy record is not valid JSON ({reason[:60]})"
+    if not isinstance(data, dict):
+        return None, "deploy record is not a JSON object"
+    try:
+        return _record(data)
+    except _Bad as exc:
+        return None, f"deploy record field {exc}"
+
+
+def _record(data: dict[str, Any]) -> tuple[DeployRecord, str | None]:
+    schema = _integer(data.get("version")) or _integer(data.get("schema")) or 1
+    state_text = _opt(data, "state", _text, "a string")
+    finished_at = _opt(data, "finished_at", _number, "a number")
+    if state_text is None:  # schema 1 has no state: a finished run rewrote the record
+        state = DeployState.COMPLETE if finished_at is not None else DeployState.PENDING
+    elif state_text in {s.value for s in DeployState}:
+        state = DeployState(state_text)
+    else:
+        raise _Bad(f"'state' is not pending, complete or failed: {_show(state_text)}")
+    dropped: list[str] = []
+    record = DeployRecord(
+        deploy_id=_get(data, "deploy_id", _text, "a string"),
+        release=_opt(data, "release", _text, "a string"),
+        strategy=_opt(data, "strategy", _text, "a string") or "unknown",
+        started_at=_get(data, "started_at", _number, "a number"),
+        until=_opt(data, "until", _text, "a string") or "",
+        timeout_s=_opt(data, "timeout_s", _number, "a number") or 0.0,
+        state=state,
+        failure=_opt(data, "failure", _text, "a string"),
+        finished_at=finished_at,
+        fleet=tuple(_entries(data, "fleet", FleetEntry.from_json, dropped)),
+        servers=tuple(_entries(data, "servers", ServerEntry.from_json, dropped)),
+        outcomes=_outcomes(data, dropped),
+        quiesce_version=_opt(data, "quiesce_version", _text, "a string") or "",
+        version=schema,
+        extra={k: v for k, v in data.items() if k not in _KNOWN},
+    )
+    if not dropped:
+        return record, None
+    more = f" (and {len(dropped) - 1} more)" if len(dropped) > 1 else ""
+    return record, f"deploy record {record.deploy_id}: dropped {dropped[0]}{more}"
+
+
+def _entries(
+    data: Mapping[str, Any], key: str, build: Callable[[Mapping[str, Any]], T], dropped: list[str]
+) -> list[T]:
+    items = data.get(key)
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise _Bad(f"{key!r} is not a list: {_show(items)}")
+    out = []
+    for i, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise _Bad("it is not an object")
+            out.append(build(item))
+        except _Bad as exc:
+            dropped.append(f"{key}[{i}] ({exc})")
+    return out
+
+
+def _outcomes(data: Mapping[str, Any], dropped: list[str]) -> dict[str, OutcomeEntry]:
+    items = data.get("outcomes")
+    if items is None:
+        return {}
+    if not isinstance(items, dict):
+        raise _Bad(f"'outcomes' is not an object: {_show(items)}")
+    out = {}
+    for identity, item in items.items():
+        try:
+            if not isinstance(item, dict):
+                raise _Bad("it is not an object")
+            out[identity] = OutcomeEntry.from_json(item)
+        except _Bad as exc:
+            dropped.append(f"outcome of {identity[:60]!r} ({exc})")
+    return out

@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-STALL_MARGIN_S = 5.0
-"""Slack on top of one beat interval before a beat counts as overdue."""
+from quiesce.keys import SIGNAL_TTL_S
+from quiesce.versions import QUIET_SIGNAL
+
+if TYPE_CHECKING:  # deploy.py reads ProcessRecord too: no import cycle at run time
+    from quiesce.deploy import DeployRecord
+
+BEAT_MARGIN_S = 5.0
+"""How late a beat may be before it counts as overdue. ``BEAT_PAUSE`` is the sleep *between*
+beats: the beat's own work (stats, work hash, PING, the registry MULTI) comes on top and
+takes a few seconds on a saturated host or a slow Redis (protocol doc 1.2)."""
+
+BEAT_CLOCK_SLACK_S = 0.25
+"""A snapshot reads TIME before the PTTLs: a beat's Redis time is known to within this."""
 
 
 class ProcessState(enum.StrEnum):
@@ -24,7 +35,10 @@ class ProcessState(enum.StrEnum):
     EMBEDDED = "embedded"
     """``Sidekiq.configure_embed``: ignores signals sent through Redis."""
     STALLED = "stalled"
-    """The hash exists but the last beat is more than two beats old."""
+    """The hash exists but the next beat is overdue (``beat_overdue``)."""
+    QUIETING = "quieting"
+    """Not quiet yet, but a beat popped quiesce's TSTP: Sidekiq writes ``quiet = "true"``
+    on its next beat. Needs the latest deploy record (see ``is_quieting``)."""
     UNREADABLE = "unreadable"
     """The hash could not be decoded (malformed JSON, unknown version, bad fields)."""
 
@@ -50,7 +64,6 @@ class ProcessRecord:
     tag: str = ""
     labels: tuple[str, ...] = ()
     queues: tuple[str, ...] = ()
-    capsules: tuple[str, ...] = ()
     version: SidekiqVersion | None = None
     embedded: bool = False
     concurrency: int | None = None
@@ -63,11 +76,12 @@ class ProcessRecord:
     rss_kib: int | None = None
     rtt_us: int | None = None
     started_at: float | None = None
-    ttl_ms: int | None = None
     pending_signals: tuple[str, ...] = ()
     """Names still queued in ``<identity>-signals``, oldest first (the next one popped)."""
     problem: str | None = None
     """Why the record is unreadable; ``None`` for a healthy decode."""
+    quieting: bool = False
+    """Set when the snapshot is assembled with the latest deploy record (``is_quieting``)."""
 
     @property
     def machine(self) -> str:
@@ -86,6 +100,8 @@ class ProcessRecord:
             return ProcessState.QUIET
         if self.is_stalled:
             return ProcessState.STALLED
+        if self.quieting:
+            return ProcessState.QUIETING
         return ProcessState.RUNNING
 
     @property
@@ -95,27 +111,53 @@ class ProcessRecord:
 
     @property
     def is_stalled(self) -> bool:
-        return self.beat_age_s is not None and beat_overdue(self.beat_age_s, self.beat_interval_s)
-
-    def fleet_entry(self) -> dict[str, Any]:
-        """The identity-level facts a deploy record keeps about a pre-deploy process."""
-        return {
-            "identity": self.identity,
-            "hostname": self.hostname,
-            "pid": self.pid,
-            "started_at": self.started_at,
-            "tag": self.tag,
-            "labels": list(self.labels),
-            "version": self.version.text if self.version else None,
-            "concurrency": self.concurrency,
-            "redis": self.redis,
-        }
+        return beat_overdue(self.beat_age_s, self.beat_interval_s)
 
 
-def beat_overdue(beat_age_s: float, interval_s: float) -> bool:
-    """A beat is late past its interval plus a margin: a slow beat (GC, CPU saturation, a
-    slow Redis) takes seconds, so one interval alone would call healthy processes hung."""
-    return beat_age_s > interval_s + STALL_MARGIN_S
+def beat_overdue(beat_age_s: float | None, interval_s: float) -> bool:
+    """The next beat should have come by now: more than ``interval + BEAT_MARGIN_S`` since
+    the last one (Redis clock). Unknown age (no TTL and no ``beat``) is not overdue."""
+    return beat_age_s is not None and beat_age_s > interval_s + BEAT_MARGIN_S
+
+
+def is_quieting(proc: ProcessRecord, deploy: DeployRecord | None, taken_at: float) -> bool:
+    """A live, readable, not yet quiet process whose TSTP from ``deploy`` was popped.
+
+    ``quiesce quiet --until delivered`` confirms on the beat that pops TSTP, one beat
+    before Sidekiq reports ``quiet = "true"``. Either the record says ``confirmed``, or
+    its entry has ``pushed_at`` and the last beat (``taken_at - beat_age_s``, Redis clock)
+    came after the push, while the signal list was alive (60 s), with no TSTP pending.
+    Past that window a process that still is not quiet is no longer "quieting".
+    """
+    if deploy is None or not proc.alive or proc.problem is not None:
+        return False
+    if proc.embedded or proc.quiet or proc.beat_age_s is None:
+        return False
+    entry = deploy.outcomes.get(proc.identity)
+    if entry is None:
+        return False
+    anchor = entry.pushed_at if entry.pushed_at is not None else entry.confirmed_at
+    last_beat = taken_at - proc.beat_age_s
+    if anchor is None or last_beat >= anchor + SIGNAL_TTL_S:
+        return False
+    if entry.outcome == "confirmed":
+        return True
+    return (
+        entry.pushed_at is not None
+        and last_beat >= entry.pushed_at - BEAT_CLOCK_SLACK_S
+        and QUIET_SIGNAL not in proc.pending_signals
+    )
+
+
+def mark_quieting(
+    processes: Iterable[ProcessRecord], deploy: DeployRecord | None, taken_at: float
+) -> tuple[ProcessRecord, ...]:
+    """``processes`` with ``quieting`` set from ``deploy`` (``taken_at``: their server's clock)."""
+    out = []
+    for proc in processes:
+        flag = is_quieting(proc, deploy, taken_at)
+        out.append(proc if flag == proc.quieting else dataclasses.replace(proc, quieting=flag))
+    return tuple(out)
 
 
 def split_identity(identity: str) -> tuple[str, int | None]:
@@ -134,6 +176,8 @@ class ServerInfo:
     redis: str
     connected_clients: int | None
     maxclients: int | None
+    run_id: str | None = None
+    """``INFO server`` ``run_id``: changes when Redis restarts (and loses unsaved data)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -142,18 +186,30 @@ class FleetSnapshot:
     taken_at: float
     """Epoch seconds on the Redis clock when the snapshot was read."""
     servers: tuple[ServerInfo, ...] = ()
-    latest_deploy: Mapping[str, Any] | None = None
+    latest_deploy: DeployRecord | None = None
+    deploy_problem: str | None = None
+    """Why a stored deploy record was ignored or partly dropped (one line), if it was."""
 
     @classmethod
     def merge(cls, parts: Sequence[FleetSnapshot]) -> FleetSnapshot:
-        """One view over several Redis servers (apps that shard Sidekiq)."""
-        deploys = [p.latest_deploy for p in parts if p.latest_deploy]
-        latest = max(deploys, key=lambda d: float(d.get("started_at") or 0), default=None)
+        """One view over several Redis servers (apps that shard Sidekiq).
+
+        The newest deploy record of any server is the latest; every server's processes
+        are judged against it on that server's own clock (``taken_at``).
+        """
+        deploys = [p.latest_deploy for p in parts if p.latest_deploy is not None]
+        latest = max(deploys, key=lambda d: d.started_at, default=None)
+        problems = [p.deploy_problem for p in parts if p.deploy_problem]
         return cls(
-            processes=tuple(p for part in parts for p in part.processes),
+            processes=tuple(
+                proc
+                for part in parts
+                for proc in mark_quieting(part.processes, latest, part.taken_at)
+            ),
             taken_at=max((p.taken_at for p in parts), default=0.0),
             servers=tuple(s for part in parts for s in part.servers),
             latest_deploy=latest,
+            deploy_problem="; ".join(problems) or None,
         )
 
     def by_machine(self) -> dict[str, list[ProcessRecord]]:

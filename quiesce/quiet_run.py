@@ -37,7 +37,7 @@ from quiesce.confirm import (
     server_lost_data,
     settle,
 )
-from quiesce.deploy import DeployRecord, mark_stamp, new_deploy_id
+from quiesce.deploy import DeployRecord, OutcomeEntry, mark_stamp, new_deploy_id
 from quiesce.errors import (
     ConfigError,
     ExitCode,
@@ -445,10 +445,11 @@ def quiet_fleet(
         servers=fleet.servers,
         quiesce_version=__version__,
     )
-    record.outcomes = {p.identity: {"outcome": o.value} for p, o in plan.skipped}
-    first = Outcome.PENDING if options.wait else Outcome.SIGNALLED
-    for p in plan.targets:
-        record.outcomes[p.identity] = {"outcome": first.value}
+    # pushed_at stays unknown until the push returns: the final record has it exactly.
+    record = record.with_outcomes(
+        {p.identity: OutcomeEntry(o.value) for p, o in plan.skipped}
+        | {p.identity: OutcomeEntry(Outcome.PENDING.value) for p in plan.targets}
+    )
     for store in stores:
         run.targets[store.label] = [Target(p) for p in plan.targets if p.redis == store.label]
     body = record.to_json()
@@ -460,20 +461,30 @@ def quiet_fleet(
         run.error = next(iter(run.unreachable.values()))
     run.finish()
     entries = tuple(_outcome(t, options.wait) for t in run.all_targets())
-    for target, entry in zip(run.all_targets(), entries, strict=True):
-        record.outcomes[target.identity] = {
-            "outcome": entry.outcome.value,
-            "pushed_at": _seconds(target.pushed_at_ms),
-            "confirmed_at": _seconds(target.confirmed_at_ms),
-            "pushes": target.pushes,
+    record = record.with_outcomes(
+        {
+            target.identity: OutcomeEntry(
+                entry.outcome.value,
+                pushed_at=_seconds(target.pushed_at_ms),
+                confirmed_at=_seconds(target.confirmed_at_ms),
+                pushes=target.pushes,
+            )
+            for target, entry in zip(run.all_targets(), entries, strict=True)
         }
+    )
     failed = run.error is not None or any(e.outcome in FAILED_OUTCOMES for e in entries)
-    record.state = "failed" if failed else "complete"
-    record.failure = str(run.error) if run.error is not None else None
-    record.finished_at = fleet.taken_at + (clock() - run.started)
+    failure = _failure_text(run.error, entries) if failed else None
+    record = record.finish(fleet.taken_at + (clock() - run.started), failure=failure)
     saved = _save(run, record.deploy_id, record.to_json())
     marks = () if failed else _mark(stores, options, fleet.taken_at)
     return report(entries, record.deploy_id, marks, saved)
+
+
+def _failure_text(error: QuiesceError | None, entries: Sequence[ProcessOutcome]) -> str:
+    if error is not None:
+        return str(error)
+    n = sum(1 for e in entries if e.outcome in FAILED_OUTCOMES)
+    return f"{n} process{'es' if n != 1 else ''} not confirmed quiet"
 
 
 def _first_push(run: QuietRun, deploy_id: str, body: str) -> None:

@@ -6,10 +6,10 @@ ever added, never renamed or removed, within a major version.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
-from quiesce.deploy import quiet_since
+from quiesce.deploy import DeployRecord, quiet_since
 from quiesce.fleet import FleetSnapshot, ProcessRecord, ProcessState, count_states
 from quiesce.plan import FAILED_OUTCOMES, Outcome
 from quiesce.quiet_run import ProcessOutcome, QuietReport
@@ -90,11 +90,11 @@ def _summary(processes: Iterable[ProcessRecord]) -> dict[str, Any]:
     }
 
 
-def _deploy_json(deploy: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if not deploy:
+def _deploy_json(deploy: DeployRecord | None) -> dict[str, Any] | None:
+    if deploy is None:
         return None
     keep = ("deploy_id", "release", "strategy", "started_at", "finished_at", "until")
-    return {key: deploy.get(key) for key in keep}
+    return {key: getattr(deploy, key) for key in keep}
 
 
 def status_json(snapshot: FleetSnapshot) -> dict[str, Any]:
@@ -159,12 +159,10 @@ def status_text(snapshot: FleetSnapshot, *, machines_only: bool = False) -> str:
     lines.append("")
     lines.append(summary_line(snapshot.processes))
     deploy = snapshot.latest_deploy
-    if deploy:
-        started = deploy.get("started_at")
-        ago = _age(snapshot.taken_at - float(started)) if isinstance(started, int | float) else "?"
+    if deploy is not None:
         lines.append(
-            f"latest deploy: {deploy.get('deploy_id')} release {deploy.get('release') or '-'} "
-            f"({deploy.get('strategy')}), {ago} ago"
+            f"latest deploy: {deploy.deploy_id} release {deploy.release or '-'} "
+            f"({deploy.strategy}), {_age(snapshot.taken_at - deploy.started_at)} ago"
         )
     return "\n".join(lines)
 

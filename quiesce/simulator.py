@@ -4,8 +4,12 @@ Each beat is ``Launcher#❤``'s registry MULTI: ``SADD processes``, ``EXISTS``, 
 the fields its version writes, ``EXPIRE 60``, ``RPOP <identity>-signals``. The hash
 reports the quiet flag as it was *before* the popped signal, so ``quiet = "true"``
 appears one beat after the pop, as in Sidekiq. TERM quiets, then the process leaves
-(``SREM`` + ``UNLINK :work``; the hash lingers until it expires). Embedded processes
-(7.0.3+) pop and ignore signals. Used by tests, the benchmark and ``quiesce simulate``.
+(``SREM`` + ``UNLINK`` of its work hash; the hash lingers until it expires). Embedded
+processes (7.0.3+) pop and ignore signals. What each version writes comes from
+``versions.BANDS``. Used by tests, the benchmark and ``quiesce simulate``.
+
+This module plays Sidekiq, so it writes what Sidekiq writes, with its own redis-py
+client: ``quiesce.store`` stays the closed list of the commands quiesce itself sends.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from typing import Any
 
 import redis
 
-from quiesce.decode import beat_interval_for, parse_version
 from quiesce.keys import HEARTBEAT_TTL_S, Keys
+from quiesce.versions import BANDS, VersionBand, Weights, band_for, parse_version
+
+_DEFAULT_VERSION = (7, 3, 10)
 
 
 @dataclasses.dataclass(slots=True)
@@ -45,6 +51,12 @@ class SimulatedProcess:
     signals_seen: list[str] = dataclasses.field(default_factory=list)
     _info: str | None = None
 
+    @property
+    def band(self) -> VersionBand:
+        """Its version's row in ``versions.BANDS`` (unparseable: 7.3.10; newer: the last)."""
+        numbers = parse_version(self.version) or _DEFAULT_VERSION
+        return band_for(numbers, allow_newer=True) or BANDS[0]
+
     def info_json(self) -> str:
         if self.malformed_info:
             return '{"hostname":"' + self.hostname + '","pid":'  # truncated, as a bad dump would be
@@ -53,7 +65,7 @@ class SimulatedProcess:
         return self._info
 
     def _info_dict(self) -> dict[str, Any]:
-        numbers = parse_version(self.version) or (7, 3, 10)
+        band = self.band
         weights = {q: 0 for q in self.queues}
         info: dict[str, Any] = {
             "hostname": self.hostname,
@@ -61,46 +73,45 @@ class SimulatedProcess:
             "pid": self.pid,
             "tag": self.tag,
         }
-        if numbers >= (8, 0, 9):
+        if band.capsules_in_info:
             info["capsules"] = {
                 "default": {"concurrency": self.concurrency, "mode": "strict", "weights": weights}
             }
-        if numbers < (8, 1, 2):
+        if band.concurrency_in_info:
             info["concurrency"] = self.concurrency
         info["queues"] = list(self.queues)
-        if numbers >= (7, 0, 3):
+        if band.weights is Weights.PER_CAPSULE:
             info["weights"] = [weights]
+        elif band.weights is Weights.HASH:
+            info["weights"] = {q: 1 for q in self.queues}
         info["labels"] = list(self.labels)
         info["identity"] = self.identity
-        if numbers >= (7, 0, 2):
+        if band.info_has_version:
             info["version"] = self.version
-        if numbers >= (7, 0, 3):
+        if band.info_has_embedded:
             info["embedded"] = self.embedded
         return info
 
     def fields(self, now: float) -> dict[str, str]:
-        numbers = parse_version(self.version) or (7, 3, 10)
+        written = self.band.hash_fields
         fields = {
             "info": self.info_json(),
             "busy": str(self.busy),
             "beat": repr(now),
             "quiet": "true" if self.quiet else "false",
         }
-        if numbers >= (6, 1, 3):
-            fields["rss"] = "30132"
-        if numbers >= (6, 2, 0):
-            fields["rtt_us"] = "36"
-        if numbers >= (8, 1, 2):
-            fields["concurrency"] = str(self.concurrency)
+        optional = {"rss": "30132", "rtt_us": "36", "concurrency": str(self.concurrency)}
+        fields.update((name, value) for name, value in optional.items() if name in written)
         return fields
 
     def handle(self, signal: str | None) -> None:
         if signal is None:
             return
         self.signals_seen.append(signal)
-        if self.embedded and (parse_version(self.version) or (0, 0, 0)) >= (7, 0, 3):
+        band = self.band
+        if self.embedded and band.embedded_ignores_signals:
             return
-        if signal == "TSTP":
+        if signal == band.quiet_signal:
             self.quiet = True
         elif signal == "TERM":
             self.quiet = True
@@ -133,75 +144,69 @@ def make_processes(
     return processes
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class BeatWrite:
-    """One simulated heartbeat: what ``Launcher#❤`` writes in its registry MULTI."""
-
-    identity: str
-    fields: dict[str, str]
-
-
-class SidekiqWrites:
-    """What a Sidekiq process writes (never quiesce): the simulator plays Sidekiq."""
-
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        self.client = client
-        self.keys = keys
-
-    def beat(self, beats: Sequence[BeatWrite]) -> list[str | None]:
-        """Each beat's registry MULTI, all in one round trip; returns each popped signal."""
-        keys = self.keys
-        pipe: Any = self.client.pipeline(transaction=False)
-        for b in beats:
-            fields = [x for pair in b.fields.items() for x in pair]
-            pipe.execute_command("MULTI")
-            pipe.execute_command("SADD", keys.processes, b.identity)
-            pipe.execute_command("EXISTS", keys.process(b.identity))
-            pipe.execute_command("HSET", keys.process(b.identity), *fields)
-            pipe.execute_command("EXPIRE", keys.process(b.identity), HEARTBEAT_TTL_S)
-            pipe.execute_command("RPOP", keys.signals(b.identity))
-            pipe.execute_command("EXEC")
-        results = pipe.execute()
-        return [results[i * 7 + 6][4] for i in range(len(beats))]
-
-    def leave(self, identities: Sequence[str]) -> None:
-        """A stopping process's ``clear_heartbeat``: SREM and UNLINK ``:work``."""
-        if not identities:
-            return
-        pipe: Any = self.client.pipeline(transaction=False)
-        for ident in identities:
-            pipe.execute_command("SREM", self.keys.processes, ident)
-            pipe.execute_command("UNLINK", self.keys.work(ident))
-        pipe.execute()
-
-
 class SimulatedFleet:
-    """Heartbeats a set of processes from one thread, each on its own phase."""
+    """Heartbeats a set of processes from one thread, each on its own phase.
+
+    ``client`` must decode responses (``decode_responses=True``); ``keys`` carries the
+    namespace. One round trip per batch of due beats: a transaction holding every due
+    process's registry writes (each process's writes stay atomic, as in Sidekiq).
+    """
 
     def __init__(
         self,
-        store: Any,
+        client: redis.Redis,
         processes: Sequence[SimulatedProcess],
         *,
+        keys: Keys | None = None,
         beat_interval_s: float | None = None,
         clock: Callable[[], float] = time.time,
         seed: int | None = None,
     ) -> None:
-        # Interim: accept a SidekiqStore too (its client), until callers pass writes.
-        self.store = (
-            store if isinstance(store, SidekiqWrites) else SidekiqWrites(store._client, store.keys)
-        )
+        self.client = client
+        self.keys = keys or Keys()
         self.processes = list(processes)
         self.clock = clock
         self._rng = random.Random(seed)
         self._interval = {
-            p.identity: beat_interval_s or beat_interval_for(parse_version(p.version) or (7, 0, 0))
-            for p in self.processes
+            p.identity: beat_interval_s or p.band.beat_interval_s for p in self.processes
         }
         self._next: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+
+    def beat(self, processes: Sequence[SimulatedProcess], now: float) -> list[str | None]:
+        """One ``Launcher#❤`` registry MULTI per process, in one round trip; returns each
+        popped signal (not yet handled)."""
+        if not processes:
+            return []
+        keys = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        for proc in processes:
+            key = keys.process(proc.identity)
+            pipe.sadd(keys.processes, proc.identity)
+            pipe.exists(key)
+            pipe.hset(key, mapping=proc.fields(now))  # type: ignore[arg-type]
+            pipe.expire(key, HEARTBEAT_TTL_S)
+            pipe.rpop(keys.signals(proc.identity))
+        results = pipe.execute()
+        return [results[i * 5 + 4] for i in range(len(processes))]
+
+    def leave(self, processes: Sequence[SimulatedProcess]) -> None:
+        """``clear_heartbeat``: SREM and UNLINK the work hash (``:workers`` before 6.4.2),
+        pipelined, not transactional; the identity hash lingers until it expires."""
+        if not processes:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for proc in processes:
+            proc.stopped = True
+            pipe.srem(self.keys.processes, proc.identity)
+            pipe.unlink(self.keys.process(proc.identity + proc.band.work_key_suffix))
+        pipe.execute()
+
+    def leave_all(self) -> None:
+        """Every process still registered leaves, as a fleet-wide clean shutdown would."""
+        self.leave([p for p in self.processes if not p.stopped])
 
     def beat_due(self) -> int:
         """Beat every process whose turn has come; returns how many beat."""
@@ -213,7 +218,7 @@ class SimulatedFleet:
         ]
         if not due:
             return 0
-        popped = self.store.beat([BeatWrite(p.identity, p.fields(now)) for p in due])
+        popped = self.beat(due, now)
         leaving = []
         for proc, signal in zip(due, popped, strict=True):
             proc.handle(signal)
@@ -223,9 +228,8 @@ class SimulatedFleet:
             else:
                 self._next[proc.identity] = now + interval
             if proc.stopped:
-                leaving.append(proc.identity)
-        if leaving:
-            self.store.leave(leaving)
+                leaving.append(proc)
+        self.leave(leaving)
         return len(due)
 
     def next_due(self) -> float:

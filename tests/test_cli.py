@@ -12,10 +12,8 @@ import redis
 from typer.testing import CliRunner
 
 from quiesce.cli import app
-from quiesce.settings import build_settings
 from quiesce.simulator import SimulatedFleet, make_processes
-from quiesce.store import SidekiqStore
-from tests.support import FIXTURES, RedisServer, dump_keys, load_fixture_keys
+from tests.support import FIXTURES, RedisServer, dump_keys, load_fixture_keys, simulated_fleet
 
 runner = CliRunner()
 PASSWORD = "s3cret-hunter2"
@@ -37,11 +35,8 @@ def assert_one_line_error(stderr: str, *needles: str) -> None:
 
 @pytest.fixture
 def fleet(redis_url: str) -> Iterator[SimulatedFleet]:
-    settings = build_settings(urls=[redis_url], environ={})
-    sim = SimulatedFleet(
-        SidekiqStore(settings.redis[0], settings),
-        make_processes(6, per_machine=2, seed=5, tag="app"),
-        beat_interval_s=0.3,
+    sim: SimulatedFleet = simulated_fleet(
+        redis_url, make_processes(6, per_machine=2, seed=5, tag="app"), beat_interval_s=0.3
     )
     with sim:
         yield sim
@@ -241,9 +236,8 @@ def test_wrong_type_processes_key_exit_6(redis_url: str, raw: redis.Redis) -> No
 
 def test_redis_stopped_mid_wait_exit_4_no_hang() -> None:
     server = RedisServer()
-    settings = build_settings(urls=[server.url], environ={})
     procs = make_processes(3, seed=9)
-    sim = SimulatedFleet(SidekiqStore(settings.redis[0], settings), procs, beat_interval_s=0.3)
+    sim: SimulatedFleet = simulated_fleet(server.url, procs, beat_interval_s=0.3)
     sim.start()
     procs[0].stalled = True  # keeps quiet waiting until the deadline
 
@@ -265,16 +259,13 @@ def test_redis_stopped_mid_wait_exit_4_no_hang() -> None:
 
 def test_redis_without_time_command_still_works() -> None:
     """Managed Redis services sometimes rename TIME: quiesce falls back to its own clock."""
-    with RedisServer("--rename-command", "TIME", '""') as server:
-        settings = build_settings(urls=[server.url], environ={})
-        with SimulatedFleet(
-            SidekiqStore(settings.redis[0], settings),
-            make_processes(2, seed=8),
-            beat_interval_s=0.3,
-        ):
-            code, out, err = run("--redis-url", server.url, "quiet", "--release", "t")
-            assert code == 0, out + err
-            assert "2 confirmed" in out
+    with (
+        RedisServer("--rename-command", "TIME", '""') as server,
+        simulated_fleet(server.url, make_processes(2, seed=8), beat_interval_s=0.3),
+    ):
+        code, out, err = run("--redis-url", server.url, "quiet", "--release", "t")
+        assert code == 0, out + err
+        assert "2 confirmed" in out
 
 
 def test_best_effort_covers_configuration_errors_too() -> None:

@@ -7,7 +7,15 @@ import dataclasses
 import pytest
 
 from quiesce.confirm import Target, Until, Verdict, assess, finalize
-from quiesce.deploy import DeployRecord, mark_stamp, new_deploy_id, quiet_since
+from quiesce.deploy import (
+    DeployRecord,
+    DeployState,
+    OutcomeEntry,
+    mark_stamp,
+    new_deploy_id,
+    parse_deploy_record,
+    quiet_since,
+)
 from quiesce.errors import ConfigError
 from quiesce.fleet import FleetSnapshot, ProcessRecord, SidekiqVersion
 from quiesce.plan import Filters, Outcome, plan_quiet
@@ -82,7 +90,9 @@ def test_unreadable_process_stays_in_scope_of_identity_filters() -> None:
 
 
 def target(pushed_at_ms: int = 100_000) -> Target:
-    return Target(proc("m1:1:aaaaaaaaaaaa", beat=99.0), pushed_at_ms=pushed_at_ms, beat_seen=99.0)
+    return Target(
+        proc("m1:1:aaaaaaaaaaaa", beat=99.0), pushed_at_ms=pushed_at_ms, pushes=1, beat_seen=99.0
+    )
 
 
 def row(**kw: object) -> PollRow:
@@ -93,82 +103,112 @@ def row(**kw: object) -> PollRow:
     return PollRow(**values)  # type: ignore[arg-type]
 
 
+def verdict(t: Target, r: PollRow, now_ms: int, until: Until = Until.DELIVERED) -> Verdict:
+    return assess(t, r, now_ms, until)[1]
+
+
 def test_waiting_while_the_signal_is_queued() -> None:
     # Last beat 5 s before now = 2 s before the push: nothing popped yet.
-    assert assess(target(), row(), now_ms=103_000, until=Until.DELIVERED) is Verdict.WAITING
+    assert verdict(target(), row(), now_ms=103_000) is Verdict.WAITING
 
 
 def test_delivered_when_a_later_beat_popped_it() -> None:
+    seen, v = assess(
+        target(), row(signals_len=0, pttl_ms=59_000, beat="105.0"), 106_000, Until.DELIVERED
+    )
+    assert v is Verdict.CONFIRMED
+    assert seen.last_beat_ms == 105_000 and seen.confirmed_at_ms == 106_000
+
+
+def test_assess_does_not_change_the_target_it_is_given() -> None:
     t = target()
-    verdict = assess(t, row(signals_len=0, pttl_ms=59_000, beat="105.0"), 106_000, Until.DELIVERED)
-    assert verdict is Verdict.CONFIRMED
-    assert t.last_beat_ms == 105_000
+    assess(t, row(signals_len=0, pttl_ms=59_000, beat="105.0"), 106_000, Until.DELIVERED)
+    assert t == target()
 
 
 def test_until_quiet_needs_the_quiet_field() -> None:
     popped = row(signals_len=0, pttl_ms=59_000)
-    assert assess(target(), popped, 106_000, Until.QUIET) is Verdict.WAITING
+    assert verdict(target(), popped, 106_000, Until.QUIET) is Verdict.WAITING
     assert (
-        assess(target(), row(quiet="true", signals_len=0), 116_000, Until.QUIET)
+        verdict(target(), row(quiet="true", signals_len=0), 116_000, Until.QUIET)
         is Verdict.CONFIRMED
     )
 
 
-def test_vanished_when_it_leaves_the_set() -> None:
-    assert assess(target(), row(in_set=False), 106_000, Until.QUIET) is Verdict.VANISHED
+def test_vanished_only_when_it_leaves_the_set_and_its_hash_lingers() -> None:
+    """Sidekiq's clean exit: SREM, the hash expires on its own."""
+    assert verdict(target(), row(in_set=False), 106_000, Until.QUIET) is Verdict.VANISHED
+
+
+def test_gone_with_its_hash_is_absent_not_vanished() -> None:
+    """Membership and hash gone at once is what a Redis that restarted empty looks like."""
+    seen, v = assess(
+        target(), row(in_set=False, pttl_ms=-2, quiet=None, beat=None, signals_len=0),
+        106_000, Until.DELIVERED,
+    )  # fmt: skip
+    assert v is Verdict.WAITING and seen.absent
+    assert finalize(seen).outcome is Outcome.LOST
+
+
+def test_an_error_reply_is_never_read_as_an_exit() -> None:
+    bad = PollRow(None, None, None, None, None, error="WRONGTYPE Operation against a key")
+    seen, v = assess(target(), bad, 106_000, Until.DELIVERED)
+    assert v is Verdict.WAITING and seen.problem and "WRONGTYPE" in seen.problem
+    assert finalize(seen).outcome is Outcome.NOT_CONFIRMED
 
 
 def test_expired_hash_still_in_the_set_is_waited_for() -> None:
-    # Stalled past 60 s: the hash expired but the process may come back.
+    # Hung past 60 s: the hash expired but the process may come back.
     gone = row(pttl_ms=-2, quiet=None, beat=None, signals_len=1)
-    assert assess(target(), gone, 150_000, Until.DELIVERED) is Verdict.WAITING
-    t = target()
-    assess(t, gone, 150_000, Until.DELIVERED)
-    finalize(t)
-    assert t.outcome is Outcome.STALLED
+    seen, v = assess(target(), gone, 150_000, Until.DELIVERED)
+    assert v is Verdict.WAITING
+    assert finalize(seen).outcome is Outcome.NOT_CONFIRMED  # no beat age known: not "stalled"
 
 
 def test_expired_signal_is_pushed_again() -> None:
     # The list expired 60 s after the push; the hash expired even earlier.
     gone = row(pttl_ms=-2, quiet=None, beat=None, signals_len=0)
-    assert assess(target(), gone, 160_000, Until.DELIVERED) is Verdict.REPUSH
-    assert assess(target(), gone, 150_000, Until.DELIVERED) is Verdict.WAITING
+    assert verdict(target(), gone, 160_000) is Verdict.PUSH
+    assert verdict(target(), gone, 150_000) is Verdict.WAITING
     # A hash without TTL that never beat again: same.
     frozen = row(pttl_ms=-1, signals_len=0, beat="99.0")
-    assert assess(target(), frozen, 161_000, Until.DELIVERED) is Verdict.REPUSH
+    assert verdict(target(), frozen, 161_000) is Verdict.PUSH
 
 
 def test_re_registration_after_expiry_is_not_a_delivery() -> None:
     # The process recovers 70 s after the push: its first beat pops an already-expired list.
     back = row(pttl_ms=60_000, signals_len=0, beat="170.0")
-    assert assess(target(), back, 170_000, Until.DELIVERED) is Verdict.REPUSH
+    assert verdict(target(), back, 170_000) is Verdict.PUSH
+
+
+def test_back_after_vanishing_with_its_data_is_pushed_again_when_restarts_are_unseen() -> None:
+    absent = dataclasses.replace(target(), absent=True)
+    back = row(pttl_ms=59_000, signals_len=0, beat="105.0")
+    assert assess(absent, back, 106_000, Until.DELIVERED, server_tracked=False)[1] is Verdict.PUSH
+    # With the run_id read every poll a restart is caught there: the beat popped our push.
+    assert assess(absent, back, 106_000, Until.DELIVERED)[1] is Verdict.CONFIRMED
 
 
 def test_hash_without_ttl_counts_beats_by_value() -> None:
     t = target()
-    assert assess(t, row(pttl_ms=-1, signals_len=0, beat="99.0"), 105_000, Until.DELIVERED) is (
-        Verdict.WAITING
-    )
-    assert assess(t, row(pttl_ms=-1, signals_len=0, beat="104.0"), 105_000, Until.DELIVERED) is (
-        Verdict.CONFIRMED
-    )
+    assert verdict(t, row(pttl_ms=-1, signals_len=0, beat="99.0"), 105_000) is Verdict.WAITING
+    assert verdict(t, row(pttl_ms=-1, signals_len=0, beat="104.0"), 105_000) is Verdict.CONFIRMED
 
 
 def test_never_polled_is_not_confirmed_rather_than_stalled() -> None:
-    t = target()
-    finalize(t)
-    assert t.outcome is Outcome.NOT_CONFIRMED
+    assert finalize(target()).outcome is Outcome.NOT_CONFIRMED
 
 
-def test_finalize_tells_stalled_from_not_confirmed() -> None:
-    stalled = target()
-    assess(stalled, row(pttl_ms=20_000), 130_000, Until.DELIVERED)
-    finalize(stalled)
-    assert stalled.outcome is Outcome.STALLED
-    beating = target()
-    assess(beating, row(pttl_ms=59_000, signals_len=1), 130_000, Until.DELIVERED)
-    finalize(beating)
-    assert beating.outcome is Outcome.NOT_CONFIRMED
+def test_never_pushed_is_not_signalled() -> None:
+    assert finalize(Target(proc("m1:1:aaaaaaaaaaaa"))).outcome is Outcome.NOT_SIGNALLED
+
+
+def test_stalled_only_when_its_own_beat_is_overdue() -> None:
+    """Sidekiq 7 beats every 10 s: 14 s since the last beat is late but not hung, 16 s is."""
+    seen, _ = assess(target(), row(pttl_ms=46_000), 130_000, Until.DELIVERED)
+    assert finalize(seen).outcome is Outcome.NOT_CONFIRMED
+    seen, _ = assess(target(), row(pttl_ms=44_000), 130_000, Until.DELIVERED)
+    assert finalize(seen).outcome is Outcome.STALLED
 
 
 def test_mark_stamp_matches_sidekiq_deploy() -> None:
@@ -190,12 +230,15 @@ def test_deploy_record_round_trip() -> None:
     )
     assert record.deploy_id == "20261126T072528Z-abc123"
     assert len(record.fleet) == 6  # the dead member is not part of the pre-deploy fleet
-    record.outcomes["m1:1:aaaaaaaaaaaa"] = {"outcome": "confirmed", "confirmed_at": 1795677931.5}
-    parsed = DeployRecord.parse(record.to_json())
-    assert parsed is not None and parsed["release"] == "v42"
+    record = record.with_outcomes(
+        {"m1:1:aaaaaaaaaaaa": OutcomeEntry("confirmed", 1795677929.0, 1795677931.5, pushes=1)}
+    )
+    parsed, problem = parse_deploy_record(record.to_json())
+    assert problem is None and parsed == record
+    assert parsed.release == "v42" and parsed.state is DeployState.PENDING
     assert quiet_since(parsed, "m1:1:aaaaaaaaaaaa") == 1795677931.5
     assert quiet_since(parsed, "m2:1:cccccccccccc") is None
-    assert DeployRecord.parse("{not json") is None
+    assert parse_deploy_record("{not json")[0] is None
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from quiesce.decode import decode_process, read_version
+from quiesce.decode import decode_process, decode_snapshot, parse_float, printable, read_version
 from quiesce.fleet import ProcessState
 from quiesce.keys import PROCESS_FIELDS
-from quiesce.rows import RawProcess
+from quiesce.rows import RawProcess, RawSnapshot
 from tests.support import FIXTURES
 
 VERSIONS = ("6.4.1", "7.3.10", "8.1.7")
@@ -199,3 +199,100 @@ def test_fixture_files_present() -> None:
     assert sorted(p.name for p in Path(FIXTURES).iterdir() if p.is_dir()) == [
         f"sidekiq-{v}" for v in VERSIONS
     ]
+
+
+# -- hostile rows: one bad record must not stop the fleet ------------------------------
+
+
+def idle_row(**patch: str | None) -> RawProcess:
+    row = raw_row(load("7.3.10", "idle"))
+    return RawProcess(row.identity, {**row.fields, **patch}, row.pttl_ms, row.signals)
+
+
+def with_identity(row: RawProcess, identity: str) -> RawProcess:
+    return RawProcess(identity, row.fields, row.pttl_ms, row.signals)
+
+
+@pytest.mark.parametrize(
+    ("identity", "problem"),
+    [
+        ("vm\udcff:1:abcdefabcdef", "identity is not valid UTF-8"),
+        ("vm\x1b[2J:1:abcdefabcdef", "identity contains unprintable characters"),
+    ],
+)
+def test_hostile_identity_is_decoded_but_flagged(identity: str, problem: str) -> None:
+    proc = decode_process(with_identity(idle_row(), identity), 0)
+    assert proc.problem == problem and proc.state is ProcessState.UNREADABLE
+    assert proc.identity == identity  # kept as read: it is the key to any later write
+    assert proc.version is not None and proc.concurrency == 2  # the rest still decoded
+    assert proc.hostname.isprintable()
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        (idle_row(info="[" * 1000 + "]" * 1000), "info JSON is nested too deeply"),
+        (idle_row(info='{"a":' * 1000 + "1" + "}" * 1000), "info JSON is nested too deeply"),
+        (idle_row(info='{"hostname":"vm\udcff","pid":1}'), "info is not valid UTF-8"),
+        (idle_row(info='{"hostname":"vm\\udcff","pid":1}'), "info holds text that is not valid"),
+        (idle_row(info='{"pid":' + "9" * 5000 + "}"), "info is not valid JSON"),
+        (idle_row(info='{"hostname":"vm","pid":true}'), "info.hostname or info.pid"),
+        (idle_row(info='{"hostname":"vm","tag":["x"]}'), "info.tag is not a string"),
+        (idle_row(beat="soon"), "field 'beat' is not a number"),
+        (idle_row(beat="nan"), "field 'beat' is not a number"),
+        (idle_row(rss="\udcff"), "field 'rss' is not an integer"),
+        (idle_row(busy="9" * 5000), "field 'busy' is not an integer"),
+        (idle_row(quiet="\udcff"), "field 'quiet'"),
+    ],
+)
+def test_hostile_rows_are_unreadable_with_one_line(row: RawProcess, problem: str) -> None:
+    proc = decode_process(row, 0)
+    assert proc.state is ProcessState.UNREADABLE
+    assert proc.problem is not None and problem in proc.problem
+    assert "\n" not in proc.problem and len(proc.problem) < 200
+    assert proc.problem.encode("utf-8")  # printable anywhere: no lone surrogates
+
+
+def test_non_utf8_signal_entry_is_unreadable_and_shown_escaped() -> None:
+    row = idle_row()
+    bad = RawProcess(row.identity, row.fields, row.pttl_ms, ["TSTP", "\udcffoops"])
+    proc = decode_process(bad, 0)
+    assert proc.state is ProcessState.UNREADABLE
+    assert proc.problem == "signal list holds an entry that is not valid UTF-8"
+    assert proc.pending_signals == ("\\xffoops", "TSTP")
+
+
+def test_one_poisoned_row_leaves_the_others_alone() -> None:
+    good = [raw_row(load(v, "idle")) for v in VERSIONS]
+    poisoned = [
+        with_identity(idle_row(info="[" * 1000 + "]" * 1000), "p1:1:000000000001"),
+        RawProcess("p2:1:000000000002", good[0].fields, 50_000, ["\udc80"]),
+        with_identity(idle_row(), "p3\udcfe:1:000000000003"),
+        with_identity(idle_row(busy="\udcff"), "p4:1:000000000004"),
+    ]
+    raw = RawSnapshot(
+        redis="r", time=0.0, rows=(good[0], *poisoned, *good[1:]), latest_deploy="[" * 5000
+    )
+    snapshot = decode_snapshot(raw)
+    states = [p.state for p in snapshot.processes]
+    assert (
+        states
+        == [ProcessState.RUNNING] + [ProcessState.UNREADABLE] * 4 + [ProcessState.RUNNING] * 2
+    )
+    assert [p.problem for p in snapshot.processes[:1] + snapshot.processes[5:]] == [None] * 3
+    assert snapshot.latest_deploy is None
+    assert snapshot.deploy_problem == "deploy record JSON is nested too deeply (r)"
+
+
+def test_printable_escapes_bytes_and_control_characters() -> None:
+    assert printable("plain host-1") == "plain host-1"
+    assert printable("a\udcffb") == "a\\xffb"
+    assert printable("x\x1b[2J\n") == "x\\x1b[2J\\n"
+
+
+def test_parse_float_is_strict_about_garbage() -> None:
+    assert parse_float("1.5") == 1.5
+    assert parse_float(None) is None
+    assert parse_float("soon") is None
+    assert parse_float("nan") is None and parse_float("inf") is None
+    assert parse_float("\udcff") is None

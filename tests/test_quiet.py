@@ -15,9 +15,9 @@ from quiesce.observe import read_fleet
 from quiesce.plan import Filters, Outcome
 from quiesce.quiet_run import QuietOptions, quiet_fleet
 from quiesce.settings import Settings, build_settings
-from quiesce.simulator import SidekiqWrites, SimulatedFleet, SimulatedProcess, make_processes
-from quiesce.store import SidekiqStore, connect
-from tests.support import RedisServer
+from quiesce.simulator import SimulatedFleet, SimulatedProcess, make_processes
+from quiesce.store import SidekiqStore
+from tests.support import RedisServer, simulated_fleet
 
 FleetFactory = Callable[..., SimulatedFleet]
 
@@ -40,7 +40,9 @@ def start_fleet(redis_url: str) -> Iterator[FleetFactory]:
         url: str = redis_url,
         namespace: str = "",
     ) -> SimulatedFleet:
-        fleet = SimulatedFleet(store_for(url, namespace), processes, beat_interval_s=beat, seed=1)
+        fleet: SimulatedFleet = simulated_fleet(
+            url, processes, namespace=namespace, beat_interval_s=beat, seed=1
+        )
         fleets.append(fleet.start())
         return fleet
 
@@ -157,9 +159,7 @@ def test_process_that_exits_during_the_wait_is_vanished(
 
     def exit_soon() -> None:  # ... and shuts down cleanly while we wait
         time.sleep(0.8)
-        SidekiqWrites(connect(store.target, settings_for(redis_url)), store.keys).leave(
-            [procs[0].identity]
-        )
+        fleet.leave([procs[0]])
 
     threading.Thread(target=exit_soon).start()
     report = quiet_fleet([store], QuietOptions(timeout_s=5))
@@ -243,13 +243,20 @@ def test_deploy_record_and_mark(
     assert 0 < raw.ttl("deploylock-registry.fly.io/app:deployment-01J") <= 60
     snapshot = read_fleet([store_for(redis_url)])
     deploy = snapshot.latest_deploy
-    assert deploy is not None and deploy["deploy_id"] == report.deploy_id
-    assert deploy["strategy"] == "bluegreen"
-    assert {f["identity"] for f in deploy["fleet"]} == {p.identity for p in procs}
-    assert deploy["servers"][0]["connected_clients"] >= 1
-    assert deploy["servers"][0]["maxclients"] == 10000
+    assert snapshot.deploy_problem is None
+    assert deploy is not None and deploy.deploy_id == report.deploy_id
+    assert deploy.strategy == "bluegreen" and deploy.state == "complete" and deploy.version == 2
+    assert {f.identity for f in deploy.fleet} == {p.identity for p in procs}
+    connected = deploy.servers[0].connected_clients
+    assert connected is not None and connected >= 1
+    assert deploy.servers[0].maxclients == 10000
     assert all(
-        o["outcome"] == "confirmed" and o["confirmed_at"] for o in deploy["outcomes"].values()
+        o.outcome == "confirmed"
+        and o.pushes == 1
+        and o.pushed_at is not None
+        and o.confirmed_at is not None
+        and o.pushed_at <= o.confirmed_at
+        for o in deploy.outcomes.values()
     )
     assert 13 * 86400 < raw.ttl("quiesce:deploy:latest") <= 14 * 86400
     # A second run in the same minute does not duplicate the mark (Sidekiq's NX lock).

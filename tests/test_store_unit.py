@@ -9,7 +9,7 @@ from quiesce.decode import decode_snapshot
 from quiesce.fleet import ProcessState
 from quiesce.keys import Keys
 from quiesce.settings import build_settings
-from quiesce.simulator import BeatWrite, SidekiqWrites, make_processes
+from quiesce.simulator import SimulatedFleet, SimulatedProcess, make_processes
 from quiesce.store import SidekiqStore
 
 
@@ -23,10 +23,14 @@ def store(fake: fakeredis.FakeRedis, namespace: str = "") -> SidekiqStore:
     return SidekiqStore(settings.redis[0], settings, client=fake)
 
 
+def beat(fake: fakeredis.FakeRedis, procs: list[SimulatedProcess], namespace: str = "") -> None:
+    SimulatedFleet(fake, procs, keys=Keys(namespace)).beat(procs, 1000.0)
+
+
 def test_snapshot_reads_and_never_writes(fake: fakeredis.FakeRedis) -> None:
     procs = make_processes(3, seed=1, version="8.1.7")
     s = store(fake)
-    SidekiqWrites(fake, Keys()).beat([BeatWrite(p.identity, p.fields(1000.0)) for p in procs])
+    beat(fake, procs)
     fake.sadd("processes", "gone:1:000000000000")
     before = {k: fake.type(k) for k in fake.scan_iter()}
     snap = decode_snapshot(s.read_fleet())
@@ -48,7 +52,7 @@ def test_member_that_is_not_a_hash_is_unreadable(fake: fakeredis.FakeRedis) -> N
 def test_namespace_prefixes_keys_only(fake: fakeredis.FakeRedis) -> None:
     proc = make_processes(1, seed=2, version="6.4.1")[0]
     s = store(fake, "app")
-    SidekiqWrites(fake, Keys("app")).beat([BeatWrite(proc.identity, proc.fields(1.0))])
+    beat(fake, [proc], "app")
     assert fake.smembers("app:processes") == {proc.identity}
     assert fake.exists(f"app:{proc.identity}")
     (decoded,) = decode_snapshot(s.read_fleet()).processes
@@ -58,24 +62,16 @@ def test_namespace_prefixes_keys_only(fake: fakeredis.FakeRedis) -> None:
 def test_poll_rows(fake: fakeredis.FakeRedis) -> None:
     proc = make_processes(1, seed=3)[0]
     s = store(fake)
-    SidekiqWrites(fake, Keys()).beat([BeatWrite(proc.identity, proc.fields(1.0))])
+    beat(fake, [proc])
     fake.lpush(f"{proc.identity}-signals", "TSTP")
     fake.hset("odd:1:000000000000-signals", "x", "1")
     (row, missing, odd) = s.poll(
         [proc.identity, "nobody:1:000000000000", "odd:1:000000000000"]
     ).rows
-    assert row.in_set and row.quiet == "false" and row.signals_len == 1 and 0 < row.pttl_ms <= 60000
+    assert row.in_set and row.quiet == "false" and row.signals_len == 1
+    assert row.pttl_ms is not None and 0 < row.pttl_ms <= 60000
     assert not missing.in_set and missing.pttl_ms == -2
     assert odd.error is not None and "WRONGTYPE" in odd.error  # an error, never "exited"
-
-
-def test_beat_pops_one_signal_per_beat(fake: fakeredis.FakeRedis) -> None:
-    proc = make_processes(1, seed=4)[0]
-    s = SidekiqWrites(fake, Keys())
-    fake.lpush(f"{proc.identity}-signals", "TSTP", "TTIN")
-    assert s.beat([BeatWrite(proc.identity, proc.fields(1.0))]) == ["TSTP"]  # FIFO: oldest first
-    assert s.beat([BeatWrite(proc.identity, proc.fields(2.0))]) == ["TTIN"]
-    assert s.beat([BeatWrite(proc.identity, proc.fields(3.0))]) == [None]
 
 
 def test_mark_deploy_lock_then_hsetnx(fake: fakeredis.FakeRedis) -> None:

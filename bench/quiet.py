@@ -3,7 +3,7 @@
 Run from a checkout (nothing to install beyond the package's own dependencies and
 ``redis-server`` on PATH)::
 
-    python3 bench/signalling.py [--sizes 100,500,2000] [--rtt-ms 10] [--cold-start-runs 10]
+    python3 bench/quiet.py [--sizes 100,500,2000] [--rtt-ms 10] [--cold-start-runs 10]
 
 It starts a private redis-server on a free port (``tests.support.RedisServer``; the
 machine's Redis on 6379 is never touched) and a threaded TCP proxy in front of it that
@@ -62,9 +62,9 @@ import redis  # noqa: E402
 from quiesce import keys as k  # noqa: E402
 from quiesce.plan import Outcome  # noqa: E402
 from quiesce.settings import build_settings  # noqa: E402
-from quiesce.signalling import QuietOptions, quiet_fleet  # noqa: E402
-from quiesce.simulator import make_processes  # noqa: E402
-from quiesce.store import BeatWrite, SidekiqStore  # noqa: E402
+from quiesce.quiet_run import QuietOptions, quiet_fleet  # noqa: E402
+from quiesce.simulator import SimulatedFleet, SimulatedProcess, make_processes  # noqa: E402
+from quiesce.store import SidekiqStore  # noqa: E402
 
 CHUNK = 65536
 QUIESCE_RUNS = 5
@@ -233,16 +233,16 @@ def run_per_process(url: str) -> int:
 
 
 # -- measurement ---------------------------------------------------------------------
-def prepare(direct: redis.Redis, url: str, beats: list[BeatWrite]) -> None:
+def prepare(direct: redis.Redis, url: str, beats: list[SimulatedProcess]) -> None:
     """Fresh heartbeats for every process and no signal lists: each run starts equal."""
     stale = list(direct.scan_iter(match="*-signals", count=1000))
     if stale:
         direct.delete(*stale)
-    store = open_store(url)
+    client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        store.beat(beats)
+        SimulatedFleet(client, beats).beat(beats, time.time())
     finally:
-        store.close()
+        client.close()
 
 
 def verify(direct: redis.Redis, identities: list[str]) -> None:
@@ -263,7 +263,11 @@ def measure(fn: Callable[[str], int], proxy: LatencyProxy) -> tuple[int, int, fl
 
 
 def time_quiesce(
-    direct: redis.Redis, url: str, proxy: LatencyProxy, beats: list[BeatWrite], idents: list[str]
+    direct: redis.Redis,
+    url: str,
+    proxy: LatencyProxy,
+    beats: list[SimulatedProcess],
+    idents: list[str],
 ) -> tuple[str, str, float, float]:
     """quiesce's round trips and turns (``3``, or ``3-4`` if runs disagreed) and median
     seconds through the proxy and straight to Redis: short runs are noisy."""
@@ -341,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         for n in args.sizes:
             direct.flushdb()
             procs = make_processes(n, seed=n)
-            beats = [BeatWrite(p.identity, p.fields(time.time())) for p in procs]
+            beats = procs
             identities = [p.identity for p in procs]
 
             q_rts, q_turns, q_s, q_direct_s = time_quiesce(
