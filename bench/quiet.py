@@ -61,8 +61,8 @@ import redis  # noqa: E402
 
 from quiesce import keys as k  # noqa: E402
 from quiesce.plan import Outcome  # noqa: E402
-from quiesce.settings import build_settings  # noqa: E402
 from quiesce.quiet_run import QuietOptions, quiet_fleet  # noqa: E402
+from quiesce.settings import build_settings  # noqa: E402
 from quiesce.simulator import SimulatedFleet, SimulatedProcess, make_processes  # noqa: E402
 from quiesce.store import SidekiqStore  # noqa: E402
 

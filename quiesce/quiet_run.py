@@ -195,7 +195,7 @@ class QuietRun:
         self.error: QuiesceError | None = None
 
     def note(self, text: str) -> None:
-        log.warning("%s", text)
+        log.info("%s", text)  # the caller prints notices (on_event): not twice
         self.notes.append(text)
         self.on_event(Notice(text))
 

@@ -174,6 +174,8 @@ class SimulatedFleet:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.beat_errors = 0
+        """Beats lost to a Redis outage (the processes go on, as Sidekiq's do)."""
 
     def beat(self, processes: Sequence[SimulatedProcess], now: float) -> list[str | None]:
         """One ``Launcher#❤`` registry MULTI per process, in one round trip; returns each
@@ -189,8 +191,11 @@ class SimulatedFleet:
             pipe.hset(key, mapping=proc.fields(now))  # type: ignore[arg-type]
             pipe.expire(key, HEARTBEAT_TTL_S)
             pipe.rpop(keys.signals(proc.identity))
-        results = pipe.execute()
-        return [results[i * 5 + 4] for i in range(len(processes))]
+        # A MULTI does not roll back: a failing RPOP (a signal list of the wrong type) leaves
+        # that beat's HSET in place, and Sidekiq logs it and beats on. So do we.
+        results = pipe.execute(raise_on_error=False)
+        popped = [results[i * 5 + 4] for i in range(len(processes))]
+        return [None if isinstance(p, Exception) else p for p in popped]
 
     def leave(self, processes: Sequence[SimulatedProcess]) -> None:
         """``clear_heartbeat``: SREM and UNLINK the work hash (``:workers`` before 6.4.2),
@@ -218,7 +223,14 @@ class SimulatedFleet:
         ]
         if not due:
             return 0
-        popped = self.beat(due, now)
+        try:
+            popped = self.beat(due, now)
+        except (redis.ConnectionError, redis.TimeoutError):
+            # Sidekiq logs "heartbeat: ..." and tries again next beat, running on in memory.
+            self.beat_errors += 1
+            for proc in due:
+                self._next[proc.identity] = now + self._interval[proc.identity]
+            return 0
         leaving = []
         for proc, signal in zip(due, popped, strict=True):
             proc.handle(signal)

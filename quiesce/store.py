@@ -83,8 +83,13 @@ def _first(exc: BaseException, kind: type[BaseException]) -> BaseException | Non
     return next((c for c in _causes(exc) if isinstance(c, kind)), None)
 
 
+# redis-py strips the code from the replies it maps to a class (OOM, NOPERM, ...) and
+# keeps it on the others (WRONGTYPE): classes first, the code only where there is none.
+_OutOfMemory: type[Exception] = getattr(rex, "OutOfMemoryError", rex.ResponseError)
+
+
 def _reply_code(exc: BaseException) -> str:
-    """The error code a Redis error reply starts with (``WRONGTYPE``, ``OOM``, ``ERR``)."""
+    """The error code an unmapped Redis error reply starts with (``WRONGTYPE``)."""
     text = str(exc).strip()
     return text.split(" ", 1)[0] if text[:1].isupper() else ""
 
@@ -118,7 +123,7 @@ def classify(exc: BaseException, target: RedisTarget, read_timeout_s: float) -> 
         return RedisRefused(f"Redis refused authentication: {_one_line(exc)}", url=url)
     if isinstance(exc, rex.NoPermissionError):
         return RedisRefused(
-            f"the Redis user may not run a command quiesce needs: {_one_line(exc)}", url=url
+            f"Redis ACL: the user may not run a command quiesce needs: {_one_line(exc)}", url=url
         )
     tls = _first(exc, ssl.SSLError)
     if tls is not None:
@@ -137,12 +142,11 @@ def classify(exc: BaseException, target: RedisTarget, read_timeout_s: float) -> 
         return _connection_problem(exc, target)
     if isinstance(exc, rex.ReadOnlyError):
         return RedisRefused("Redis is a read-only replica; point at the primary", url=url)
-    code = _reply_code(exc)
-    if code == "OOM":
+    if isinstance(exc, _OutOfMemory):
         return RedisRefused("Redis is out of memory (maxmemory reached)", url=url)
-    if code == "ERR" and "DB index is out of range" in str(exc):
+    if isinstance(exc, rex.ResponseError) and "DB index is out of range" in str(exc):
         return ConfigError(f"the database in the Redis URL does not exist on {url}")
-    if code == "WRONGTYPE":
+    if _reply_code(exc) == "WRONGTYPE":
         return ProtocolError(
             "a Sidekiq key holds the wrong Redis type; is this Sidekiq's database?", url=url
         )
@@ -327,7 +331,9 @@ class SidekiqStore:
                 commands.append(("PTTL", keys.process(m)))
                 commands.append(("LRANGE", keys.signals(m), 0, -1))
         results = self._pipeline(commands, deadline=None)
-        for reply in results:
+        # TIME, INFO and the record are optional (a restricted user degrades); the
+        # process rows are not.
+        for reply in results[4:]:
             self._refusal(reply)
         now_ms, server_reply, clients_reply, deploy = results[:4]
         rows = results[4:]
