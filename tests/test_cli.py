@@ -144,7 +144,7 @@ def raw_keys(url: str) -> list[str]:
 
     client = redis_py.Redis.from_url(url, decode_responses=True)
     try:
-        return sorted(client.keys("*"))
+        return sorted(str(k) for k in client.keys("*"))
     finally:
         client.close()
 

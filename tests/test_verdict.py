@@ -126,7 +126,14 @@ def test_a_signal_list_of_the_wrong_type_fails_that_process_only(
 
 # -- refused before any signal goes out --------------------------------------------
 def acl_user(raw: redis.Redis, name: str, *rules: str) -> None:
-    raw.execute_command("ACL", "SETUSER", name, "on", ">pw", "~*", "&*", "+@all", *rules)
+    raw.acl_setuser(
+        name,
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", *rules],
+    )
 
 
 def test_a_user_that_may_push_but_not_poll_is_refused_before_any_signal(
@@ -179,7 +186,7 @@ def test_a_hung_redis_cannot_stretch_the_wait_past_timeout_plus_one_read_timeout
         wait_for(lambda: procs[1].quiet and procs[2].quiet)
         time.sleep(0.5)  # let quiesce see them confirmed
         # Long enough to outlast the wait; it lifts itself, whatever happens to this test.
-        raw.execute_command("CLIENT", "PAUSE", "6000", "ALL")
+        raw.client_pause(6000, all=True)
 
     pauser = threading.Thread(target=pause_after_push, daemon=True)
     pauser.start()
@@ -218,7 +225,6 @@ def test_an_empty_fleet_says_where_sidekiq_might_be(redis_url: str, raw: redis.R
         redis_url, make_processes(2, seed=31, version="6.4.1"), namespace="myapp"
     )
     with sim:
-        raw.execute_command("SELECT", "0")
         code, out, err, _ = cli("--redis-url", redis_url, "quiet", "--release", "v1")
     assert code == ExitCode.OK
     assert "no live Sidekiq processes" in out and "myapp:processes" in out + err
