@@ -476,7 +476,7 @@ def quiet_fleet(
     failure = _failure_text(run.error, entries) if failed else None
     record = record.finish(fleet.taken_at + (clock() - run.started), failure=failure)
     saved = _save(run, record.deploy_id, record.to_json())
-    marks = () if failed else _mark(stores, options, fleet.taken_at)
+    marks = () if failed else _mark(run, options, fleet.taken_at)
     return report(entries, record.deploy_id, marks, saved)
 
 
@@ -552,12 +552,18 @@ def _outcome(target: Target, waited: bool) -> ProcessOutcome:
     return ProcessOutcome(target.record, outcome, target.pushes, after, target.problem)
 
 
-def _mark(stores: Sequence[FleetStore], options: QuietOptions, now: float) -> tuple[str, ...]:
+def _mark(run: QuietRun, options: QuietOptions, now: float) -> tuple[str, ...]:
+    """Sidekiq's deploy mark, once the quiet succeeded. A mark Redis refuses is said, not
+    fatal: the fleet is quiet, which is what the deploy gate is about."""
     if not options.mark or not options.release:
         return ()
     datecode, stamp = mark_stamp(now)
-    release = options.release
-    return tuple(
-        f"{s.label}: " + ("written" if s.mark_deploy(release, datecode, stamp) else "exists")
-        for s in stores
-    )
+    marks = []
+    for store in run.stores:
+        try:
+            written = store.mark_deploy(options.release, datecode, stamp)
+        except QuiesceError as exc:
+            run.note(f"deploy mark not written: {exc}")
+            continue
+        marks.append(f"{store.label}: " + ("written" if written else "exists"))
+    return tuple(marks)
