@@ -30,6 +30,28 @@ class ExitCode(enum.IntEnum):
     REDIS_UNAVAILABLE = 4
     REDIS_REFUSED = 5
     PROTOCOL = 6
+    INTERRUPTED = 130
+    BROKEN_PIPE = 141
+
+    @property
+    def description(self) -> str:
+        """One line for ``quiesce --help`` and the README."""
+        return _EXIT_DESCRIPTIONS[self]
+
+
+_EXIT_DESCRIPTIONS = {
+    ExitCode.OK: "success: every target confirmed quiet or gone",
+    ExitCode.USAGE: "usage or configuration error",
+    ExitCode.NOT_CONFIRMED: "processes left unconfirmed at the deadline (quiet), or not in "
+    "the --expect state (status)",
+    ExitCode.REDIS_UNAVAILABLE: "Redis unreachable: refused, timed out, unknown host, went away",
+    ExitCode.REDIS_REFUSED: "Redis refused us: wrong password, TLS mismatch, ACL denies a command",
+    ExitCode.PROTOCOL: "Redis holds data that is not Sidekiq's shape",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.BROKEN_PIPE: "the output's reader went away (quiesce status | head), as for "
+    "any tool stopped by SIGPIPE",
+    ExitCode.INTERNAL: "internal error (a bug: please report it)",
+}
 
 
 class QuiesceError(Exception):

@@ -13,6 +13,7 @@ from quiesce.deploy import quiet_since
 from quiesce.fleet import FleetSnapshot, ProcessRecord, ProcessState, count_states
 from quiesce.plan import FAILED_OUTCOMES, Outcome
 from quiesce.signalling import Entry, QuietReport
+from quiesce.text import safe
 
 JSON_VERSION = 1
 
@@ -27,6 +28,21 @@ def _age(seconds: float | None) -> str:
     if seconds < 86400:
         return f"{seconds / 3600:.1f}h"
     return f"{seconds / 86400:.1f}d"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 process``, ``2 processes``."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def _processes(n: int) -> str:
+    return count(n, "process", "processes")
+
+
+def _text(lines: Iterable[str]) -> str:
+    """The one exit for text output: Redis-derived text is escaped, line by line (quiesce's
+    own lines contain no control characters, so nothing legitimate changes)."""
+    return "\n".join(safe(line) for line in lines)
 
 
 def _mib(kib: int | None) -> str:
@@ -97,7 +113,26 @@ def _deploy_json(deploy: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {key: deploy.get(key) for key in keep}
 
 
-def status_json(snapshot: FleetSnapshot) -> dict[str, Any]:
+def _oldest_beat(procs: Iterable[ProcessRecord]) -> float | None:
+    ages = [p.beat_age_s for p in procs if p.alive and p.beat_age_s is not None]
+    return max(ages) if ages else None
+
+
+def _machine_json(
+    name: str, procs: list[ProcessRecord], snapshot: FleetSnapshot, machines_only: bool
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "machine": name,
+        "summary": _summary(procs),
+        "oldest_beat_age_s": _round(_oldest_beat(procs)),
+    }
+    if not machines_only:
+        data["processes"] = [process_json(p, snapshot) for p in procs]
+    return data
+
+
+def status_json(snapshot: FleetSnapshot, *, machines_only: bool = False) -> dict[str, Any]:
+    """``machines_only`` (``--machines``): each Machine's summary, no per-process list."""
     machines = snapshot.by_machine()
     return {
         "version": JSON_VERSION,
@@ -109,12 +144,7 @@ def status_json(snapshot: FleetSnapshot) -> dict[str, Any]:
         ],
         "latest_deploy": _deploy_json(snapshot.latest_deploy),
         "machines": [
-            {
-                "machine": name,
-                "summary": _summary(procs),
-                "processes": [process_json(p, snapshot) for p in procs],
-            }
-            for name, procs in machines.items()
+            _machine_json(name, procs, snapshot, machines_only) for name, procs in machines.items()
         ],
     }
 
@@ -122,9 +152,9 @@ def status_json(snapshot: FleetSnapshot) -> dict[str, Any]:
 def summary_line(processes: Iterable[ProcessRecord]) -> str:
     s = _summary(processes)
     states = ", ".join(f"{s[st.value]} {st.value}" for st in ProcessState if s[st.value])
-    return (
-        f"{s['processes']} processes on {s['machines']} machines: {states or 'none'}; "
-        f"{s['busy']}/{s['concurrency']} threads busy"
+    return safe(
+        f"{_processes(s['processes'])} on {count(s['machines'], 'machine')}: "
+        f"{states or 'none'}; {s['busy']}/{s['concurrency']} threads busy"
     )
 
 
@@ -137,7 +167,7 @@ def status_text(snapshot: FleetSnapshot, *, machines_only: bool = False) -> str:
     """Per process, grouped by Machine; ``machines_only``: one line per Machine."""
     if not snapshot.processes:
         servers = ", ".join(s.redis for s in snapshot.servers)
-        return f"no Sidekiq processes registered in {servers} (the 'processes' set is empty)"
+        return safe(f"no Sidekiq processes registered in {servers} (the 'processes' set is empty)")
     lines = []
     multi_redis = len(snapshot.servers) > 1
     header = (
@@ -150,9 +180,7 @@ def status_text(snapshot: FleetSnapshot, *, machines_only: bool = False) -> str:
         if machines_only:
             lines.append(_machine_row(machine, procs))
             continue
-        lines.append(
-            f"{machine}  ({len(procs)} process{'es' if len(procs) != 1 else ''}: {_states(procs)})"
-        )
+        lines.append(f"{machine}  ({_processes(len(procs))}: {_states(procs)})")
         lines.append(header)
         for p in procs:
             lines.append(_status_row(p, snapshot, multi_redis))
@@ -166,22 +194,22 @@ def status_text(snapshot: FleetSnapshot, *, machines_only: bool = False) -> str:
             f"latest deploy: {deploy.get('deploy_id')} release {deploy.get('release') or '-'} "
             f"({deploy.get('strategy')}), {ago} ago"
         )
-    return "\n".join(lines)
+    return _text(lines)
 
 
 def _machine_row(machine: str, procs: list[ProcessRecord]) -> str:
     live = [p for p in procs if p.alive]
     busy = f"{sum(p.busy or 0 for p in live)}/{sum(p.concurrency or 0 for p in live)}"
-    ages = [p.beat_age_s for p in live if p.beat_age_s is not None]
-    oldest = _age(max(ages)) if ages else "-"
-    return f"{machine[:16]:<16} {len(procs):>5} {busy:>9} {oldest:>11}  {_states(procs)}"
+    oldest = _age(_oldest_beat(live))
+    return f"{safe(machine)[:16]:<16} {len(procs):>5} {busy:>9} {oldest:>11}  {_states(procs)}"
 
 
 def _status_row(p: ProcessRecord, snapshot: FleetSnapshot, multi_redis: bool) -> str:
     nonce = p.identity.rsplit(":", 1)[-1][:12]
-    tag = ",".join(x for x in (p.tag, *p.labels) if x) or "-"
+    # Escaped before the column is cut, so an escape never straddles the cut.
+    tag = safe(",".join(x for x in (p.tag, *p.labels) if x)) or "-"
     busy = f"{p.busy if p.busy is not None else '?'}/{p.concurrency or '?'}"
-    signals = ",".join(p.pending_signals) or "-"
+    signals = safe(",".join(p.pending_signals)) or "-"
     row = (
         f"  {p.pid if p.pid is not None else '?':>6} {nonce:<12} {_version(p):<9} {tag[:18]:<18} "
         f"{p.state.value:<10} {busy:>7} {_age(p.beat_age_s):>5} "
@@ -252,11 +280,14 @@ def report_text(report: QuietReport, *, show_all: bool = False, best_effort: boo
         lines.append(f"no Sidekiq processes registered in {servers}: nothing to quiet")
     elif o.dry_run:
         lines.append(
-            f"dry run: would signal TSTP to {len(targets)} processes on {machines} machines"
+            f"dry run: would signal TSTP to {_processes(len(targets))} on "
+            f"{count(machines, 'machine')}"
         )
     else:
         how = f"until {o.until.value}, timeout {o.timeout_s:g}s" if o.wait else "no wait"
-        lines.append(f"signalled TSTP to {len(targets)} processes on {machines} machines ({how})")
+        lines.append(
+            f"signalled TSTP to {_processes(len(targets))} on {count(machines, 'machine')} ({how})"
+        )
     for e in report.entries:
         if show_all or o.dry_run or e.outcome in FAILED_OUTCOMES or e.outcome in _SKIPS_SHOWN:
             lines.append(_entry_line(e))
@@ -274,12 +305,12 @@ def report_text(report: QuietReport, *, show_all: bool = False, best_effort: boo
         lines.append("dry run: nothing was written")
     elif report.failures:
         n = len(report.failures)
-        verdict = f"FAILED: {n} process{'es' if n != 1 else ''} not confirmed quiet"
+        verdict = f"FAILED: {_processes(n)} not confirmed quiet"
         exit_note = "exit 0 (--best-effort)" if best_effort else f"exit {int(report.exit_code)}"
         lines.append(f"{verdict}; {exit_note}")
     else:
         lines.append(f"OK in {report.elapsed_s:.1f}s")
-    return "\n".join(lines)
+    return _text(lines)
 
 
 _SKIPS = frozenset({Outcome.ALREADY_QUIET, Outcome.EMBEDDED, Outcome.DEAD, Outcome.UNREADABLE})

@@ -58,7 +58,7 @@ def encode_commands(commands: Sequence[tuple[str | int, ...]]) -> bytes:
     for command in commands:
         out.append(b"*%d\r\n" % len(command))
         for arg in command:
-            data = str(arg).encode()
+            data = str(arg).encode(errors="surrogateescape")  # round-trips what was read
             out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
@@ -90,6 +90,7 @@ class SidekiqStore:
         self._read_timeout_s = settings.read_timeout_s
         options: dict[str, Any] = {
             "decode_responses": True,
+            "encoding_errors": "surrogateescape",  # a non-UTF-8 byte must not stop a read
             "socket_connect_timeout": settings.connect_timeout_s,
             "socket_timeout": settings.read_timeout_s,
             # Retries are ours (quiesce.retry), bounded and only for transient errors.
