@@ -58,14 +58,16 @@ def info(hostname: str, **extra: object) -> bytes:
 
 def load_hostile_fleet(client: redis.Redis) -> None:
     now = str(time.time())
-    rows: dict[bytes, dict[str, bytes | str]] = {
+    rows: dict[bytes, dict[str | bytes, str | bytes]] = {
         EVIL_ID.encode(): {"info": info(f"host{OSC52}\r{HIDE}{NOT_UTF8}")},
         PLAIN_ID.encode(): {"info": info(f"plain{NOT_UTF8}", version=f"7{HIDE}.x")},
         BYTE_ID: {"info": info(f"byte{NOT_UTF8}host"), "busy": "1\x1b[8m"},
     }
     for identity, fields in rows.items():
         client.sadd("processes", identity)
-        client.hset(identity, mapping={"beat": now, "quiet": "false", "busy": "0", **fields})
+        base: dict[str | bytes, str | bytes] = {"beat": now, "quiet": "false", "busy": "0"}
+        for field, value in {**base, **fields}.items():
+            client.hset(identity, field, value)
         client.expire(identity, 60)
     client.lpush(f"{EVIL_ID}-signals", f"TSTP\x1b]0;title\x07{CLEAR}")
     client.sadd("processes", b"ghost\x1b[8m\xfe:9:dddddddddddd")  # a dead member
