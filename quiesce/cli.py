@@ -386,21 +386,21 @@ def _fail(exc: BaseException, *, best_effort: bool = False) -> NoReturn:
     raise typer.Exit(int(code))
 
 
-def _broken_pipe() -> NoReturn:
+def _broken_pipe(*, best_effort: bool = False) -> NoReturn:
     """The reader went away (``quiesce status | head -1``): stop without a word, with the
     status a Unix tool killed by SIGPIPE has. Python would fail again flushing stdout at
     exit, so stdout now points at /dev/null."""
     with contextlib.suppress(OSError, ValueError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    raise typer.Exit(int(ExitCode.BROKEN_PIPE))
+    raise typer.Exit(0 if best_effort else int(ExitCode.BROKEN_PIPE))
 
 
 @contextlib.contextmanager
-def _output() -> Iterator[None]:
+def _output(*, best_effort: bool = False) -> Iterator[None]:
     try:
         yield
     except BrokenPipeError:
-        _broken_pipe()
+        _broken_pipe(best_effort=best_effort)
 
 
 @contextlib.contextmanager
@@ -414,7 +414,7 @@ def _guard(*, best_effort: bool = False) -> Iterator[None]:
         typer.echo("quiesce: interrupted", err=True)
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     except BrokenPipeError:
-        _broken_pipe()
+        _broken_pipe(best_effort=best_effort)
     except Exception as exc:
         log.debug("failure", exc_info=True)
         _fail(exc, best_effort=best_effort)
@@ -618,7 +618,7 @@ def quiet(
             report = quiet_fleet(stores, options, on_progress=None if json_output else progress)
         finally:
             progress.close()
-    with _output():
+    with _output(best_effort=best_effort):
         if json_output:
             typer.echo(json.dumps(report_json(report, best_effort), indent=2))
         else:

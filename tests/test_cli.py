@@ -553,3 +553,22 @@ def test_bin_quiesce_uses_the_checkout_venv(tmp_path: object) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "run bin/setup" in done.stderr
+
+
+def test_broken_pipe_with_best_effort_still_exits_0(redis_url: str, fleet: SimulatedFleet) -> None:
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "quiesce", "-r", redis_url, "quiet", "--best-effort"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and done.stderr == b""
