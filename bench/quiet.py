@@ -1,9 +1,10 @@
 """Benchmark: the signalling phase of ``quiesce quiet`` against a per-process loop.
 
-Run from a checkout (nothing to install beyond the package's own dependencies and
-``redis-server`` on PATH)::
+Run from a checkout, with the checkout's virtualenv (``bin/setup`` makes ``.venv`` with
+quiesce's dependencies and installs ``redis-server``)::
 
-    python3 bench/quiet.py [--sizes 100,500,2000] [--rtt-ms 10] [--cold-start-runs 10]
+    bin/setup
+    .venv/bin/python bench/quiet.py [--sizes 100,500,2000] [--rtt-ms 10] [--cold-start-runs 10]
 
 It starts a private redis-server on a free port (``tests.support.RedisServer``; the
 machine's Redis on 6379 is never touched) and a threaded TCP proxy in front of it that
@@ -57,7 +58,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import redis  # noqa: E402
+try:
+    import redis
+except ModuleNotFoundError:  # the system python, not the checkout's .venv
+    sys.exit("bench: run bin/setup, then: .venv/bin/python bench/quiet.py")
 
 from quiesce import keys as k  # noqa: E402
 from quiesce.plan import Outcome  # noqa: E402

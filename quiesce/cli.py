@@ -8,45 +8,94 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
+import functools
+import inspect
 import json
 import logging
+import math
 import os
 import signal
 import sys
+import textwrap
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+
+# typer vendors click; usage errors are its classes (typer re-exports only BadParameter).
+from typer._click.core import Context as ClickContext
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+from typer.core import TyperGroup
 
 from quiesce import __version__
 from quiesce.confirm import Until
 from quiesce.errors import ConfigError, ExitCode, QuiesceError
-from quiesce.fleet import ProcessState
 from quiesce.plan import Filters
-from quiesce.settings import Settings, Tls, build_settings
+from quiesce.settings import MAX_TIMEOUT_S, Settings, Tls, build_settings
+from quiesce.text import safe
 
 if TYPE_CHECKING:
+    from quiesce.fleet import FleetSnapshot
     from quiesce.quiet_run import Event
     from quiesce.store import SidekiqStore
 
-EXIT_CODES_HELP = """\b
-Exit status:
-  0  success: every target confirmed quiet or gone
-  2  usage or configuration error
-  3  processes left unconfirmed at the deadline (quiet), or not in the
-     --expect state (status)
-  4  Redis unreachable: refused, timed out, unknown host, went away
-  5  Redis refused us: wrong password, TLS mismatch, ACL denies a command
-  6  Redis holds data that is not Sidekiq's shape
-  1  internal error (a bug: please report it)"""
+
+def _exit_codes_help() -> str:
+    codes = sorted(ExitCode, key=lambda c: (c is ExitCode.INTERNAL, c.value))
+    # \b: click keeps the block's line breaks instead of rewrapping it.
+    lines = (
+        textwrap.fill(
+            c.description, 78, initial_indent=f"  {c.value:>3}  ", subsequent_indent=" " * 7
+        )
+        for c in codes
+    )
+    return "\b\nExit status:\n" + "\n".join(lines)
+
+
+class _UsageFailure(ClickException):
+    """A usage error shown as quiesce shows every failure: one line, exit 2."""
+
+    exit_code = int(ExitCode.USAGE)
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        typer.echo(f"quiesce: error: {safe(self.format_message())}", err=True)
+
+
+@contextlib.contextmanager
+def _one_line_usage() -> Iterator[None]:
+    try:
+        yield
+    except NoArgsIsHelpError:  # `quiesce` alone prints the help
+        raise
+    except UsageError as exc:
+        raise _UsageFailure(exc.format_message()) from None
+
+
+class _Group(TyperGroup):
+    """Click prints a usage error as a usage block, a hint and the message; quiesce's
+    callers (deploy logs) get the message alone, like every other failure."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> ClickContext:
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: ClickContext) -> Any:
+        with _one_line_usage():
+            return super().invoke(ctx)
+
 
 app = typer.Typer(
+    cls=_Group,
     help=(
         "Quiet a Sidekiq fleet before a deploy and prove it went quiet. Talks Sidekiq's "
         "Redis protocol directly: no Ruby, a constant number of Redis round trips "
-        "however large the fleet.\n\n" + EXIT_CODES_HELP
+        "however large the fleet.\n\n"
+        "Connection options (--redis-url, --namespace, --tls-*, --*-timeout, -v) go before "
+        "or after the command; after it, they win.\n\n" + _exit_codes_help()
     ),
+    context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -55,11 +104,203 @@ app = typer.Typer(
 )
 
 log = logging.getLogger("quiesce")
+F = TypeVar("F", bound=Callable[..., None])
+
+
+# -- option validation: every refusal is one line and exit 2 ------------------------------
+
+
+def _finite(value: float | None, *, zero_ok: bool) -> float | None:
+    """The one check for seconds: click's FloatRange lets nan through (every comparison
+    with nan is false), and inf or 1e308 would reach socket and sleep calls."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    if value < 0 or (value == 0 and not zero_ok):
+        raise typer.BadParameter(f"{value:g} must be {'0 or more' if zero_ok else 'above 0'}")
+    return value
+
+
+def _positive_seconds(value: float | None) -> float | None:
+    return _finite(value, zero_ok=False)
+
+
+def _seconds(value: float | None) -> float | None:
+    return _finite(value, zero_ok=True)
+
+
+def _sidekiq_version(value: str) -> str:
+    from quiesce.versions import is_supported, parse_version, supported_versions_help
+
+    numbers = parse_version(value)
+    if numbers is None or not is_supported(numbers):
+        raise typer.BadParameter(f"{value!r}: {supported_versions_help()}")
+    return value
+
+
+# -- connection options, accepted before and after the command ----------------------------
+
+_URL_HELP = (
+    "Sidekiq's Redis (redis://, rediss://, unix://). Repeat it, or separate URLs "
+    "with commas, when Sidekiq is sharded over several servers. Default: $REDIS_URL "
+    "(or the variable $REDIS_PROVIDER names), else redis://127.0.0.1:6379/0."
+)
+_NAMESPACE_HELP = "redis-namespace prefix (Sidekiq <= 6 only): keys get '<namespace>:'."
+_INSECURE_HELP = "Do not verify the server certificate (self-signed managed Redis)."
+
+
+def _connection_params(*, top: bool) -> list[inspect.Parameter]:
+    """The same options on the app and on every command. Environment variables are read
+    once, by the app's copy: a command's copy is unset unless typed after the command."""
+
+    def env(name: str) -> str | None:
+        return name if top else None
+
+    default_str = "" if top else None
+    options: list[tuple[str, object, object]] = [
+        (
+            "redis_url",
+            Annotated[
+                list[str] | None,
+                typer.Option(
+                    "--redis-url", "-r", metavar="URL", help=_URL_HELP, show_default=False
+                ),
+            ],
+            None,
+        ),
+        (
+            "namespace",
+            Annotated[
+                str | None,
+                typer.Option(
+                    envvar=env("QUIESCE_NAMESPACE"), metavar="PREFIX", help=_NAMESPACE_HELP
+                ),
+            ],
+            default_str,
+        ),
+        (
+            "tls_ca_cert",
+            Annotated[
+                str | None,
+                typer.Option(
+                    envvar=env("REDIS_TLS_CA_CERT"), metavar="PATH", help="CA bundle for rediss://."
+                ),
+            ],
+            None,
+        ),
+        (
+            "tls_cert",
+            Annotated[
+                str | None,
+                typer.Option(
+                    envvar=env("REDIS_TLS_CERT"),
+                    metavar="PATH",
+                    help="Client certificate (mutual TLS).",
+                ),
+            ],
+            None,
+        ),
+        (
+            "tls_key",
+            Annotated[
+                str | None,
+                typer.Option(
+                    envvar=env("REDIS_TLS_KEY"), metavar="PATH", help="Client key (mutual TLS)."
+                ),
+            ],
+            None,
+        ),
+        (
+            "tls_insecure",
+            Annotated[
+                bool,
+                typer.Option(
+                    "--tls-insecure", envvar=env("REDIS_TLS_INSECURE"), help=_INSECURE_HELP
+                ),
+            ],
+            False,
+        ),
+        (
+            "connect_timeout",
+            Annotated[
+                float | None,
+                typer.Option(
+                    help="Seconds to wait for a Redis connection.",
+                    metavar="SECONDS",
+                    min=0,
+                    max=MAX_TIMEOUT_S,
+                    callback=_positive_seconds,
+                    show_default=top,
+                ),
+            ],
+            3.0 if top else None,
+        ),
+        (
+            "read_timeout",
+            Annotated[
+                float | None,
+                typer.Option(
+                    help="Seconds to wait for a Redis reply.",
+                    metavar="SECONDS",
+                    min=0,
+                    max=MAX_TIMEOUT_S,
+                    callback=_positive_seconds,
+                    show_default=top,
+                ),
+            ],
+            5.0 if top else None,
+        ),
+        (
+            "verbose",
+            Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")],
+            False,
+        ),
+    ]
+    return [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
+        for name, kind, default in options
+    ]
+
+
+CONNECTION_OPTIONS = tuple(p.name for p in _connection_params(top=False))
+
+
+def _with_params(
+    params: list[inspect.Parameter], *, like: Callable[..., None] | None = None
+) -> Callable[[F], F]:
+    """Adds ``params`` to the signature typer reads options from (``like``'s, else the
+    function's own), in place of a ``**kwargs`` that receives them."""
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(like or fn, eval_str=True)
+        kept = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        fn.__signature__ = sig.replace(parameters=[*kept, *params])  # type: ignore[attr-defined]
+        fn.__annotations__ = {p.name: p.annotation for p in (*kept, *params)}
+        return fn
+
+    return decorate
+
+
+def _connection_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """A command that also takes the connection options: values typed after the command
+    win over those before it (``quiesce status -r URL``, as kubectl and flyctl allow)."""
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> None:
+        given = {name: kwargs.pop(name) for name in CONNECTION_OPTIONS}
+        ctx = kwargs["ctx"]
+        ctx.obj = _app_context(ctx).override(**given)
+        if given["verbose"]:
+            _configure_logging(verbose=True)
+        fn(**kwargs)
+
+    return _with_params(_connection_params(top=False), like=fn)(command)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AppContext:
-    """Global options, turned into ``Settings`` inside each command's error guard (so
+    """Connection options, turned into ``Settings`` inside each command's error guard (so
     ``quiet --best-effort`` covers a bad URL too)."""
 
     urls: tuple[str, ...]
@@ -77,17 +318,89 @@ class AppContext:
             read_timeout_s=self.read_timeout_s,
         )
 
+    def override(
+        self,
+        *,
+        redis_url: list[str] | None,
+        namespace: str | None,
+        tls_ca_cert: str | None,
+        tls_cert: str | None,
+        tls_key: str | None,
+        tls_insecure: bool,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+        verbose: bool,
+    ) -> AppContext:
+        """Options given after the command (``None``/unset: keep the app-level value)."""
+        tls = self.tls
+        return AppContext(
+            urls=self.urls if redis_url is None else tuple(redis_url),
+            namespace=self.namespace if namespace is None else namespace,
+            tls=Tls(
+                tls.ca_cert if tls_ca_cert is None else tls_ca_cert,
+                tls.cert if tls_cert is None else tls_cert,
+                tls.key if tls_key is None else tls_key,
+                tls.insecure or tls_insecure,
+            ),
+            connect_timeout_s=(
+                self.connect_timeout_s if connect_timeout is None else connect_timeout
+            ),
+            read_timeout_s=self.read_timeout_s if read_timeout is None else read_timeout,
+        )
+
+
+def _app_context(ctx: typer.Context) -> AppContext:
+    obj = ctx.obj
+    assert isinstance(obj, AppContext)
+    return obj
+
+
+class _SafeFormatter(logging.Formatter):
+    """-v logs quote identities and Redis replies: escaped like every other output."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(safe(line) for line in super().format(record).splitlines())
+
+
+def _configure_logging(*, verbose: bool) -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, _SafeFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_SafeFormatter("quiesce: %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+# -- failures ---------------------------------------------------------------------------
+
 
 def _fail(exc: BaseException, *, best_effort: bool = False) -> NoReturn:
     if isinstance(exc, QuiesceError):
         code, kind = exc.exit_code, "error"
     else:
         code, kind = ExitCode.INTERNAL, f"internal error ({type(exc).__name__})"
-    typer.echo(f"quiesce: {kind}: {exc}", err=True)
+    typer.echo(safe(f"quiesce: {kind}: {exc}"), err=True)
     if best_effort:
         typer.echo("quiesce: --best-effort: exiting 0 anyway", err=True)
         raise typer.Exit(0)
     raise typer.Exit(int(code))
+
+
+def _broken_pipe(*, best_effort: bool = False) -> NoReturn:
+    """The reader went away (``quiesce status | head -1``): stop without a word, with the
+    status a Unix tool killed by SIGPIPE has. Python would fail again flushing stdout at
+    exit, so stdout now points at /dev/null."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise typer.Exit(0 if best_effort else int(ExitCode.BROKEN_PIPE))
+
+
+@contextlib.contextmanager
+def _output(*, best_effort: bool = False) -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        _broken_pipe(best_effort=best_effort)
 
 
 @contextlib.contextmanager
@@ -99,7 +412,9 @@ def _guard(*, best_effort: bool = False) -> Iterator[None]:
         raise
     except KeyboardInterrupt:
         typer.echo("quiesce: interrupted", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except BrokenPipeError:
+        _broken_pipe(best_effort=best_effort)
     except Exception as exc:
         log.debug("failure", exc_info=True)
         _fail(exc, best_effort=best_effort)
@@ -126,73 +441,44 @@ def _version_callback(value: bool) -> None:
 
 
 @app.callback()
+@_with_params(_connection_params(top=True))
 def main_options(
     ctx: typer.Context,
-    redis_url: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--redis-url",
-            "-r",
-            metavar="URL",
-            help="Sidekiq's Redis (redis://, rediss://, unix://). Repeat it, or separate URLs "
-            "with commas, when Sidekiq is sharded over several servers. Default: $REDIS_URL "
-            "(or the variable $REDIS_PROVIDER names), else redis://127.0.0.1:6379/0.",
-            show_default=False,
-        ),
-    ] = None,
-    namespace: Annotated[
-        str,
-        typer.Option(
-            envvar="QUIESCE_NAMESPACE",
-            help="redis-namespace prefix (Sidekiq <= 6 only): keys get '<namespace>:'.",
-        ),
-    ] = "",
-    tls_ca_cert: Annotated[
-        str | None, typer.Option(envvar="REDIS_TLS_CA_CERT", help="CA bundle for rediss://.")
-    ] = None,
-    tls_cert: Annotated[
-        str | None, typer.Option(envvar="REDIS_TLS_CERT", help="Client certificate (mutual TLS).")
-    ] = None,
-    tls_key: Annotated[
-        str | None, typer.Option(envvar="REDIS_TLS_KEY", help="Client key (mutual TLS).")
-    ] = None,
-    tls_insecure: Annotated[
-        bool,
-        typer.Option(
-            "--tls-insecure",
-            envvar="REDIS_TLS_INSECURE",
-            help="Do not verify the server certificate (self-signed managed Redis).",
-        ),
-    ] = False,
-    connect_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for a Redis connection.")
-    ] = 3.0,
-    read_timeout: Annotated[float, typer.Option(help="Seconds to wait for a Redis reply.")] = 5.0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version_callback, is_eager=True, help="Print version."),
     ] = False,
+    **connection: Any,
 ) -> None:
-    """Global options go before the command: quiesce --redis-url URL status."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="quiesce: %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Connection options go before or after the command: quiesce -r URL status."""
+    _configure_logging(verbose=connection["verbose"])
     ctx.obj = AppContext(
-        urls=tuple(redis_url or ()),
-        namespace=namespace,
-        tls=Tls(tls_ca_cert, tls_cert, tls_key, tls_insecure),
-        connect_timeout_s=connect_timeout,
-        read_timeout_s=read_timeout,
+        urls=tuple(connection["redis_url"] or ()),
+        namespace=connection["namespace"],
+        tls=Tls(
+            connection["tls_ca_cert"],
+            connection["tls_cert"],
+            connection["tls_key"],
+            connection["tls_insecure"],
+        ),
+        connect_timeout_s=connection["connect_timeout"],
+        read_timeout_s=connection["read_timeout"],
     )
 
 
 def _settings(ctx: typer.Context) -> Settings:
-    obj = ctx.obj
-    assert isinstance(obj, AppContext)
-    return obj.settings()
+    return _app_context(ctx).settings()
+
+
+def _empty_fleet_notes(
+    stores: Sequence[SidekiqStore], snapshot: FleetSnapshot, ctx: typer.Context
+) -> list[str]:
+    """Where Sidekiq might be when nothing is registered here (bounded lookups)."""
+    from quiesce.observe import empty_fleet_notes
+
+    if any(p.alive for p in snapshot.processes):
+        return []
+    return empty_fleet_notes(stores, default_url=_settings(ctx).default_url)
 
 
 def _release_label(explicit: str | None) -> str | None:
@@ -208,25 +494,28 @@ class _ProgressLine:
     in logs (Fly buffers release output)."""
 
     def __init__(self, until: str, timeout_s: float, wait: bool) -> None:
-        self.tty = sys.stderr.isatty()
+        # -v logs lines of their own: a live line would be cut into them.
+        self.tty = sys.stderr.isatty() and not log.isEnabledFor(logging.DEBUG)
         self.last = 0.0
         self.how = f"until {until}, timeout {timeout_s:g}s" if wait else "no wait"
         self.header_shown = False
+        self.drawn = False
 
     def __call__(self, event: Event) -> None:
         from quiesce.quiet_run import Notice, Progress, Pushed
+        from quiesce.render import count
 
         if isinstance(event, Pushed):
             self.clear()
             typer.echo(
-                f"signalled TSTP to {event.targets} {_plural(event.targets, 'process')} on "
-                f"{event.machines} {_plural(event.machines, 'machine')} ({self.how})"
+                f"signalled TSTP to {count(event.targets, 'process', 'processes')} on "
+                f"{count(event.machines, 'machine')} ({self.how})"
             )
             sys.stdout.flush()
             self.header_shown = True
         elif isinstance(event, Notice):
             self.clear()
-            print(f"quiesce: {event.text}", file=sys.stderr, flush=True)
+            print(safe(f"quiesce: {event.text}"), file=sys.stderr, flush=True)
         elif isinstance(event, Progress):
             text = (
                 f"waiting: {event.confirmed} confirmed, {event.vanished} exited, "
@@ -235,24 +524,23 @@ class _ProgressLine:
             if self.tty:
                 sys.stderr.write(f"\r\x1b[2K{text}")
                 sys.stderr.flush()
+                self.drawn = True
             elif event.elapsed_s - self.last >= 5.0:
                 self.last = event.elapsed_s
                 print(text, file=sys.stderr, flush=True)
 
     def clear(self) -> None:
-        if self.tty:
+        if self.drawn:
             sys.stderr.write("\r\x1b[2K")
             sys.stderr.flush()
+            self.drawn = False
 
     def close(self) -> None:
         self.clear()
 
 
-def _plural(n: int, word: str) -> str:
-    return word if n == 1 else (word + "es" if word.endswith("s") else word + "s")
-
-
 @app.command()
+@_connection_options
 def quiet(
     ctx: typer.Context,
     until: Annotated[
@@ -262,7 +550,15 @@ def quiet(
             "Sidekiq <= 6, 10 s on 7+). quiet: the process reports quiet (one beat later).",
         ),
     ] = Until.DELIVERED,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for confirmation.")] = 30.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for confirmation.",
+            min=0,
+            max=MAX_TIMEOUT_S,
+            callback=_seconds,
+        ),
+    ] = 30.0,
     wait: Annotated[
         bool, typer.Option(help="Wait for confirmation (--no-wait: push only).")
     ] = True,
@@ -353,50 +649,80 @@ def quiet(
         allow_newer=allow_newer,
     )
     progress = _ProgressLine(until.value, timeout, wait)
-    with _guard(best_effort=best_effort):
-        if timeout < 0:
-            raise ConfigError("--timeout must be zero or more")
-        with _stores(_settings(ctx)) as stores:
-            try:
-                report = quiet_fleet(stores, options, on_event=None if json_output else progress)
-            finally:
-                progress.close()
-    if json_output:
-        typer.echo(json.dumps(report_json(report, best_effort), indent=2))
-    else:
-        typer.echo(
-            report_text(
-                report,
-                show_all=show_all,
-                best_effort=best_effort,
-                live=progress.header_shown,
+    # A release command cut off by its timeout gets TERM: end the wait with a full report.
+    signal.signal(signal.SIGTERM, _interrupt)
+    with _guard(best_effort=best_effort), _stores(settings := _settings(ctx)) as stores:
+        options = dataclasses.replace(options, default_url=settings.default_url)
+        try:
+            report = quiet_fleet(stores, options, on_event=None if json_output else progress)
+        finally:
+            progress.close()
+    with _output(best_effort=best_effort):
+        if json_output:
+            typer.echo(json.dumps(report_json(report, best_effort), indent=2))
+        else:
+            typer.echo(
+                report_text(
+                    report,
+                    show_all=show_all,
+                    best_effort=best_effort,
+                    live=progress.header_shown,
+                )
             )
-        )
     raise typer.Exit(0 if best_effort else int(report.exit_code))
 
 
+class Expect(enum.StrEnum):
+    """``status --expect``: the states a deploy step can wait for."""
+
+    RUNNING = "running"
+    QUIET = "quiet"
+
+
 @app.command()
+@_connection_options
 def status(
     ctx: typer.Context,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print JSON (documented fields).")
     ] = False,
     machines: Annotated[
-        bool, typer.Option("--machines", "-m", help="One line per Machine (large fleets).")
+        bool,
+        typer.Option(
+            "--machines",
+            "-m",
+            help="One line per Machine (large fleets); with --json, per-Machine summaries "
+            "without the process lists.",
+        ),
     ] = False,
     allow_newer: Annotated[
         bool, typer.Option("--allow-newer-sidekiq", help="Treat versions after 8.x as 8.x.")
     ] = False,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
-    expect: Annotated[
-        ProcessState | None,
+    interval: Annotated[
+        float,
         typer.Option(
-            help="Exit 3 unless every live, non-embedded process is in this state "
-            "(running or quiet).",
+            help="Seconds between refreshes with --watch.",
+            min=0,
+            max=MAX_TIMEOUT_S,
+            callback=_positive_seconds,
+        ),
+    ] = 2.0,
+    expect: Annotated[
+        Expect | None,
+        typer.Option(
+            help="Exit 3 unless every live, non-embedded process is in this state: running "
+            "(and at least --min of them live), or quiet (quiet or quieting: it took "
+            "quiesce's TSTP and reports quiet on its next beat).",
             show_default=False,
         ),
     ] = None,
+    min_live: Annotated[
+        int,
+        typer.Option(
+            "--min", min=1, help="With --expect running: how many live processes at least."
+        ),
+    ] = 1,
 ) -> None:
     """Show every Sidekiq process, grouped by Machine, and its quiet state.
 
@@ -407,33 +733,27 @@ def status(
     from quiesce.observe import read_fleet
     from quiesce.render import status_json, status_text
 
-    if expect not in (None, ProcessState.RUNNING, ProcessState.QUIET):
-        _fail(ConfigError("--expect takes 'running' or 'quiet'"))
     with _guard(), _stores(_settings(ctx)) as stores:
         while True:
             snapshot = read_fleet(stores, allow_newer=allow_newer)
+            notes = _empty_fleet_notes(stores, snapshot, ctx)
             if json_output:
-                typer.echo(json.dumps(status_json(snapshot), indent=2))
+                typer.echo(json.dumps(status_json(snapshot, machines_only=machines), indent=2))
             else:
                 if watch and sys.stdout.isatty():
                     typer.echo("\x1b[H\x1b[2J", nl=False)
                 typer.echo(status_text(snapshot, machines_only=machines))
+                for note in notes:
+                    typer.echo(safe(f"note: {note}"))
             if not watch:
                 break
             time.sleep(max(0.2, interval))
     if expect is not None:
-        off = [
-            p
-            for p in snapshot.processes
-            if p.alive and p.state is not ProcessState.EMBEDDED and p.state is not expect
-        ]
-        if off:
-            typer.echo(
-                f"quiesce: {len(off)} live process(es) not {expect.value}: "
-                + ", ".join(f"{p.identity} ({p.state.value})" for p in off[:5])
-                + (" ..." if len(off) > 5 else ""),
-                err=True,
-            )
+        from quiesce.expect import check_expect
+
+        verdict = check_expect(snapshot, expect.value, min_live=min_live)
+        typer.echo(safe(f"quiesce: {verdict.message}"), err=True)
+        if not verdict.ok:
             raise typer.Exit(int(ExitCode.NOT_CONFIRMED))
 
 
@@ -441,21 +761,40 @@ SIM_TAG = "quiesce-sim"
 
 
 @app.command()
+@_connection_options
 def simulate(
     ctx: typer.Context,
-    processes: Annotated[int, typer.Option(help="How many Sidekiq processes.")] = 12,
-    per_machine: Annotated[int, typer.Option(help="Processes per simulated Machine.")] = 2,
+    processes: Annotated[
+        int, typer.Option(help="How many Sidekiq processes.", min=1, max=100_000)
+    ] = 12,
+    per_machine: Annotated[
+        int, typer.Option(help="Processes per simulated Machine.", min=1, max=1_000)
+    ] = 2,
     sidekiq_version: Annotated[
-        str, typer.Option(help="Sidekiq version to imitate (5.2 to 8.1).")
+        str,
+        typer.Option(
+            help="Sidekiq version to imitate, e.g. 6.4.1, 7.3.10, 8.1.7 (5.2 to 8.x).",
+            callback=_sidekiq_version,
+        ),
     ] = "7.3.10",
     beat_interval: Annotated[
         float | None,
         typer.Option(
-            help="Seconds between beats. Default: the version's (5 or 10).", show_default=False
+            help="Seconds between beats. Default: the version's (5 or 10).",
+            show_default=False,
+            min=0,
+            max=MAX_TIMEOUT_S,
+            callback=_positive_seconds,
         ),
     ] = None,
     duration: Annotated[
-        float, typer.Option(help="Stop after this many seconds (0: Ctrl-C).")
+        float,
+        typer.Option(
+            help="Stop after this many seconds (0: Ctrl-C).",
+            min=0,
+            max=MAX_TIMEOUT_S,
+            callback=_seconds,
+        ),
     ] = 0.0,
     force: Annotated[
         bool, typer.Option("--force", help="Run even if real Sidekiq processes share this Redis.")
@@ -467,6 +806,7 @@ def simulate(
     It refuses to start when other live Sidekiq processes are registered, unless --force.
     """
     from quiesce.observe import read_fleet
+    from quiesce.render import count
     from quiesce.simulator import SimulatedFleet, make_processes
     from quiesce.store import connect
 
@@ -479,8 +819,8 @@ def simulate(
         ]
         if others and not force:
             raise ConfigError(
-                f"{len(others)} other Sidekiq processes are registered in {store.label}; "
-                "refusing to mix simulated ones in (use --force)"
+                f"{count(len(others), 'other Sidekiq process', 'other Sidekiq processes')} "
+                f"registered in {store.label}; refusing to mix simulated ones in (use --force)"
             )
         fleet = SimulatedFleet(
             connect(store.target, settings),
@@ -490,9 +830,13 @@ def simulate(
             keys=store.keys,
             beat_interval_s=beat_interval,
         )
+        machines = count(-(-processes // per_machine), "machine")
         typer.echo(
-            f"simulating {processes} Sidekiq {sidekiq_version} processes on "
-            f"{-(-processes // per_machine)} machines in {store.label}; Ctrl-C to stop",
+            safe(
+                f"simulating {processes} Sidekiq {sidekiq_version} "
+                f"{'process' if processes == 1 else 'processes'} on {machines} in {store.label}; "
+                "Ctrl-C to stop"
+            ),
             err=True,
         )
         # A background job ignores SIGINT in a non-interactive shell: TERM must stop it cleanly.

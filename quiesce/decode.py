@@ -201,16 +201,16 @@ def beat_age(pttl_ms: int | None, beat: float | None, redis_now: float) -> float
 
 
 def _identity_problem(identity: str) -> str | None:
+    # Control characters are shown escaped (quiesce.text) and signalled as usual: the key
+    # is exact either way. Bytes that are not UTF-8 are no identity Sidekiq writes.
     if has_surrogates(identity):
         return "identity is not valid UTF-8"
-    if not identity.isprintable():
-        return "identity contains unprintable characters"
     return None
 
 
 def _signals(signals: Sequence[str]) -> tuple[str, ...]:
-    """Oldest first; names are shown escaped, so a hostile entry cannot reach a terminal."""
-    return tuple(printable(s) for s in reversed(signals))
+    """Oldest first, as stored: text output escapes them (quiesce.text), JSON keeps them."""
+    return tuple(reversed(signals))
 
 
 def decode_process(
@@ -232,12 +232,11 @@ def decode_process(
             bad_identity = _identity_problem(raw.identity)
             if bad_identity is None:
                 return record
-            shown = printable(record.hostname)
-            return dataclasses.replace(record, hostname=shown, problem=bad_identity)
+            return dataclasses.replace(record, problem=bad_identity)
     beat = parse_float(raw.fields.get("beat"))
     return ProcessRecord(
         identity=raw.identity,
-        hostname=printable(hostname),
+        hostname=hostname,
         pid=pid,
         alive=alive or raw.error is not None,
         redis=raw.redis,

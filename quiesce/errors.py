@@ -1,11 +1,12 @@
 """The one exception tree, and the exit codes the CLI maps it to.
 
     QuiesceError                    exit 1 (unexpected; a bug if you see it)
-    ├── ConfigError                 exit 2: bad option, bad URL, missing file
-    ├── RedisProblem
-    │   ├── RedisUnavailable        exit 4: refused, unreachable, timed out, went away
-    │   └── RedisRefused            exit 5: wrong password, TLS mismatch, ACL denies a command
-    └── ProtocolError               exit 6: Redis holds data that is not Sidekiq's shape
+    ├── ConfigError                 exit 2: bad option, bad URL, missing file, no such db
+    ├── Interrupted                 exit 130: Ctrl-C or TERM (quiesce.quiet_run)
+    └── RedisProblem                (carries the masked URL)
+        ├── RedisUnavailable        exit 4: refused, unreachable, timed out, went away
+        ├── RedisRefused            exit 5: wrong password, TLS mismatch, ACL, maxmemory
+        └── ProtocolError           exit 6: Redis holds data that is not Sidekiq's shape
 
 Per-process problems (malformed heartbeat JSON, an unknown Sidekiq version) are not
 exceptions: they are recorded on the process and reported, so one bad process never
@@ -31,6 +32,27 @@ class ExitCode(enum.IntEnum):
     REDIS_REFUSED = 5
     PROTOCOL = 6
     INTERRUPTED = 130
+    BROKEN_PIPE = 141
+
+    @property
+    def description(self) -> str:
+        """One line for ``quiesce --help`` and the README."""
+        return _EXIT_DESCRIPTIONS[self]
+
+
+_EXIT_DESCRIPTIONS = {
+    ExitCode.OK: "success: every target confirmed quiet or gone",
+    ExitCode.USAGE: "usage or configuration error",
+    ExitCode.NOT_CONFIRMED: "processes left unconfirmed at the deadline (quiet), or not in "
+    "the --expect state (status)",
+    ExitCode.REDIS_UNAVAILABLE: "Redis unreachable: refused, timed out, unknown host, went away",
+    ExitCode.REDIS_REFUSED: "Redis refused us: wrong password, TLS mismatch, ACL denies a command",
+    ExitCode.PROTOCOL: "Redis holds data that is not Sidekiq's shape",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.BROKEN_PIPE: "the output's reader went away (quiesce status | head), as for "
+    "any tool stopped by SIGPIPE",
+    ExitCode.INTERNAL: "internal error (a bug: please report it)",
+}
 
 
 class QuiesceError(Exception):

@@ -13,6 +13,7 @@ from quiesce.deploy import DeployRecord, quiet_since
 from quiesce.fleet import FleetSnapshot, ProcessRecord, ProcessState, count_states
 from quiesce.plan import FAILED_OUTCOMES, Outcome
 from quiesce.quiet_run import ProcessOutcome, QuietReport
+from quiesce.text import safe
 
 JSON_VERSION = 1
 
@@ -27,6 +28,21 @@ def _age(seconds: float | None) -> str:
     if seconds < 86400:
         return f"{seconds / 3600:.1f}h"
     return f"{seconds / 86400:.1f}d"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 process``, ``2 processes``."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def _processes(n: int) -> str:
+    return count(n, "process", "processes")
+
+
+def _text(lines: Iterable[str]) -> str:
+    """The one exit for text output: Redis-derived text is escaped, line by line (quiesce's
+    own lines contain no control characters, so nothing legitimate changes)."""
+    return "\n".join(safe(line) for line in lines)
 
 
 def _mib(kib: int | None) -> str:
@@ -93,11 +109,30 @@ def _summary(processes: Iterable[ProcessRecord]) -> dict[str, Any]:
 def _deploy_json(deploy: DeployRecord | None) -> dict[str, Any] | None:
     if deploy is None:
         return None
-    keep = ("deploy_id", "release", "strategy", "started_at", "finished_at", "until")
-    return {key: getattr(deploy, key) for key in keep}
+    keep = ("deploy_id", "release", "strategy", "started_at", "finished_at", "until", "failure")
+    return {key: getattr(deploy, key) for key in keep} | {"state": deploy.state.value}
 
 
-def status_json(snapshot: FleetSnapshot) -> dict[str, Any]:
+def _oldest_beat(procs: Iterable[ProcessRecord]) -> float | None:
+    ages = [p.beat_age_s for p in procs if p.alive and p.beat_age_s is not None]
+    return max(ages) if ages else None
+
+
+def _machine_json(
+    name: str, procs: list[ProcessRecord], snapshot: FleetSnapshot, machines_only: bool
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "machine": name,
+        "summary": _summary(procs),
+        "oldest_beat_age_s": _round(_oldest_beat(procs)),
+    }
+    if not machines_only:
+        data["processes"] = [process_json(p, snapshot) for p in procs]
+    return data
+
+
+def status_json(snapshot: FleetSnapshot, *, machines_only: bool = False) -> dict[str, Any]:
+    """``machines_only`` (``--machines``): each Machine's summary, no per-process list."""
     machines = snapshot.by_machine()
     return {
         "version": JSON_VERSION,
@@ -108,13 +143,9 @@ def status_json(snapshot: FleetSnapshot) -> dict[str, Any]:
             for s in snapshot.servers
         ],
         "latest_deploy": _deploy_json(snapshot.latest_deploy),
+        "latest_deploy_problem": snapshot.deploy_problem,
         "machines": [
-            {
-                "machine": name,
-                "summary": _summary(procs),
-                "processes": [process_json(p, snapshot) for p in procs],
-            }
-            for name, procs in machines.items()
+            _machine_json(name, procs, snapshot, machines_only) for name, procs in machines.items()
         ],
     }
 
@@ -122,9 +153,9 @@ def status_json(snapshot: FleetSnapshot) -> dict[str, Any]:
 def summary_line(processes: Iterable[ProcessRecord]) -> str:
     s = _summary(processes)
     states = ", ".join(f"{s[st.value]} {st.value}" for st in ProcessState if s[st.value])
-    return (
-        f"{s['processes']} processes on {s['machines']} machines: {states or 'none'}; "
-        f"{s['busy']}/{s['concurrency']} threads busy"
+    return safe(
+        f"{_processes(s['processes'])} on {count(s['machines'], 'machine')}: "
+        f"{states or 'none'}; {s['busy']}/{s['concurrency']} threads busy"
     )
 
 
@@ -137,7 +168,7 @@ def status_text(snapshot: FleetSnapshot, *, machines_only: bool = False) -> str:
     """Per process, grouped by Machine; ``machines_only``: one line per Machine."""
     if not snapshot.processes:
         servers = ", ".join(s.redis for s in snapshot.servers)
-        return f"no Sidekiq processes registered in {servers} (the 'processes' set is empty)"
+        return safe(f"no Sidekiq processes registered in {servers} (the 'processes' set is empty)")
     lines = []
     multi_redis = len(snapshot.servers) > 1
     header = (
@@ -150,36 +181,49 @@ def status_text(snapshot: FleetSnapshot, *, machines_only: bool = False) -> str:
         if machines_only:
             lines.append(_machine_row(machine, procs))
             continue
-        lines.append(
-            f"{machine}  ({len(procs)} process{'es' if len(procs) != 1 else ''}: {_states(procs)})"
-        )
+        lines.append(f"{machine}  ({_processes(len(procs))}: {_states(procs)})")
         lines.append(header)
         for p in procs:
             lines.append(_status_row(p, snapshot, multi_redis))
     lines.append("")
     lines.append(summary_line(snapshot.processes))
+    lines.extend(_deploy_lines(snapshot))
+    return _text(lines)
+
+
+def _deploy_lines(snapshot: FleetSnapshot) -> list[str]:
+    lines = []
     deploy = snapshot.latest_deploy
     if deploy is not None:
+        state = deploy.state.value
+        if deploy.state.value == "pending" and snapshot.taken_at > (
+            deploy.started_at + deploy.timeout_s + 60
+        ):
+            state = "unfinished (the release command stopped before recording its outcome)"
+        failure = f": {deploy.failure}" if deploy.failure else ""
         lines.append(
             f"latest deploy: {deploy.deploy_id} release {deploy.release or '-'} "
-            f"({deploy.strategy}), {_age(snapshot.taken_at - deploy.started_at)} ago"
+            f"({deploy.strategy}), {_age(snapshot.taken_at - deploy.started_at)} ago, "
+            f"{state}{failure}"
         )
-    return "\n".join(lines)
+    if snapshot.deploy_problem:
+        lines.append(f"latest deploy record unreadable: {snapshot.deploy_problem}")
+    return lines
 
 
 def _machine_row(machine: str, procs: list[ProcessRecord]) -> str:
     live = [p for p in procs if p.alive]
     busy = f"{sum(p.busy or 0 for p in live)}/{sum(p.concurrency or 0 for p in live)}"
-    ages = [p.beat_age_s for p in live if p.beat_age_s is not None]
-    oldest = _age(max(ages)) if ages else "-"
-    return f"{machine[:16]:<16} {len(procs):>5} {busy:>9} {oldest:>11}  {_states(procs)}"
+    oldest = _age(_oldest_beat(live))
+    return f"{safe(machine)[:16]:<16} {len(procs):>5} {busy:>9} {oldest:>11}  {_states(procs)}"
 
 
 def _status_row(p: ProcessRecord, snapshot: FleetSnapshot, multi_redis: bool) -> str:
     nonce = p.identity.rsplit(":", 1)[-1][:12]
-    tag = ",".join(x for x in (p.tag, *p.labels) if x) or "-"
+    # Escaped before the column is cut, so an escape never straddles the cut.
+    tag = safe(",".join(x for x in (p.tag, *p.labels) if x)) or "-"
     busy = f"{p.busy if p.busy is not None else '?'}/{p.concurrency or '?'}"
-    signals = ",".join(p.pending_signals) or "-"
+    signals = safe(",".join(p.pending_signals)) or "-"
     row = (
         f"  {p.pid if p.pid is not None else '?':>6} {nonce:<12} {_version(p):<9} {tag[:18]:<18} "
         f"{p.state.value:<10} {busy:>7} {_age(p.beat_age_s):>5} "
@@ -265,16 +309,15 @@ def report_text(
         )
     elif o.dry_run:
         lines.append(
-            f"dry run: would signal TSTP to {len(targets)} {_n(len(targets), 'process')} on "
-            f"{machines} {_n(machines, 'machine')}"
+            f"dry run: would signal TSTP to {_processes(len(targets))} on "
+            f"{count(machines, 'machine')}"
         )
     elif not targets:
         lines.append("nothing to signal: every live process is already quiet or was skipped")
     elif not live:
         how = f"until {o.until.value}, timeout {o.timeout_s:g}s" if o.wait else "no wait"
         lines.append(
-            f"signalled TSTP to {len(targets)} {_n(len(targets), 'process')} on "
-            f"{machines} {_n(machines, 'machine')} ({how})"
+            f"signalled TSTP to {_processes(len(targets))} on {count(machines, 'machine')} ({how})"
         )
     if not live or not report.snapshot.processes:
         lines.extend(f"note: {n}" for n in report.notes)
@@ -298,7 +341,7 @@ def report_text(
         lines.extend(_failure_lines(report, best_effort))
     else:
         lines.append(f"OK in {report.elapsed_s:.1f}s")
-    return "\n".join(lines)
+    return _text(lines)
 
 
 def _failure_lines(report: QuietReport, best_effort: bool) -> list[str]:
@@ -307,22 +350,18 @@ def _failure_lines(report: QuietReport, best_effort: bool) -> list[str]:
         lines.append(f"error: {report.error}")
     n = len(report.failures)
     exit_note = "exit 0 (--best-effort)" if best_effort else f"exit {int(report.exit_code)}"
-    lines.append(f"FAILED: {n} {_n(n, 'process')} not confirmed quiet; {exit_note}")
+    lines.append(f"FAILED: {_processes(n)} not confirmed quiet; {exit_note}")
     quieted = report.quieted_machines
     if quieted and report.deploy_id:
         shown = " ".join(quieted[:10]) + (" ..." if len(quieted) > 10 else "")
         lines.append(
-            f"{len(quieted)} {_n(len(quieted), 'machine')} took the signal and stay quiet until "
+            f"{count(len(quieted), 'machine')} took the signal and stay quiet until "
             f"their processes restart (Sidekiq cannot be unquieted): finish the deploy, or "
             f"restart them: fly machine restart {shown}"
         )
     if report.deploy_id:
         lines.append("no Sidekiq deploy mark was written for this release")
     return lines
-
-
-def _n(count: int, word: str) -> str:
-    return word if count == 1 else (word + "es" if word.endswith("s") else word + "s")
 
 
 _SKIPS = frozenset({Outcome.ALREADY_QUIET, Outcome.EMBEDDED, Outcome.DEAD, Outcome.UNREADABLE})

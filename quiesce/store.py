@@ -302,7 +302,11 @@ class SidekiqStore:
             found: dict[str, None] = {}
             cursor = 0
             while True:
-                cursor, batch = self._client.sscan(self.keys.processes, cursor, count=SCAN_COUNT)
+                cursor, batch = self._client.sscan(
+                    _wire(self.keys.processes),  # type: ignore[arg-type]
+                    cursor,
+                    count=SCAN_COUNT,
+                )
                 found.update(dict.fromkeys(str(m) for m in batch))
                 if cursor == 0:
                     return list(found)
@@ -472,9 +476,8 @@ class SidekiqStore:
 
         def lock() -> Any:
             client: Any = self._client
-            return client.execute_command(
-                "SET", keys.deploy_lock(label), stamp, "NX", "EX", k.DEPLOY_LOCK_TTL_S
-            )
+            command = ("SET", keys.deploy_lock(label), stamp, "NX", "EX", k.DEPLOY_LOCK_TTL_S)
+            return client.execute_command(*(_wire(arg) for arg in command))
 
         if self._call(lock) is None:
             return False
@@ -493,8 +496,16 @@ class SidekiqStore:
 
 
 def _queue(pipe: Any, *command: str | int | float) -> None:
-    """Queue one command on a pipeline (redis-py leaves ``execute_command`` untyped)."""
-    pipe.execute_command(*command)
+    """Queue one command on a pipeline (redis-py leaves ``execute_command`` untyped).
+
+    Strings go out as bytes we encode: hiredis' packer ignores ``encoding_errors``, and a
+    key built from a non-UTF-8 identity must reach Redis as the bytes Sidekiq wrote.
+    """
+    pipe.execute_command(*(_wire(arg) for arg in command))
+
+
+def _wire(arg: str | int | float) -> bytes | int | float:
+    return arg.encode("utf-8", "surrogateescape") if isinstance(arg, str) else arg
 
 
 def _parse_info(reply: Any) -> dict[str, str]:

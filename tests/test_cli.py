@@ -362,3 +362,188 @@ def test_status_one_line_per_machine(redis_url: str, fleet: SimulatedFleet) -> N
     rows = [line for line in out.splitlines() if line[:14] in {p.hostname for p in fleet.processes}]
     assert len(rows) == 3
     assert all(" 2 " in row and "0/10" in row and "2 running" in row for row in rows)
+
+
+# -- inputs refused with exit 2, in one line --------------------------------------------
+
+REFUSED = "redis://127.0.0.1:1/0"  # nothing listens: a refused input must never get this far
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["quiet", "--timeout", "nan"], "--timeout"),
+        (["quiet", "--timeout", "-1"], "--timeout"),
+        (["quiet", "--timeout", "inf"], "--timeout"),
+        (["--read-timeout", "nan", "status"], "--read-timeout"),
+        (["--connect-timeout", "inf", "status"], "--connect-timeout"),
+        (["--read-timeout", "1e308", "status"], "--read-timeout"),
+        (["--connect-timeout", "0", "status"], "--connect-timeout"),
+        (["status", "--read-timeout", "nan"], "--read-timeout"),
+        (["status", "--interval", "nan"], "--interval"),
+        (["status", "--interval", "-1"], "--interval"),
+        (["status", "--interval", "0"], "--interval"),
+        (["status", "--expect", "dead"], "--expect"),
+        (["simulate", "--per-machine", "0"], "--per-machine"),
+        (["simulate", "--processes", "-5"], "--processes"),
+        (["simulate", "--processes", "0"], "--processes"),
+        (["simulate", "--sidekiq-version", "banana"], "5.2 to 8.x"),
+        (["simulate", "--sidekiq-version", "4.2.0"], "5.2 to 8.x"),
+        (["simulate", "--sidekiq-version", "9.0"], "5.2 to 8.x"),
+        (["simulate", "--beat-interval", "0"], "--beat-interval"),
+        (["simulate", "--beat-interval", "-2"], "--beat-interval"),
+        (["simulate", "--beat-interval", "nan"], "--beat-interval"),
+        (["simulate", "--duration", "nan"], "--duration"),
+        (["status", "--no-such-option"], "--no-such-option"),
+        (["nonsense"], "nonsense"),
+    ],
+)
+def test_bad_inputs_exit_2_in_one_line(args: list[str], needle: str) -> None:
+    code, out, err = run("-r", REFUSED, *args)
+    assert code == 2, out + err
+    assert_one_line_error(err, needle)
+
+
+@pytest.mark.parametrize("value", ["", ",", " , "])
+def test_empty_redis_url_never_falls_back(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", REFUSED)  # the fallback would be refused: exit 4
+    for args in (["-r", value, "status"], ["status", "-r", value], ["-r", value, "quiet"]):
+        code, _, err = run(*args)
+        assert code == 2, err
+        assert_one_line_error(err, "empty --redis-url")
+
+
+def test_simulate_accepts_known_versions(redis_url: str, raw: redis.Redis) -> None:
+    for version in ("5.2.10", "6.5", "8.1.7"):
+        code, _, err = run("-r", redis_url, "simulate", "--processes", "1", "--duration", "0.2",
+                           "--sidekiq-version", version, "--beat-interval", "0.1")  # fmt: skip
+        assert code == 0, err
+
+
+# -- polish -------------------------------------------------------------------------------
+
+
+def test_one_process_one_machine_singular(redis_url: str) -> None:
+    sim: SimulatedFleet = simulated_fleet(redis_url, make_processes(1, seed=3), beat_interval_s=0.3)
+    with sim:
+        code, out, _ = run("-r", redis_url, "status")
+        assert code == 0
+        assert "1 process on 1 machine: 1 running" in out
+        assert "(1 process: 1 running)" in out
+        code, out, _ = run("-r", redis_url, "quiet", "--dry-run")
+        assert "would signal TSTP to 1 process on 1 machine" in out
+        code, out, _ = run("-r", redis_url, "quiet", "--until", "quiet")
+        assert code == 0 and "signalled TSTP to 1 process on 1 machine" in out
+        code, _, err = run("-r", redis_url, "status", "--expect", "running")
+        assert code == 3 and "1 of 1 live processes not running" in err
+
+
+def test_status_json_machines_has_summaries_only(redis_url: str, fleet: SimulatedFleet) -> None:
+    code, out, _ = run("-r", redis_url, "status", "--json", "--machines")
+    assert code == 0
+    data = json.loads(out)
+    assert data["summary"]["processes"] == 6 and len(data["machines"]) == 3
+    for machine in data["machines"]:
+        assert set(machine) == {"machine", "summary", "oldest_beat_age_s"}
+        assert machine["summary"]["processes"] == 2 and machine["summary"]["running"] == 2
+        assert machine["oldest_beat_age_s"] is not None
+    full = json.loads(run("-r", redis_url, "status", "--json")[1])
+    assert all(len(m["processes"]) == 2 for m in full["machines"])
+
+
+def test_connection_options_after_the_command(redis_url: str, fleet: SimulatedFleet) -> None:
+    code, out, err = run("status", "-r", redis_url, "--read-timeout", "2", "--json")
+    assert code == 0, err
+    assert json.loads(out)["summary"]["processes"] == 6
+    code, out, err = run("-r", REFUSED, "--namespace", "other", "status", "-r", redis_url,
+                         "--namespace", "")  # fmt: skip
+    assert code == 0, err  # the command's values win
+    assert "6 processes on 3 machines" in out
+    code, _, err = run("-r", redis_url, "quiet", "-r", REFUSED)
+    assert code == 4, err
+
+
+def test_short_help_everywhere() -> None:
+    for args in (["-h"], ["status", "-h"], ["quiet", "-h"], ["simulate", "-h"]):
+        code, out, _ = run(*args)
+        assert code == 0 and out.startswith("Usage: "), args
+        assert "-r, --redis-url" in out  # connection options are listed everywhere
+
+
+def test_exit_status_help_lists_every_exit_code() -> None:
+    from quiesce.errors import ExitCode
+
+    _, out, _ = run("--help")
+    text = " ".join(out.split())
+    for code in ExitCode:
+        assert f"{code.value} {' '.join(code.description.split())}" in text
+    assert "130 interrupted" in text
+    _, out, _ = run("status", "--help")
+    assert "[running|quiet]" in out.replace("<", "[").replace(">", "]")
+
+
+def test_broken_pipe_exits_quietly(redis_url: str, fleet: SimulatedFleet) -> None:
+    """``quiesce status | head -1``: exit 141 (as a tool stopped by SIGPIPE), not a word."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "quiesce", "-r", redis_url, "status"]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write: EPIPE, deterministically
+    try:
+        done = subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, check=False)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == b""
+
+    proc = subprocess.Popen(
+        [*command, "--watch", "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline()  # `| head -1`: one line, then the reader exits
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) == 141, err
+    assert err == b""
+
+
+def test_bin_quiesce_uses_the_checkout_venv(tmp_path: object) -> None:
+    import pathlib
+    import shutil
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [str(root / "bin" / "quiesce"), "--version"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("quiesce ")
+    copy = pathlib.Path(str(tmp_path)) / "bin"
+    copy.mkdir()
+    shutil.copy(root / "bin" / "quiesce", copy / "quiesce")
+    done = subprocess.run(
+        [str(copy / "quiesce"), "--version"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "run bin/setup" in done.stderr
+
+
+def test_broken_pipe_with_best_effort_still_exits_0(redis_url: str, fleet: SimulatedFleet) -> None:
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "quiesce", "-r", redis_url, "quiet", "--best-effort"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and done.stderr == b""

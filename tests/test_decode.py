@@ -217,15 +217,17 @@ def with_identity(row: RawProcess, identity: str) -> RawProcess:
     ("identity", "problem"),
     [
         ("vm\udcff:1:abcdefabcdef", "identity is not valid UTF-8"),
-        ("vm\x1b[2J:1:abcdefabcdef", "identity contains unprintable characters"),
+        ("vm\x1b[2J:1:abcdefabcdef", None),  # signalled as usual, shown escaped
     ],
 )
-def test_hostile_identity_is_decoded_but_flagged(identity: str, problem: str) -> None:
+def test_hostile_identity_is_decoded_and_flagged_when_not_utf8(
+    identity: str, problem: str | None
+) -> None:
     proc = decode_process(with_identity(idle_row(), identity), 0)
-    assert proc.problem == problem and proc.state is ProcessState.UNREADABLE
+    assert proc.problem == problem
+    assert (proc.state is ProcessState.UNREADABLE) == (problem is not None)
     assert proc.identity == identity  # kept as read: it is the key to any later write
     assert proc.version is not None and proc.concurrency == 2  # the rest still decoded
-    assert proc.hostname.isprintable()
 
 
 @pytest.mark.parametrize(
@@ -259,7 +261,7 @@ def test_non_utf8_signal_entry_is_unreadable_and_shown_escaped() -> None:
     proc = decode_process(bad, 0)
     assert proc.state is ProcessState.UNREADABLE
     assert proc.problem == "signal list holds an entry that is not valid UTF-8"
-    assert proc.pending_signals == ("\\xffoops", "TSTP")
+    assert proc.pending_signals == ("\udcffoops", "TSTP")  # kept as read; output escapes
 
 
 def test_one_poisoned_row_leaves_the_others_alone() -> None:
