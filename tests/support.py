@@ -141,3 +141,89 @@ def simulated_fleet(url: str, processes: Sequence[Any], *, namespace: str = "", 
 
     client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
     return SimulatedFleet(client, processes, keys=Keys(namespace), **kw)
+
+
+# --- fault harness (owner: tests/test_faults_harness.py) -------------------------------------
+# Redis misbehaving the ways production Redis does, on a server the tests started: a crash
+# that comes back EMPTY on the same port (no persistence, or a failover to a replica that
+# lost the writes), a paused server, an ACL user missing one command, a memory cap.
+# Functions, not methods, so they work on any RedisServer (a private one or the session's).
+
+
+def _server_args(server: RedisServer) -> list[str]:
+    # Popen keeps the argv it was given: the restart reuses the port, dir and extra options.
+    return [str(arg) for arg in server.proc.args]  # type: ignore[union-attr]
+
+
+def run_id(server: RedisServer) -> str:
+    """``INFO server`` run_id: a new one on every start of redis-server."""
+    client = server.client(decode_responses=True)
+    try:
+        return str(client.info("server")["run_id"])
+    finally:
+        client.close()
+
+
+def crash(server: RedisServer) -> None:
+    """``kill -9`` the server: no shutdown, no save; clients see their sockets reset."""
+    if server.proc.poll() is None:
+        server.proc.kill()
+    server.proc.wait(timeout=10)
+
+
+def restart(server: RedisServer) -> str:
+    """Start the server again on the same port with the same options; returns its new run_id.
+
+    It comes back empty (``--save ""``, ``--appendonly no``). Clients made before keep a pool
+    of dead sockets: their next command may raise ConnectionError once, so call
+    ``client.connection_pool.disconnect()`` (or make a new client) after a restart.
+    """
+    if server.proc.poll() is None:
+        raise RuntimeError("restart() of a running redis-server: crash() it first")
+    args = _server_args(server)
+    server.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server._wait_ready(args)
+    return run_id(server)
+
+
+def crash_and_restart(server: RedisServer) -> str:
+    """A Redis crash without persistence: every key gone, same port, new run_id."""
+    crash(server)
+    return restart(server)
+
+
+def client_pause(server: RedisServer, ms: int, mode: str = "ALL") -> None:
+    """``CLIENT PAUSE ms mode``: Redis stops answering (ALL) or writing (WRITE) for ``ms``.
+
+    Under ALL nothing ends it early: Redis 7.0 pauses ``CLIENT UNPAUSE`` and even a new
+    connection's handshake too, so pick ``ms`` for the whole scenario.
+    """
+    client = server.client()
+    try:
+        client.client_pause(ms, all=mode.upper() == "ALL")
+    finally:
+        client.close()
+
+
+def acl_user(server: RedisServer, *rules: str, name: str = "limited", password: str = "pw") -> str:
+    """An ACL user allowed everything, then ``rules`` (e.g. ``"-time"``); returns its URL."""
+    client = server.client()
+    try:
+        command = ("ACL", "SETUSER", name, "reset", "on", f">{password}", "~*", "&*", "+@all")
+        client.execute_command(*command, *rules)  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
+    return f"redis://{name}:{password}@127.0.0.1:{server.port}/0"
+
+
+def set_maxmemory(server: RedisServer, nbytes: int, policy: str = "noeviction") -> None:
+    """Caps memory; with ``noeviction`` past the cap every write fails with OOM."""
+    client = server.client()
+    try:
+        client.config_set("maxmemory-policy", policy)
+        client.config_set("maxmemory", nbytes)
+    finally:
+        client.close()
+
+
+# --- end of fault harness ---------------------------------------------------------------------
