@@ -10,9 +10,10 @@ So, on the Redis clock:
 * *vanished*: the identity left ``processes`` while its hash lingers: that is what
   Sidekiq's clean shutdown does (``SREM``; the hash expires on its own);
 * *absent*: neither a member nor a hash. A clean exit never looks like that within a
-  wait, a Redis that restarted empty (or lost writes in a failover) does: the process
-  re-registers on its next beat, with its signal list gone. So it is waited for, pushed
-  again when it comes back, and never counted as gone;
+  wait; a Redis that restarted empty, lost writes in a failover, or was flushed does: the
+  process re-registers on its next beat, with its signal list gone. So it is waited for,
+  never counted as gone, and when it comes back with an empty list it is pushed again,
+  unless it was already gone when the push went in (then the push is what it popped);
 * *expired*: the list is empty 60 s after the push without a delivery: it expired
   unconsumed, so it is pushed again while the deadline allows.
 
@@ -69,7 +70,12 @@ class Target:
     beat_age_s: float | None = None
     """At the last poll: seconds since the process's last beat (None: unknown)."""
     absent: bool = False
-    """Seen with neither membership nor hash since the last push."""
+    """Seen with neither membership nor hash at the last poll."""
+    absent_at_push: bool = False
+    """Already gone (or known lost) when the last push went in: the push reached the
+    Redis it will re-register in."""
+    lost_after_push: bool = False
+    """Went missing with its data after the last push: whatever that push left may be gone."""
     problem: str | None = None
     """The last thing that went wrong for this target (a refused push, an error reply)."""
 
@@ -92,26 +98,22 @@ class Target:
         return beat is not None and beat != self.beat_seen
 
 
-def assess(
-    target: Target, row: PollRow, now_ms: int, until: Until, *, server_tracked: bool = True
-) -> tuple[Target, Verdict]:
-    """The target as this poll shows it, and what to do about it.
-
-    ``server_tracked``: the server's ``run_id`` is read on every poll, so a restart is
-    caught there. Without it, a target that comes back after vanishing with its data
-    may have lost its signal in a restart nobody saw: push it again.
-    """
+def assess(target: Target, row: PollRow, now_ms: int, until: Until) -> tuple[Target, Verdict]:
+    """The target as this poll shows it, and what to do about it."""
     seen = dataclasses.replace(target, polled=True)
     if row.error is not None:
         return dataclasses.replace(seen, problem=f"Redis: {row.error}"), Verdict.WAITING
     if not row.in_set:
         if row.hash_alive:
             return seen, Verdict.VANISHED
-        return dataclasses.replace(seen, absent=True, beat_age_s=None), Verdict.WAITING
+        lost = seen.lost_after_push or not seen.absent_at_push
+        gone = dataclasses.replace(seen, absent=True, lost_after_push=lost, beat_age_s=None)
+        return gone, Verdict.WAITING
     if not row.hash_alive:
         # A member whose hash expired (hung past 60 s): keep a live signal waiting for it.
         return seen, _expired(seen, row, now_ms)
-    unsure = seen.absent and not server_tracked and row.signals_len == 0
+    # Back after losing its data since the push, with nothing queued: the push may be gone.
+    unsure = seen.lost_after_push and row.signals_len == 0
     seen = _beat(dataclasses.replace(seen, absent=False), row, now_ms)
     if row.quiet == "true":
         return dataclasses.replace(seen, confirmed_at_ms=now_ms), Verdict.CONFIRMED
@@ -160,7 +162,8 @@ def pushed(target: Target, pushed_at_ms: int) -> Target:
         pushes=target.pushes + 1,
         last_beat_ms=None,
         beat_seen=target.beat_field if target.polled else target.record.beat,
-        absent=False,
+        absent_at_push=target.absent,
+        lost_after_push=False,
         problem=None,
     )
 
@@ -174,7 +177,9 @@ def server_lost_data(target: Target) -> Target:
     """The server restarted (or lost writes) since the push: the signal may be gone."""
     if target.done:
         return target
-    return dataclasses.replace(target, pushed_at_ms=None, last_beat_ms=None, absent=False)
+    # Every process of that server is gone or re-registering: the next push reaches the
+    # Redis they re-register in, so what they pop after it is that push.
+    return dataclasses.replace(target, pushed_at_ms=None, last_beat_ms=None, absent=True)
 
 
 def finalize(target: Target) -> Target:

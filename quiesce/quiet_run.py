@@ -280,13 +280,10 @@ class QuietRun:
         if self._server_changed(store.label, poll.server.run_id, was_unreachable):
             self._restarted(store)
             return
-        tracked = poll.server.run_id is not None
         owed: list[Target] = []
         by_identity: dict[str, Target] = {}
         for target, row in zip(pending, poll.rows, strict=True):
-            seen, verdict = assess(
-                target, row, poll.now_ms, self.options.until, server_tracked=tracked
-            )
+            seen, verdict = assess(target, row, poll.now_ms, self.options.until)
             if verdict is Verdict.PUSH:
                 log.info("%s: pushing again (%s)", seen.identity, _why_again(target, seen))
                 owed.append(seen)
@@ -350,8 +347,8 @@ class Interrupted(QuiesceError):
 def _why_again(before: Target, after: Target) -> str:
     if before.pushed_at_ms is None:
         return "owed a push"
-    if before.absent:
-        return "back after it vanished with its data, in a restart nobody saw"
+    if before.lost_after_push:
+        return "back after it vanished with its data since the push"
     return "the signal expired unconsumed"
 
 

@@ -6,7 +6,15 @@ import dataclasses
 
 import pytest
 
-from quiesce.confirm import Target, Until, Verdict, assess, finalize
+from quiesce.confirm import (
+    Target,
+    Until,
+    Verdict,
+    assess,
+    finalize,
+    pushed,
+    server_lost_data,
+)
 from quiesce.deploy import (
     DeployRecord,
     DeployState,
@@ -181,12 +189,22 @@ def test_re_registration_after_expiry_is_not_a_delivery() -> None:
     assert verdict(target(), back, 170_000) is Verdict.PUSH
 
 
-def test_back_after_vanishing_with_its_data_is_pushed_again_when_restarts_are_unseen() -> None:
-    absent = dataclasses.replace(target(), absent=True)
+def test_back_after_vanishing_with_its_data_since_the_push_is_pushed_again() -> None:
+    """A FLUSHALL, or a restart nobody saw: the list is gone, the next beat pops nothing."""
+    gone = row(in_set=False, pttl_ms=-2, quiet=None, beat=None, signals_len=0)
     back = row(pttl_ms=59_000, signals_len=0, beat="105.0")
-    assert assess(absent, back, 106_000, Until.DELIVERED, server_tracked=False)[1] is Verdict.PUSH
-    # With the run_id read every poll a restart is caught there: the beat popped our push.
-    assert assess(absent, back, 106_000, Until.DELIVERED)[1] is Verdict.CONFIRMED
+    seen, _ = assess(target(), gone, 104_000, Until.DELIVERED)
+    assert seen.lost_after_push
+    assert assess(seen, back, 106_000, Until.DELIVERED)[1] is Verdict.PUSH
+
+
+def test_back_after_a_push_that_reached_the_new_server_is_confirmed() -> None:
+    """Gone before the push went in (a restart seen by run_id): what it popped is the push."""
+    lost = pushed(server_lost_data(target()), 101_000)
+    gone = row(in_set=False, pttl_ms=-2, quiet=None, beat=None, signals_len=1)
+    seen, _ = assess(lost, gone, 102_000, Until.DELIVERED)
+    back = row(pttl_ms=59_000, signals_len=0, beat="105.0")
+    assert assess(seen, back, 106_000, Until.DELIVERED)[1] is Verdict.CONFIRMED
 
 
 def test_hash_without_ttl_counts_beats_by_value() -> None:

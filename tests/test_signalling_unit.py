@@ -378,3 +378,26 @@ def test_a_short_outage_is_waited_out() -> None:
     fleet.sleep(2)
     report = report_for(fleet, timeout_s=30)
     assert report.ok and [e.outcome for e in report.entries] == [Outcome.CONFIRMED]
+
+
+def test_a_flush_without_a_restart_is_never_a_delivery() -> None:
+    """FLUSHALL mid-wait: same server, same run_id, every key gone. The processes re-register
+    with an empty list; that is not the signal being popped."""
+    procs = [FakeProcess(f"m:{i}:aaaaaaaaaaaa", phase=1 + i) for i in range(3)]
+    fleet = FakeFleet(procs)
+    fleet.sleep(5)
+    flush_at = fleet.now + 0.5
+    original_sleep = fleet.sleep
+
+    def sleep(seconds: float) -> None:
+        before = fleet.now
+        original_sleep(seconds)
+        if before < flush_at <= fleet.now:
+            run_id = fleet.run_id
+            fleet.restart_empty()
+            fleet.run_id = run_id  # no restart: a flush
+
+    report = quiet_fleet([fleet], QuietOptions(timeout_s=40), clock=fleet.clock, sleep=sleep)
+    assert report.ok
+    assert all(e.pushes == 2 for e in report.entries)
+    assert all(p.popped_tstp_at is not None for p in procs)
