@@ -29,8 +29,9 @@ SIZES = (10, 300)
 
 STATUS_MAX = 3
 """SSCAN, then one pipeline (TIME, INFO, every process's fields), plus one to spare."""
-QUIET_NO_WAIT_MAX = 6
-"""SSCAN, the read pipeline, the push pipeline, Sidekiq's deploy mark (lock, mark)."""
+QUIET_NO_WAIT_MAX = 7
+"""SSCAN, the snapshot, the pre-push poll, the push (one MULTI), the deploy record,
+Sidekiq's deploy mark (lock, then mark)."""
 POLL_MAX = 1
 HANDSHAKE_MAX = 2
 """Per connection: redis-py may send CLIENT SETINFO / SELECT before its first command."""
@@ -96,7 +97,7 @@ def measure(proxy: RoundTripProxy, client: redis.Redis, count: int) -> dict[str,
     store = SidekiqStore(settings.redis[0], settings)
     try:
         proxy.reset()
-        _, rows = store.poll(identities)
+        rows = store.poll(identities).rows
         assert len(rows) == count and all(r.in_set for r in rows)
         out["poll"] = counted(proxy)
     finally:
