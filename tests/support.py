@@ -6,14 +6,18 @@ picked, with no persistence, and stopped when we are done.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import selectors
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -227,3 +231,251 @@ def set_maxmemory(server: RedisServer, nbytes: int, policy: str = "noeviction") 
 
 
 # --- end of fault harness ---------------------------------------------------------------------
+
+
+# -- "reads never write": values and TTLs ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyDump:
+    """Every key as ``(type, value, pttl_ms)``, between two readings of Redis's clock."""
+
+    keys: dict[str, tuple[str, object, int]]
+    started_ms: int
+    """Redis TIME before the first key was read."""
+    ended_ms: int
+    """Redis TIME after the last key was read."""
+
+
+def _redis_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def dump_keys_with_ttls(client: redis.Redis, skip: Sequence[str] = ()) -> KeyDump:
+    """``dump_keys`` plus each key's PTTL (-1: none), for ``ttl_changes``."""
+    started = _redis_ms(client)
+    values = dump_keys(client, skip)
+    keys: dict[str, tuple[str, object, int]] = {}
+    for key, entry in values.items():
+        kind, value = cast(tuple[str, object], entry)
+        keys[key] = (kind, value, int(client.pttl(key)))
+    return KeyDump(keys, started, _redis_ms(client))
+
+
+def ttl_changes(before: KeyDump, after: KeyDump) -> list[str]:
+    """What changed between two dumps, beyond the clock: [] when nothing was written.
+
+    Values must be identical and every TTL may only run down with the clock: never rise,
+    never appear, never shorten faster than time passed, and a key may vanish only if its
+    TTL ran out. Both bounds come from Redis's own clock (each PTTL was read between the
+    dump's two TIMEs), so no test waits or guesses how long anything takes; 1 ms is
+    PTTL's rounding. An ``EXPIRE <identity> 3600`` on a 60 s heartbeat hash is a rise.
+    """
+    elapsed = after.ended_ms - before.started_ms
+    problems: list[str] = []
+    for key, (kind, value, pttl) in before.keys.items():
+        now = after.keys.get(key)
+        if now is None:
+            if pttl < 0 or pttl > elapsed + 1:
+                problems.append(f"{key}: deleted (TTL {pttl} ms, {elapsed} ms passed)")
+            continue
+        now_kind, now_value, now_pttl = now
+        if (now_kind, now_value) != (kind, value):
+            problems.append(f"{key}: value changed: {(kind, value)!r} -> {(now_kind, now_value)!r}")
+        if pttl < 0 and now_pttl >= 0:
+            problems.append(f"{key}: TTL appeared ({now_pttl} ms)")
+        elif pttl >= 0 and now_pttl < 0:
+            problems.append(f"{key}: TTL removed (was {pttl} ms)")
+        elif pttl >= 0 and now_pttl > pttl:
+            problems.append(f"{key}: TTL rose from {pttl} to {now_pttl} ms")
+        elif pttl >= 0 and now_pttl < pttl - elapsed - 1:
+            problems.append(f"{key}: TTL cut from {pttl} to {now_pttl} ms in {elapsed} ms")
+    problems.extend(f"{key}: created" for key in after.keys.keys() - before.keys.keys())
+    return sorted(problems)
+
+
+# -- round trips, counted on the wire -------------------------------------------------
+
+HANDSHAKE_COMMANDS = frozenset({"HELLO", "AUTH", "CLIENT", "SELECT", "READONLY"})
+"""What a client may send on connecting, before its first real request."""
+
+
+@dataclasses.dataclass(slots=True)
+class Exchange:
+    """One round trip: the commands a client sent before it saw a reply."""
+
+    commands: list[str]
+    handshake: bool = False
+
+
+class _RespCommands:
+    """Splits a client's byte stream into command names (RESP arrays of bulk strings)."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    @property
+    def partial(self) -> bool:
+        return bool(self._buf)
+
+    def feed(self, data: bytes) -> list[str]:
+        self._buf += data
+        names: list[str] = []
+        while (parsed := self._one()) is not None:
+            names.append(parsed)
+        return names
+
+    def _one(self) -> str | None:
+        buf, pos = self._buf, 0
+        end = buf.find(b"\r\n")
+        if end < 0:
+            return None
+        if not buf.startswith(b"*"):  # an inline command: one line
+            self._buf = buf[end + 2 :]
+            return buf[:end].split(b" ", 1)[0].decode(errors="replace").upper()
+        count, pos = int(buf[1:end]), end + 2
+        args: list[bytes] = []
+        for _ in range(count):
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                return None
+            size = int(buf[pos + 1 : end])
+            start = end + 2
+            if len(buf) < start + size + 2:
+                return None
+            args.append(buf[start : start + size])
+            pos = start + size + 2
+        self._buf = buf[pos:]
+        name = args[0].decode(errors="replace").upper() if args else ""
+        if name == "CLIENT" and len(args) > 1:
+            name += " " + args[1].decode(errors="replace").upper()
+        return name
+
+
+class RoundTripProxy:
+    """127.0.0.1:<free port> -> a redis-server, counting request/response exchanges.
+
+    The proxy forwards every client byte to Redis at once but holds Redis's replies back
+    until the client has sent nothing for ``hold_s`` and has no command half sent: so
+    whatever a client writes before it needs a reply is one exchange, however Redis and
+    the TCP stack cut it into chunks, and a client that needs a reply before sending more
+    starts a new one. The count can only err upwards (a client that stalls for ``hold_s``
+    in the middle of writing one pipeline), never down: a client that waited for a reply
+    cannot have had it from us sooner. Leading exchanges made only of connection set-up
+    commands (``HANDSHAKE_COMMANDS``) are counted apart.
+    """
+
+    def __init__(self, target_port: int, hold_s: float = 0.1) -> None:
+        self.target_port, self.hold_s = target_port, hold_s
+        self._lock = threading.Lock()
+        self._connections: list[list[Exchange]] = []
+        self._open: list[list[Exchange]] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._closed = False
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def reset(self) -> None:
+        """Forget what was counted; connections still open count on from here."""
+        with self._lock:
+            for log in self._open:
+                log.clear()
+            self._connections = list(self._open)
+
+    def exchanges(self) -> list[Exchange]:
+        with self._lock:
+            return [e for conn in self._connections for e in conn]
+
+    def round_trips(self) -> int:
+        return sum(not e.handshake for e in self.exchanges())
+
+    def handshakes(self) -> int:
+        return sum(e.handshake for e in self.exchanges())
+
+    def handshakes_per_connection(self) -> list[int]:
+        with self._lock:
+            return [sum(e.handshake for e in conn) for conn in self._connections]
+
+    def connections(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            log: list[Exchange] = []
+            with self._lock:
+                self._connections.append(log)
+                self._open.append(log)
+            thread = threading.Thread(target=self._relay, args=(client, upstream, log))
+            thread.daemon = True
+            thread.start()
+            self._threads.append(thread)
+
+    def _relay(self, client: socket.socket, upstream: socket.socket, log: list[Exchange]) -> None:
+        with contextlib.suppress(OSError):  # a side went away: the connection is over
+            self._pump(client, upstream, log)
+
+    def _pump(self, client: socket.socket, upstream: socket.socket, log: list[Exchange]) -> None:
+        parser = _RespCommands()
+        current: Exchange | None = None
+        set_up = False  # past the handshake: what follows is never counted as one
+        held = b""
+        last_sent = time.monotonic()
+        with selectors.DefaultSelector() as sel, client, upstream:
+            sel.register(client, selectors.EVENT_READ, "client")
+            sel.register(upstream, selectors.EVENT_READ, "server")
+            while not self._closed:
+                wait = max(0.0, last_sent + self.hold_s - time.monotonic()) if held else 0.5
+                for key, _ in sel.select(timeout=wait):
+                    try:
+                        data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    except OSError:
+                        data = b""
+                    if not data:
+                        with contextlib.suppress(OSError):
+                            client.sendall(held)
+                        with self._lock:
+                            self._open.remove(log)
+                        return
+                    if key.data == "server":
+                        held += data
+                        continue
+                    upstream.sendall(data)
+                    last_sent = time.monotonic()
+                    if current is None:
+                        current = Exchange([], handshake=not set_up)
+                        with self._lock:
+                            log.append(current)
+                    names = parser.feed(data)
+                    with self._lock:
+                        current.commands.extend(names)
+                    if any(n.split(" ")[0] not in HANDSHAKE_COMMANDS for n in names):
+                        current.handshake, set_up = False, True
+                idle = time.monotonic() - last_sent >= self.hold_s
+                if held and idle and not parser.partial:
+                    current = None  # the client's next bytes come after a reply: a new turn
+                    client.sendall(held)
+                    held = b""
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        for thread in self._threads[1:]:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> RoundTripProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

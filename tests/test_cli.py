@@ -12,7 +12,14 @@ from typer.testing import CliRunner
 
 from quiesce.cli import app
 from quiesce.simulator import SimulatedFleet, make_processes
-from tests.support import FIXTURES, RedisServer, dump_keys, load_fixture_keys, simulated_fleet
+from tests.support import (
+    FIXTURES,
+    RedisServer,
+    dump_keys_with_ttls,
+    load_fixture_keys,
+    simulated_fleet,
+    ttl_changes,
+)
 
 runner = CliRunner()
 PASSWORD = "s3cret-hunter2"
@@ -153,17 +160,18 @@ def raw_keys(url: str) -> list[str]:
 def test_sidekiq_data_unchanged_by_status_and_quiet(
     version: str, redis_url: str, redis_server: RedisServer
 ) -> None:
-    """Only signal lists, the deploy mark and quiesce's own keys may change."""
+    """Only signal lists, the deploy mark and quiesce's own keys may change: no other value,
+    and no other TTL (tests/test_readonly.py checks the read-only commands on the wire)."""
     capture = json.loads((FIXTURES / f"sidekiq-{version}" / "busy.json").read_text())
     client = redis_server.client()
     load_fixture_keys(client, capture["keys"])
     ours = ("-signals", "-marks", "deploylock-", "quiesce:")
-    before = dump_keys(client, skip=ours)
+    before = dump_keys_with_ttls(client, skip=ours)
     assert run("--redis-url", redis_url, "status", "--json")[0] == 0
     code, out, _ = run("--redis-url", redis_url, "quiet", "--timeout", "0.5", "--release", "r1")
     assert code == 3 and "FAILED" in out  # nothing beats: the captured process is frozen
-    after = dump_keys(client, skip=ours)
-    assert after == before
+    after = dump_keys_with_ttls(client, skip=ours)
+    assert ttl_changes(before, after) == []  # values identical, TTLs only ran down
     assert client.lrange(f"{capture['identity']}-signals", 0, -1) == [b"TSTP"]
 
 
