@@ -934,6 +934,7 @@ def rejoin(
     timeout: Annotated[
         str,
         typer.Option(
+            metavar="DURATION",
             help="How long --wait waits (20m, 90s, 1h). Without --wait: Machines still not "
             "back this long after the quiet are reported missing.",
         ),
@@ -941,15 +942,16 @@ def rejoin(
     interval: Annotated[
         float,
         typer.Option(
+            metavar="SECONDS",
             help="Seconds between polls with --wait (the Fly list: at most every 5 s).",
             min=0,
             max=MAX_TIMEOUT_S,
             callback=_positive_seconds,
         ),
     ] = 5.0,
-    app_name: Annotated[str | None, typer.Option("--app", help=_APP_HELP)] = None,
+    app_name: Annotated[str | None, typer.Option("--app", metavar="NAME", help=_APP_HELP)] = None,
     process_group: Annotated[
-        str | None, typer.Option(help="Only this Fly process group (e.g. worker).")
+        str | None, typer.Option(metavar="GROUP", help="Only this Fly process group (e.g. worker).")
     ] = None,
     fly: Annotated[
         bool, typer.Option(help="Use the Fly Machines API when a token and app are known.")
@@ -964,7 +966,7 @@ def rejoin(
     ] = None,
     release: Annotated[
         str | None,
-        typer.Option(help="The new release label (default: the deploy record's)."),
+        typer.Option(metavar="LABEL", help="The new release label (default: the deploy record's)."),
     ] = None,
     allow_newer: Annotated[
         bool, typer.Option("--allow-newer-sidekiq", help="Treat versions after 8.x as 8.x.")
@@ -1021,7 +1023,10 @@ def rejoin(
 def recover(
     ctx: typer.Context,
     after: Annotated[
-        str, typer.Option(help="Only processes quiet for longer than this (5m, 90s).")
+        str,
+        typer.Option(
+            metavar="DURATION", help="Only processes quiet for longer than this (5m, 90s)."
+        ),
     ] = "5m",
     yes: Annotated[bool, typer.Option("--yes", help="Do it (default: print the plan).")] = False,
     restart: Annotated[
@@ -1033,7 +1038,7 @@ def recover(
             "--stop", help="Send TERM through Sidekiq's signal list (the supervisor restarts)."
         ),
     ] = False,
-    app_name: Annotated[str | None, typer.Option("--app", help=_APP_HELP)] = None,
+    app_name: Annotated[str | None, typer.Option("--app", metavar="NAME", help=_APP_HELP)] = None,
     hostname: Annotated[
         list[str] | None,
         typer.Option(metavar="GLOB", help="Only hostnames (Machine ids) matching this glob."),

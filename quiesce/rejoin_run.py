@@ -12,6 +12,7 @@ The clock and sleep are injected so the loop can be tested without waiting.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -117,7 +118,9 @@ class RejoinWatch:
         """Poll until the fleet is whole or ``timeout_s`` passes (then a final report)."""
         started = self.clock()
         end = started + self.options.timeout_s
-        report = self.poll(None)
+        # The wait's own deadline, on the Redis clock of its first snapshot: an old record
+        # must not make every Machine "missing" from the first poll on.
+        report = self.poll(math.inf)
         deadline = report.now + self.options.timeout_s
         report = dataclasses.replace(report, deadline=deadline)
         while not report.whole:

@@ -23,6 +23,18 @@ def _text(lines: Iterable[str]) -> str:
     return "\n".join(safe(line) for line in lines)
 
 
+def _dur(seconds: float | None) -> str:
+    """Pauses to the second: ``31s``, ``1m14s``, ``1h02m`` (``render._age`` rounds to minutes)."""
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -65,9 +77,9 @@ def rejoin_text(report: RejoinReport, *, show_all: bool = False) -> str:
     first, last, longest = report.first_rejoin_s, report.last_rejoin_s, report.longest_pause
     if first is not None and last is not None:
         lines.append(
-            f"first rejoin {_age(first)} after the quiet, last {_age(last)}"
+            f"first rejoin {_dur(first)} after the quiet, last {_dur(last)}"
             + (
-                f"; longest pause {_age(longest.paused_s)} ({longest.machine})"
+                f"; longest pause {_dur(longest.paused_s)} ({longest.machine})"
                 if longest is not None
                 else ""
             )
