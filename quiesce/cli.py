@@ -857,6 +857,248 @@ def simulate(
         typer.echo("simulated processes left the registry", err=True)
 
 
+def _duration(value: str) -> float:
+    """``20m``, ``90s``, ``1h30m`` or plain seconds."""
+    import re
+
+    text = value.strip().lower()
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text)
+    if not text or parts is None or not any(parts.groups()):
+        raise typer.BadParameter(f"{value!r} is not a duration (e.g. 20m, 90s, 1h30m)")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in parts.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0 or total > MAX_TIMEOUT_S:
+        raise typer.BadParameter(f"{value!r} must be above 0 and at most {MAX_TIMEOUT_S:g}s")
+    return total
+
+
+@contextlib.contextmanager
+def _fly_client(app_name: str | None, *, use: bool = True) -> Iterator[tuple[Any, str | None]]:
+    """The Fly client when the token and app are known, else ``(None, why not)``."""
+    if not use:
+        yield None, "--no-fly"
+        return
+    from quiesce.fly import FlyClient, FlyConfig
+
+    config, why = FlyConfig.from_env(os.environ, app=app_name)
+    if config is None:
+        yield None, why
+        return
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    client = FlyClient(config)
+    try:
+        yield client, None
+    finally:
+        client.close()
+
+
+_APP_HELP = "Fly app whose Machines to list. Default: $FLY_APP_NAME. Token: $FLY_API_TOKEN."
+
+
+class _RejoinProgress:
+    """A bar on a terminal, else a plain line when the counts change or every 30 s."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty() and not log.isEnabledFor(logging.DEBUG)
+        self.last_line = ""
+        self.last_at = -math.inf
+        self.drawn = False
+
+    def __call__(self, report: Any, remaining_s: float) -> None:
+        from quiesce.render_rejoin import counts_line, progress_line
+
+        if self.tty:
+            sys.stderr.write(f"\r\x1b[2K{progress_line(report, remaining_s)}")
+            sys.stderr.flush()
+            self.drawn = True
+            return
+        line = counts_line(report)
+        now = time.monotonic()
+        if line != self.last_line or now - self.last_at >= 30.0:
+            self.last_line, self.last_at = line, now
+            print(safe(f"rejoin: {line}; {remaining_s:.0f}s left"), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+
+
+@app.command()
+@_connection_options
+def rejoin(
+    ctx: typer.Context,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Poll until the fleet is whole or --timeout passes.")
+    ] = False,
+    timeout: Annotated[
+        str,
+        typer.Option(
+            metavar="DURATION",
+            help="How long --wait waits (20m, 90s, 1h). Without --wait: Machines still not "
+            "back this long after the quiet are reported missing.",
+        ),
+    ] = "20m",
+    interval: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="Seconds between polls with --wait (the Fly list: at most every 5 s).",
+            min=0,
+            max=MAX_TIMEOUT_S,
+            callback=_positive_seconds,
+        ),
+    ] = 5.0,
+    app_name: Annotated[str | None, typer.Option("--app", metavar="NAME", help=_APP_HELP)] = None,
+    process_group: Annotated[
+        str | None, typer.Option(metavar="GROUP", help="Only this Fly process group (e.g. worker).")
+    ] = None,
+    fly: Annotated[
+        bool, typer.Option(help="Use the Fly Machines API when a token and app are known.")
+    ] = True,
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option(metavar="GLOB", help="Only hostnames (Machine ids) matching this glob."),
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(metavar="TAG", help="Only processes with this Sidekiq tag (other apps)."),
+    ] = None,
+    release: Annotated[
+        str | None,
+        typer.Option(metavar="LABEL", help="The new release label (default: the deploy record's)."),
+    ] = None,
+    allow_newer: Annotated[
+        bool, typer.Option("--allow-newer-sidekiq", help="Treat versions after 8.x as 8.x.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="List every Machine, not only those not back.")
+    ] = False,
+) -> None:
+    """Say which Machines came back after the deploy: exit 0 only when the fleet is whole.
+
+    Judges the latest deploy record (written by `quiesce quiet`) against the live
+    heartbeats and, with FLY_API_TOKEN and an app, Fly's Machine list: per Machine
+    rejoined, partial, draining, quiet-idle, old-running, pending, missing, gone,
+    not-expected (stopped) or new; per group "N of N back"; how long each Machine took
+    no jobs. Reads only. Exit 7 when not whole (at the --timeout deadline with --wait).
+    """
+    from quiesce.rejoin import RejoinFilters
+    from quiesce.rejoin_run import RejoinOptions, RejoinWatch
+    from quiesce.render_rejoin import rejoin_json, rejoin_text
+
+    with _guard():
+        timeout_s = _duration(timeout)
+        progress = _RejoinProgress()
+        with (
+            _stores(_settings(ctx)) as stores,
+            _fly_client(app_name, use=fly) as (client, why),
+        ):
+            options = RejoinOptions(
+                filters=RejoinFilters(tags=tuple(tag or ()), hostnames=tuple(hostname or ())),
+                release=release,
+                process_group=process_group,
+                allow_newer=allow_newer,
+                timeout_s=timeout_s,
+                interval_s=interval,
+                fly_note=why if fly else None,
+            )
+            watch = RejoinWatch(stores, client, options)
+            signal.signal(signal.SIGTERM, _interrupt)
+            try:
+                report = watch.wait(None if json_output else progress) if wait else watch.poll(None)
+            finally:
+                progress.close()
+    with _output():
+        if json_output:
+            typer.echo(json.dumps(rejoin_json(report), indent=2))
+        else:
+            typer.echo(rejoin_text(report, show_all=show_all))
+    raise typer.Exit(0 if report.whole else int(ExitCode.NOT_WHOLE))
+
+
+@app.command()
+@_connection_options
+def recover(
+    ctx: typer.Context,
+    after: Annotated[
+        str,
+        typer.Option(
+            metavar="DURATION", help="Only processes quiet for longer than this (5m, 90s)."
+        ),
+    ] = "5m",
+    yes: Annotated[bool, typer.Option("--yes", help="Do it (default: print the plan).")] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Restart those Machines through the Fly API.")
+    ] = False,
+    stop: Annotated[
+        bool,
+        typer.Option(
+            "--stop", help="Send TERM through Sidekiq's signal list (the supervisor restarts)."
+        ),
+    ] = False,
+    app_name: Annotated[str | None, typer.Option("--app", metavar="NAME", help=_APP_HELP)] = None,
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option(metavar="GLOB", help="Only hostnames (Machine ids) matching this glob."),
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(metavar="TAG", help="Only processes with this tag.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Replace processes a failed deploy left quiet (Sidekiq cannot un-quiet them).
+
+    Finds Machines whose every live process was quieted by the latest deploy longer than
+    --after ago, with no new process. Prints what it would do; with --yes, --restart
+    restarts each through the Fly API (one a second, one line per Machine, going on past
+    failures) or --stop sends TERM so the supervisor starts a new process. Never touches
+    a Machine that still runs a non-quiet process.
+    """
+    from quiesce.observe import read_fleet
+    from quiesce.recover import RecoverReport, restart_all, stop_all, stranded
+    from quiesce.rejoin import RejoinFilters
+    from quiesce.render_rejoin import recover_json, recover_text
+
+    with _guard():
+        if restart and stop:
+            raise ConfigError("choose one of --restart and --stop")
+        if yes and not (restart or stop):
+            raise ConfigError("--yes needs --restart or --stop")
+        after_s = _duration(after)
+        action = "restart" if restart else "stop" if stop else "none"
+        with _stores(_settings(ctx)) as stores:
+            snapshot = read_fleet(stores)
+            filters = RejoinFilters(tags=tuple(tag or ()), hostnames=tuple(hostname or ()))
+            candidates, notes = stranded(
+                snapshot, snapshot.latest_deploy, after_s=after_s, filters=filters
+            )
+            results: dict[str, str] = {}
+            if yes and candidates and restart:
+                with _fly_client(app_name) as (client, why):
+                    if client is None:
+                        raise ConfigError(f"--restart needs the Fly API: {why}")
+                    results = restart_all(
+                        client,
+                        candidates,
+                        None
+                        if json_output
+                        else lambda m, r: print(safe(f"restart {m}: {r}"), file=sys.stderr),
+                    )
+            elif yes and candidates and stop:
+                results = stop_all(stores, candidates)
+        report = RecoverReport(
+            action, yes and bool(candidates), tuple(candidates), results, tuple(notes)
+        )
+    with _output():
+        if json_output:
+            typer.echo(json.dumps(recover_json(report), indent=2))
+        else:
+            typer.echo(recover_text(report))
+    raise typer.Exit(0 if report.ok else int(ExitCode.FLY_API))
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 

@@ -3,10 +3,16 @@
     QuiesceError                    exit 1 (unexpected; a bug if you see it)
     ├── ConfigError                 exit 2: bad option, bad URL, missing file, no such db
     ├── Interrupted                 exit 130: Ctrl-C or TERM (quiesce.quiet_run)
-    └── RedisProblem                (carries the masked URL)
-        ├── RedisUnavailable        exit 4: refused, unreachable, timed out, went away
-        ├── RedisRefused            exit 5: wrong password, TLS mismatch, ACL, maxmemory
-        └── ProtocolError           exit 6: Redis holds data that is not Sidekiq's shape
+    ├── RedisProblem                (carries the masked URL)
+    │   ├── RedisUnavailable        exit 4: refused, unreachable, timed out, went away
+    │   ├── RedisRefused            exit 5: wrong password, TLS mismatch, ACL, maxmemory
+    │   └── ProtocolError           exit 6: Redis holds data that is not Sidekiq's shape
+    └── FlyProblem                  exit 8: the Fly Machines API failed or refused us
+        ├── FlyUnavailable          timed out, 5xx or 429 after the bounded retries
+        └── FlyRefused              401/403 (bad token), 404 (wrong app or Machine)
+
+``quiesce rejoin`` exits 7 (``NOT_WHOLE``) when the fleet is not whole: a verdict, not
+an exception.
 
 Per-process problems (malformed heartbeat JSON, an unknown Sidekiq version) are not
 exceptions: they are recorded on the process and reported, so one bad process never
@@ -31,6 +37,8 @@ class ExitCode(enum.IntEnum):
     REDIS_UNAVAILABLE = 4
     REDIS_REFUSED = 5
     PROTOCOL = 6
+    NOT_WHOLE = 7
+    FLY_API = 8
     INTERRUPTED = 130
     BROKEN_PIPE = 141
 
@@ -48,6 +56,10 @@ _EXIT_DESCRIPTIONS = {
     ExitCode.REDIS_UNAVAILABLE: "Redis unreachable: refused, timed out, unknown host, went away",
     ExitCode.REDIS_REFUSED: "Redis refused us: wrong password, TLS mismatch, ACL denies a command",
     ExitCode.PROTOCOL: "Redis holds data that is not Sidekiq's shape",
+    ExitCode.NOT_WHOLE: "rejoin: the fleet is not whole (some expected Machine has no new "
+    "process) at the --timeout deadline, or now without --wait",
+    ExitCode.FLY_API: "Fly Machines API error: bad token, wrong app, unavailable; recover: a "
+    "restart failed",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
     ExitCode.BROKEN_PIPE: "the output's reader went away (quiesce status | head), as for "
     "any tool stopped by SIGPIPE",
@@ -80,3 +92,21 @@ class RedisRefused(RedisProblem):
 
 class ProtocolError(RedisProblem):
     exit_code = ExitCode.PROTOCOL
+
+
+class FlyProblem(QuiesceError):
+    """One line naming the cause; never the token."""
+
+    exit_code = ExitCode.FLY_API
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FlyUnavailable(FlyProblem):
+    pass
+
+
+class FlyRefused(FlyProblem):
+    pass

@@ -144,10 +144,19 @@ def status_json(snapshot: FleetSnapshot, *, machines_only: bool = False) -> dict
         ],
         "latest_deploy": _deploy_json(snapshot.latest_deploy),
         "latest_deploy_problem": snapshot.deploy_problem,
+        "rejoin": _rejoin_json(snapshot),
         "machines": [
             _machine_json(name, procs, snapshot, machines_only) for name, procs in machines.items()
         ],
     }
+
+
+def _rejoin_json(snapshot: FleetSnapshot) -> dict[str, Any] | None:
+    from quiesce.rejoin import snapshot_rejoin
+    from quiesce.render_rejoin import rejoin_json
+
+    report = snapshot_rejoin(snapshot)
+    return None if report is None else rejoin_json(report)
 
 
 def summary_line(processes: Iterable[ProcessRecord]) -> str:
@@ -188,7 +197,16 @@ def status_text(snapshot: FleetSnapshot, *, machines_only: bool = False) -> str:
     lines.append("")
     lines.append(summary_line(snapshot.processes))
     lines.extend(_deploy_lines(snapshot))
+    lines.extend(_rejoin_lines(snapshot))
     return _text(lines)
+
+
+def _rejoin_lines(snapshot: FleetSnapshot) -> list[str]:
+    """The rejoin state per Machine when a deploy record exists (quiesce.render_rejoin)."""
+    from quiesce.rejoin import snapshot_rejoin
+    from quiesce.render_rejoin import status_rejoin_lines
+
+    return status_rejoin_lines(snapshot_rejoin(snapshot))
 
 
 def _deploy_lines(snapshot: FleetSnapshot) -> list[str]:

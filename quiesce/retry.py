@@ -46,3 +46,44 @@ class _past(tenacity.stop.stop_base):
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
         return time.monotonic() + MAX_BACKOFF_S >= self.deadline
+
+
+FLY_ATTEMPTS = 4
+FLY_MAX_WAIT_S = 10.0
+"""The longest a ``Retry-After`` (or the backoff) may hold one Fly call back."""
+
+
+class _fly_wait(tenacity.wait.wait_base):
+    """Honour the server's ``Retry-After`` (capped), else jittered exponential backoff."""
+
+    def __init__(self, retry_after: Callable[[BaseException], float | None]) -> None:
+        self.retry_after = retry_after
+        self.backoff = tenacity.wait_exponential(multiplier=0.5, max=4.0) + tenacity.wait_random(
+            0, 0.5
+        )
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        asked = self.retry_after(exc) if exc is not None else None
+        if asked is not None:
+            return min(max(asked, 0.0), FLY_MAX_WAIT_S)
+        return float(self.backoff(retry_state))
+
+
+def fly_retry(
+    is_transient: Callable[[BaseException], bool],
+    retry_after: Callable[[BaseException], float | None],
+    *,
+    attempts: int = FLY_ATTEMPTS,
+) -> tenacity.Retrying:
+    """For Fly Machines API calls that are safe to repeat (GETs, and a restart of a Machine
+    that hosts only quiet processes): timeouts, 408, 429 and 5xx. Four attempts, each wait
+    at most ``FLY_MAX_WAIT_S``: a dead API costs well under a minute, never a hang."""
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=_fly_wait(retry_after),
+        retry=tenacity.retry_if_exception(is_transient),
+        before_sleep=tenacity.before_sleep_log(log, logging.INFO),
+        reraise=True,
+    )

@@ -8,7 +8,8 @@ list, all in :class:`SidekiqStore`'s "writes" section:
   (``LPUSH <identity>-signals TSTP`` + ``EXPIRE 60``), all of them inside one
   ``MULTI``/``EXEC`` so a refused command (ACL, ``maxmemory``) aborts every push;
 * quiesce's own deploy records under ``quiesce:`` (always with a TTL);
-* Sidekiq's deploy mark, exactly as ``Sidekiq::Deploy#mark`` writes it.
+* Sidekiq's deploy mark, exactly as ``Sidekiq::Deploy#mark`` writes it;
+* ``quiesce recover --stop``'s TERM, exactly as ``Sidekiq::Process#stop!`` writes it.
 
 Replies are decoded with ``errors="surrogateescape"``: a non-UTF-8 byte in one key or
 value becomes a lone surrogate that the decoder reports, instead of failing the whole
@@ -493,6 +494,14 @@ class SidekiqStore:
             if isinstance(reply, Exception):
                 raise classify(reply, self.target, self._read_timeout_s)
         return True
+
+    # -- rejoin --
+    def push_stop(self, identities: Sequence[str], *, deadline: float | None = None) -> Push:
+        """``Sidekiq::Process#stop!`` for every identity: ``LPUSH <identity>-signals TERM``
+        + ``EXPIRE 60``, all in one ``MULTI`` (``quiesce recover --stop``): the process
+        finishes its jobs and exits, and its supervisor (Fly's restart policy) starts a
+        new one. Refusals are handled as for ``push_quiet``."""
+        return self.push_quiet(identities, "TERM", deadline=deadline)
 
 
 def _queue(pipe: Any, *command: str | int | float) -> None:
