@@ -235,6 +235,7 @@ class SidekiqStore:
     ) -> None:
         """``client`` replaces the connection built from the URL (unit tests pass fakeredis)."""
         self.target = target
+        self._label = target.label  # masked once: it is stamped on every process row
         self.keys = k.Keys(settings.namespace)
         self.round_trips = 0
         self._read_timeout_s = settings.read_timeout_s
@@ -243,7 +244,7 @@ class SidekiqStore:
 
     @property
     def label(self) -> str:
-        return self.target.label
+        return self._label
 
     def close(self) -> None:
         self._client.close()
