@@ -551,6 +551,8 @@ def _work_hashes(
     for suffix, reply in zip(suffixes, replies, strict=True):
         if isinstance(reply, Mapping):
             out[suffix] = {str(f): str(v) for f, v in reply.items()}
+        elif isinstance(reply, list | tuple):  # the raw RESP2 reply: field, value, ...
+            out[suffix] = {str(f): str(v) for f, v in zip(reply[::2], reply[1::2], strict=True)}
     return out
 
 

@@ -184,5 +184,5 @@ def test_running_jobs_and_queue_view_for_the_exporter() -> None:
     assert view["default"].longest_s == pytest.approx(
         max(j.runtime_s or 0 for j in running_jobs(quiet))
     )
-    runtimes = [j.runtime_s for j in running_jobs(quiet)]
+    runtimes = [j.runtime_s or 0.0 for j in running_jobs(quiet)]
     assert runtimes == sorted(runtimes, reverse=True)
