@@ -642,8 +642,8 @@ def _outcome(target: Target, waited: bool) -> ProcessOutcome:
     elif outcome is Outcome.STILL_BUSY:
         n = max(target.busy or 0, target.work.entries)
         top = longest(target.work.jobs)
-        runtime = f", longest running {top.runtime_s:.0f}s" if top and top.runtime_s else ""
-        reason = f"quiet, but {n} job{'s' if n != 1 else ''} still running{runtime}"
+        runtime = f", the longest for {top.runtime_s:.0f}s" if top and top.runtime_s else ""
+        reason = f"{n} job{'s' if n != 1 else ''} running{runtime}"
     return ProcessOutcome(
         target.record,
         outcome,
