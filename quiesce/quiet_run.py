@@ -13,6 +13,10 @@ its hash); pending targets are pushed again, so a process that re-registers with
 the signal is never counted. If signals went out and the run then fails, the report
 still says what was done, the record says ``failed``, and no deploy mark is written.
 The time source and sleep are injected so the loop can be tested without waiting.
+
+``--until drained`` (``confirm``, ``drain``) then waits for the running jobs: the poll
+pipeline also reads ``busy`` and the work hash, so it stays one round trip; processes
+already quiet are waited for without a new signal, and a timeout lists the jobs left.
 """
 
 from __future__ import annotations

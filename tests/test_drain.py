@@ -12,8 +12,10 @@ import pytest
 import redis
 
 from quiesce.confirm import Target, Until, Verdict, assess, finalize
+from quiesce.drain import Grace, advice
 from quiesce.errors import ExitCode
 from quiesce.fleet import ProcessRecord, SidekiqVersion
+from quiesce.jobs import RunningJob
 from quiesce.plan import Filters, Outcome
 from quiesce.quiet_run import Event, Progress, QuietOptions, quiet_fleet
 from quiesce.rows import PollRow
@@ -297,3 +299,47 @@ def test_exclude_filters_unit() -> None:
 def test_drained_with_no_wait_is_a_usage_error() -> None:
     code, _, err = run("quiet", "--until", "drained", "--no-wait", "-r", "redis://127.0.0.1:1")
     assert code == 2 and "--no-wait" in err
+
+
+# -- advice (pure) --------------------------------------------------------------------
+def job(runtime: float, name: str = "C") -> RunningJob:
+    return RunningJob("h:1:n", "h", "t", "q", name, "j", 0.0, runtime)
+
+
+def test_advice_kill_timeout_shorter_than_sidekiq_timeout() -> None:
+    lines = advice([], Grace(5, None), timed_out=False, drain_timeout_s=30)
+    assert len(lines) == 1
+    assert "kill_timeout 5s leaves no room for Sidekiq's -t (default 25s" in lines[0]
+    assert "at least 30s" in lines[0]
+    assert advice([], Grace(40, 30), timed_out=False, drain_timeout_s=30) == []
+
+
+def test_advice_compares_the_longest_job_with_the_grace() -> None:
+    fits = advice([job(3)], Grace(60, 30), timed_out=False, drain_timeout_s=30)
+    assert len(fits) == 1 and "fits in the 30s" in fits[0]
+    long = advice(
+        [job(95, "ExportJob"), job(3)], Grace(60, 30), timed_out=False, drain_timeout_s=30
+    )
+    assert "ExportJob" in long[0] and "has run 95s, longer than the 30s" in long[0]
+    assert "Sidekiq's -t above the longest job (>= 95s)" in long[0]
+
+
+def test_advice_on_a_drain_timeout_lists_the_jobs_that_will_be_killed() -> None:
+    lines = advice(
+        [job(50, "A"), job(10, "B")], Grace(None, 20), timed_out=True, drain_timeout_s=30
+    )
+    assert "2 jobs still running" in lines[0] and "20s more, then is killed mid-run" in lines[0]
+    assert lines[1].startswith("  A ") and lines[2].startswith("  B ")
+    assert "--timeout 100" in lines[3]  # twice the longest job
+
+
+def test_kill_timeout_advice_without_drain_uses_the_jobs_seen_at_the_start(
+    start_fleet: FleetFactory, redis_url: str
+) -> None:
+    (proc,) = make_processes(1, seed=31)
+    proc.start_job(900, job_class="ImportJob", now=time.time() - 100)
+    start_fleet([proc])
+    report = quiet_fleet([store_for(redis_url)], QuietOptions(timeout_s=10, kill_timeout_s=60))
+    assert report.exit_code is ExitCode.OK
+    (line,) = report.advice
+    assert "ImportJob" in line and "longer than the 25s a stopping Machine gives it" in line
