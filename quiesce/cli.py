@@ -500,6 +500,7 @@ class _ProgressLine:
         self.how = f"until {until}, timeout {timeout_s:g}s" if wait else "no wait"
         self.header_shown = False
         self.drawn = False
+        self.draining = until == "drained"
 
     def __call__(self, event: Event) -> None:
         from quiesce.quiet_run import Notice, Progress, Pushed
@@ -521,6 +522,13 @@ class _ProgressLine:
                 f"waiting: {event.confirmed} confirmed, {event.vanished} exited, "
                 f"{event.pending} pending, {event.remaining_s:.0f}s left"
             )
+            if self.draining:
+                longest = "" if event.longest_s is None else f", longest {event.longest_s:.0f}s"
+                text = (
+                    f"draining: {event.drained} drained, {event.vanished} exited, "
+                    f"{event.pending} busy or pending; {event.jobs} jobs running{longest}; "
+                    f"{event.remaining_s:.0f}s left"
+                )
             if self.tty:
                 sys.stderr.write(f"\r\x1b[2K{text}")
                 sys.stderr.flush()
@@ -547,7 +555,9 @@ def quiet(
         Until,
         typer.Option(
             help="delivered: a heartbeat after the push popped the signal (one beat: 5 s on "
-            "Sidekiq <= 6, 10 s on 7+). quiet: the process reports quiet (one beat later).",
+            "Sidekiq <= 6, 10 s on 7+). quiet: the process reports quiet (one beat later). "
+            "drained: quiet, and no job running any more (busy 0 and an empty work hash); "
+            "at the deadline, processes still running jobs fail with the jobs listed.",
         ),
     ] = Until.DELIVERED,
     timeout: Annotated[
@@ -606,6 +616,46 @@ def quiet(
     identity: Annotated[
         list[str] | None, typer.Option(metavar="IDENTITY", help="Only this process identity.")
     ] = None,
+    exclude_hostname: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="GLOB", help="Leave alone hostnames (Machine ids) matching this glob."
+        ),
+    ] = None,
+    exclude_tag: Annotated[
+        list[str] | None, typer.Option(metavar="TAG", help="Leave alone processes with this tag.")
+    ] = None,
+    exclude_label: Annotated[
+        list[str] | None,
+        typer.Option(metavar="LABEL", help="Leave alone processes with this label."),
+    ] = None,
+    exclude_queue: Annotated[
+        list[str] | None,
+        typer.Option(metavar="QUEUE", help="Leave alone processes that listen on this queue."),
+    ] = None,
+    kill_timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="The app's kill_timeout (fly.toml; Fly's default is 5): running jobs are "
+            "compared with it, and the report says which would be killed mid-run.",
+            min=0,
+            max=MAX_TIMEOUT_S,
+            callback=_seconds,
+            show_default=False,
+        ),
+    ] = None,
+    sidekiq_timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Sidekiq's shutdown timeout (its -t; Sidekiq's default is 25), for the advice.",
+            min=0,
+            max=MAX_TIMEOUT_S,
+            callback=_seconds,
+            show_default=False,
+        ),
+    ] = None,
     allow_newer: Annotated[
         bool,
         typer.Option(
@@ -638,6 +688,10 @@ def quiet(
             labels=tuple(label or ()),
             queues=tuple(queue or ()),
             identities=tuple(identity or ()),
+            exclude_hostnames=tuple(exclude_hostname or ()),
+            exclude_tags=tuple(exclude_tag or ()),
+            exclude_labels=tuple(exclude_label or ()),
+            exclude_queues=tuple(exclude_queue or ()),
         ),
         until=until,
         timeout_s=timeout,
@@ -647,7 +701,11 @@ def quiet(
         strategy=strategy,
         mark=mark,
         allow_newer=allow_newer,
+        kill_timeout_s=kill_timeout,
+        sidekiq_timeout_s=sidekiq_timeout,
     )
+    if until is Until.DRAINED and not wait:
+        raise _UsageFailure("--until drained waits for the jobs: it cannot be used with --no-wait")
     progress = _ProgressLine(until.value, timeout, wait)
     # A release command cut off by its timeout gets TERM: end the wait with a full report.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -698,6 +756,36 @@ def status(
     allow_newer: Annotated[
         bool, typer.Option("--allow-newer-sidekiq", help="Treat versions after 8.x as 8.x.")
     ] = False,
+    jobs: Annotated[
+        bool,
+        typer.Option(
+            "--jobs",
+            help="Also list the jobs running on each process (class, queue, jid, runtime), "
+            "longest first, and how many run on quiet processes. Reads the work hashes too "
+            "(still one pipeline).",
+        ),
+    ] = False,
+    show_args: Annotated[
+        bool,
+        typer.Option(
+            "--args", help="With --jobs: show job arguments (they may hold personal data)."
+        ),
+    ] = False,
+    exclude_hostname: Annotated[
+        list[str] | None,
+        typer.Option(metavar="GLOB", help="Leave out hostnames (Machine ids) matching this glob."),
+    ] = None,
+    exclude_tag: Annotated[
+        list[str] | None, typer.Option(metavar="TAG", help="Leave out processes with this tag.")
+    ] = None,
+    exclude_label: Annotated[
+        list[str] | None,
+        typer.Option(metavar="LABEL", help="Leave out processes with this label."),
+    ] = None,
+    exclude_queue: Annotated[
+        list[str] | None,
+        typer.Option(metavar="QUEUE", help="Leave out processes that listen on this queue."),
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
     interval: Annotated[
         float,
@@ -730,19 +818,37 @@ def status(
     unreadable), busy/concurrency, time since the last beat, how long quiet (from
     the latest deploy record), pending signals and RSS. Reads only; writes nothing.
     """
+    from quiesce.jobs_view import add_jobs_json, excluded_text, filter_snapshot, jobs_text
     from quiesce.observe import read_fleet
     from quiesce.render import status_json, status_text
 
+    jobs = jobs or show_args
+    excludes = Filters(
+        exclude_hostnames=tuple(exclude_hostname or ()),
+        exclude_tags=tuple(exclude_tag or ()),
+        exclude_labels=tuple(exclude_label or ()),
+        exclude_queues=tuple(exclude_queue or ()),
+    )
     with _guard(), _stores(_settings(ctx)) as stores:
         while True:
-            snapshot = read_fleet(stores, allow_newer=allow_newer)
+            snapshot = read_fleet(stores, allow_newer=allow_newer, jobs=jobs)
             notes = _empty_fleet_notes(stores, snapshot, ctx)
+            snapshot, excluded = filter_snapshot(snapshot, excludes)
             if json_output:
-                typer.echo(json.dumps(status_json(snapshot, machines_only=machines), indent=2))
+                data = status_json(snapshot, machines_only=machines)
+                if excludes.active:
+                    data["excluded_by"] = dict(excluded)
+                if jobs:
+                    add_jobs_json(data, snapshot, args=show_args)
+                typer.echo(json.dumps(data, indent=2))
             else:
                 if watch and sys.stdout.isatty():
                     typer.echo("\x1b[H\x1b[2J", nl=False)
                 typer.echo(status_text(snapshot, machines_only=machines))
+                if excluded:
+                    typer.echo(excluded_text(excluded))
+                if jobs:
+                    typer.echo("\n".join(jobs_text(snapshot, args=show_args)))
                 for note in notes:
                     typer.echo(safe(f"note: {note}"))
             if not watch:

@@ -19,6 +19,11 @@ So, on the Redis clock:
 
 An error reply for a target (a key of the wrong type) is remembered and waited past;
 it never reads as "exited".
+
+``--until drained`` waits past *quiet*: the beat that reports ``quiet = "true"`` comes
+after the quiet took effect, so from then on no job starts; the process is *drained*
+when that hash's ``busy`` is 0 and its work hash is empty (``drain.is_idle``). At the
+deadline, a process that took the signal but still runs jobs is ``still_busy``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import dataclasses
 import enum
 
 from quiesce.decode import parse_float
+from quiesce.drain import busy_count, is_idle, read_work
 from quiesce.fleet import ProcessRecord, beat_overdue
+from quiesce.jobs import NO_WORK, WorkRead
 from quiesce.keys import HEARTBEAT_TTL_S, SIGNAL_TTL_S
 from quiesce.plan import Outcome
 from quiesce.rows import PollRow
@@ -40,6 +47,7 @@ BEAT_CLOCK_SLACK_MS = 250
 class Until(enum.StrEnum):
     DELIVERED = "delivered"
     QUIET = "quiet"
+    DRAINED = "drained"
 
 
 class Verdict(enum.Enum):
@@ -48,6 +56,8 @@ class Verdict(enum.Enum):
     VANISHED = "vanished"
     PUSH = "push"
     """Push (again): never pushed, expired unconsumed, or came back after Redis lost it."""
+    DRAINED = "drained"
+    """Quiet, and both ``busy`` and the work hash say no job is running."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,6 +88,17 @@ class Target:
     """Went missing with its data after the last push: whatever that push left may be gone."""
     problem: str | None = None
     """The last thing that went wrong for this target (a refused push, an error reply)."""
+    delivered: bool = False
+    """Draining: a beat popped the signal, or the process reported quiet."""
+    busy: int | None = None
+    """Draining: the ``busy`` field as last read."""
+    work: WorkRead = NO_WORK
+    """Draining: the jobs its work hash listed at the last poll."""
+
+    @property
+    def running(self) -> bool:
+        """Draining: jobs were running at the last poll (by either account)."""
+        return bool(self.busy) or self.work.entries > 0
 
     @property
     def identity(self) -> str:
@@ -115,12 +136,36 @@ def assess(target: Target, row: PollRow, now_ms: int, until: Until) -> tuple[Tar
     # Back after losing its data since the push, with nothing queued: the push may be gone.
     unsure = seen.lost_after_push and row.signals_len == 0
     seen = _beat(dataclasses.replace(seen, absent=False), row, now_ms)
+    if until is Until.DRAINED:
+        return _drain(seen, row, now_ms, unsure)
     if row.quiet == "true":
         return dataclasses.replace(seen, confirmed_at_ms=now_ms), Verdict.CONFIRMED
     if seen.pushed_at_ms is None or unsure:
         return seen, Verdict.PUSH
     if until is Until.DELIVERED and row.signals_len == 0 and seen.popped_by_beat(row):
         return dataclasses.replace(seen, confirmed_at_ms=now_ms), Verdict.CONFIRMED
+    return seen, _expired(seen, row, now_ms)
+
+
+def _drain(target: Target, row: PollRow, now_ms: int, unsure: bool) -> tuple[Target, Verdict]:
+    """``--until drained``: quiet first (no job can start after that beat), then idle."""
+    busy = busy_count(row.busy)
+    seen = dataclasses.replace(
+        target, busy=busy, work=read_work(target.record, row.work, now_ms / 1000)
+    )
+    if row.quiet == "true":
+        seen = dataclasses.replace(seen, delivered=True)
+        if seen.confirmed_at_ms is None:
+            seen = dataclasses.replace(seen, confirmed_at_ms=now_ms)
+        if is_idle(busy, seen.work):
+            return seen, Verdict.DRAINED
+        return seen, Verdict.WAITING
+    if seen.pushed_at_ms is None or unsure:
+        return seen, Verdict.PUSH
+    if seen.delivered:
+        return seen, Verdict.WAITING  # TSTP taken: quiet shows on the next beat
+    if row.signals_len == 0 and seen.popped_by_beat(row):
+        return dataclasses.replace(seen, delivered=True), Verdict.WAITING
     return seen, _expired(seen, row, now_ms)
 
 
@@ -151,6 +196,8 @@ def settle(target: Target, verdict: Verdict) -> Target:
         return dataclasses.replace(target, outcome=Outcome.CONFIRMED, problem=None)
     if verdict is Verdict.VANISHED:
         return dataclasses.replace(target, outcome=Outcome.VANISHED, problem=None)
+    if verdict is Verdict.DRAINED:
+        return dataclasses.replace(target, outcome=Outcome.DRAINED, problem=None)
     return target
 
 
@@ -186,7 +233,9 @@ def finalize(target: Target) -> Target:
     """At the deadline, a target still pending gets the outcome that says why."""
     if target.done:
         return target
-    if target.pushed_at_ms is None and target.pushes == 0:
+    if target.delivered and target.running:
+        outcome = Outcome.STILL_BUSY
+    elif target.pushed_at_ms is None and target.pushes == 0 and not target.record.quiet:
         outcome = Outcome.NOT_SIGNALLED
     elif target.absent:
         outcome = Outcome.LOST

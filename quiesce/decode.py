@@ -23,6 +23,7 @@ from quiesce.fleet import (
     mark_quieting,
     split_identity,
 )
+from quiesce.jobs import band_of, decode_work, work_suffixes
 from quiesce.keys import HEARTBEAT_TTL_S
 from quiesce.rows import RawProcess, RawSnapshot
 from quiesce.versions import (
@@ -44,7 +45,10 @@ def decode_snapshot(raw: RawSnapshot, *, allow_newer: bool = False) -> FleetSnap
     """Every row decoded on its own; the latest deploy record read tolerantly and used to
     tell quieting processes (``fleet.is_quieting``) from running ones."""
     deploy, problem = parse_deploy_record(raw.latest_deploy)
-    records = [decode_process(row, raw.time, allow_newer=allow_newer) for row in raw.rows]
+    records = [
+        _with_work(decode_process(row, raw.time, allow_newer=allow_newer), row, raw.time)
+        for row in raw.rows
+    ]
     return FleetSnapshot(
         processes=mark_quieting(records, deploy, raw.time),
         taken_at=raw.time,
@@ -52,6 +56,30 @@ def decode_snapshot(raw: RawSnapshot, *, allow_newer: bool = False) -> FleetSnap
         latest_deploy=deploy,
         deploy_problem=f"{problem} ({raw.redis})" if problem else None,
     )
+
+
+def _with_work(record: ProcessRecord, raw: RawProcess, redis_now: float) -> ProcessRecord:
+    """The record with its running jobs, from the work hash its version writes (both
+    names merged when the version is only inferred)."""
+    if raw.work is None or not record.alive:
+        return record
+    version = record.version
+    text, inferred = (version.text, version.inferred) if version else (None, False)
+    entries = {
+        tid: value
+        for suffix in work_suffixes(text, inferred)
+        for tid, value in raw.work.get(suffix, {}).items()
+    }
+    band = band_of(text, inferred)
+    work = decode_work(
+        record.identity,
+        record.machine,
+        entries,
+        now=redis_now,
+        units=band.job_time_units if band else None,
+        redis=record.redis,
+    )
+    return dataclasses.replace(record, work=work)
 
 
 class _Unreadable(Exception):

@@ -16,6 +16,7 @@ from quiesce.versions import QUIET_SIGNAL
 
 if TYPE_CHECKING:  # deploy.py reads ProcessRecord too: no import cycle at run time
     from quiesce.deploy import DeployRecord
+    from quiesce.jobs import WorkRead
 
 BEAT_MARGIN_S = 5.0
 """How late a beat may be before it counts as overdue. ``BEAT_PAUSE`` is the sleep *between*
@@ -82,6 +83,8 @@ class ProcessRecord:
     """Why the record is unreadable; ``None`` for a healthy decode."""
     quieting: bool = False
     """Set when the snapshot is assembled with the latest deploy record (``is_quieting``)."""
+    work: WorkRead | None = None
+    """Its running jobs (``quiesce.jobs``), when the snapshot read the work hashes."""
 
     @property
     def machine(self) -> str:

@@ -32,6 +32,12 @@ PROCESS_FIELDS = ("info", "busy", "beat", "quiet", "rss", "rtt_us", "concurrency
 POLL_FIELDS = ("quiet", "beat")
 """What the confirmation loop needs from a process hash on every poll."""
 
+DRAIN_POLL_FIELDS = ("quiet", "beat", "busy")
+"""The same while draining: ``busy`` is cross-checked with the work hash."""
+
+WORK_SUFFIXES = (":workers", ":work")
+"""Work in progress: ``<identity>:workers`` up to 6.4.1, ``<identity>:work`` from 6.4.2."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Keys:
@@ -53,6 +59,12 @@ class Keys:
     def work(self, identity: str) -> str:
         """Work in progress: ``<identity>:work`` from 6.4.2 (``:workers`` before)."""
         return self._k(f"{identity}:work")
+
+    def work_hash(self, identity: str, suffix: str) -> str:
+        """The work hash under either name (``versions.VersionBand.work_key_suffix``)."""
+        if suffix not in WORK_SUFFIXES:
+            raise ValueError(f"not a work hash suffix: {suffix!r}")
+        return self._k(f"{identity}{suffix}")
 
     def signals(self, identity: str) -> str:
         return self._k(f"{identity}-signals")

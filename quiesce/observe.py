@@ -25,7 +25,7 @@ class FleetReader(Protocol):
     @property
     def label(self) -> str: ...
 
-    def read_fleet(self, *, detail: bool = True) -> RawSnapshot: ...
+    def read_fleet(self, *, detail: bool = True, jobs: bool = False) -> RawSnapshot: ...
 
     def empty_fleet_hints(self) -> EmptyFleetHints: ...
 
@@ -38,18 +38,30 @@ class Observed:
 
 
 def observe(
-    stores: Sequence[FleetReader], *, detail: bool = True, allow_newer: bool = False
+    stores: Sequence[FleetReader],
+    *,
+    detail: bool = True,
+    allow_newer: bool = False,
+    jobs: bool = False,
 ) -> Observed:
-    raws = [s.read_fleet(detail=detail) for s in stores]
+    """``jobs``: also read every process's running jobs (same single pipeline)."""
+    raws = [
+        s.read_fleet(detail=detail, jobs=True) if jobs else s.read_fleet(detail=detail)
+        for s in stores
+    ]
     refuse_duplicates(raws, [s.keys.namespace for s in stores])
     fleet = FleetSnapshot.merge([decode_snapshot(r, allow_newer=allow_newer) for r in raws])
     return Observed(fleet, {r.redis: r.run_id for r in raws})
 
 
 def read_fleet(
-    stores: Sequence[FleetReader], *, detail: bool = True, allow_newer: bool = False
+    stores: Sequence[FleetReader],
+    *,
+    detail: bool = True,
+    allow_newer: bool = False,
+    jobs: bool = False,
 ) -> FleetSnapshot:
-    return observe(stores, detail=detail, allow_newer=allow_newer).fleet
+    return observe(stores, detail=detail, allow_newer=allow_newer, jobs=jobs).fleet
 
 
 def refuse_duplicates(raws: Sequence[RawSnapshot], namespaces: Sequence[str]) -> None:

@@ -13,6 +13,10 @@ its hash); pending targets are pushed again, so a process that re-registers with
 the signal is never counted. If signals went out and the run then fails, the report
 still says what was done, the record says ``failed``, and no deploy mark is written.
 The time source and sleep are injected so the loop can be tested without waiting.
+
+``--until drained`` (``confirm``, ``drain``) then waits for the running jobs: the poll
+pipeline also reads ``busy`` and the work hash, so it stays one round trip; processes
+already quiet are waited for without a new signal, and a timeout lists the jobs left.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from quiesce.confirm import (
     settle,
 )
 from quiesce.deploy import DeployRecord, OutcomeEntry, mark_stamp, new_deploy_id
+from quiesce.drain import Grace, advice, drain_plan, longest
 from quiesce.errors import (
     ConfigError,
     ExitCode,
@@ -46,6 +51,7 @@ from quiesce.errors import (
     RedisUnavailable,
 )
 from quiesce.fleet import FleetSnapshot, ProcessRecord
+from quiesce.jobs import RunningJob, longest_first, work_suffixes
 from quiesce.observe import FleetReader, empty_fleet_notes, observe
 from quiesce.plan import FAILED_OUTCOMES, Filters, Outcome, QuietPlan, plan_quiet
 from quiesce.rows import Poll, Push
@@ -62,7 +68,13 @@ POLL_INTERVAL_S = 0.4
 class FleetStore(FleetReader, Protocol):
     """The port the quiet run needs; ``quiesce.store.SidekiqStore`` implements it."""
 
-    def poll(self, identities: Sequence[str], *, deadline: float | None = None) -> Poll: ...
+    def poll(
+        self,
+        identities: Sequence[str],
+        *,
+        deadline: float | None = None,
+        work: Sequence[Sequence[str]] | None = None,
+    ) -> Poll: ...
 
     def push_quiet(
         self,
@@ -93,6 +105,14 @@ class QuietOptions:
     allow_newer: bool = False
     default_url: str | None = None
     """Set when no URL was given and the default was used (said when the fleet is empty)."""
+    kill_timeout_s: float | None = None
+    """The app's Fly ``kill_timeout`` (``--kill-timeout``): running jobs are compared with it."""
+    sidekiq_timeout_s: float | None = None
+    """Sidekiq's shutdown timeout ``-t`` (``--sidekiq-timeout``), when known."""
+
+    @property
+    def reads_jobs(self) -> bool:
+        return self.until is Until.DRAINED or self.kill_timeout_s is not None
 
 
 # -- what the run tells its caller while it runs ------------------------------------
@@ -109,6 +129,11 @@ class Progress:
     pending: int
     elapsed_s: float
     remaining_s: float
+    drained: int = 0
+    jobs: int = 0
+    """``--until drained``: jobs still running on the targets not yet drained."""
+    longest_s: float | None = None
+    """``--until drained``: the longest of those jobs' runtime."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -128,6 +153,10 @@ class ProcessOutcome:
     pushes: int = 0
     confirmed_after_s: float | None = None
     reason: str | None = None
+    jobs: tuple[RunningJob, ...] = ()
+    """``--until drained``: the jobs running at the last poll (the ones a still-busy
+    process keeps running)."""
+    busy: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -145,6 +174,10 @@ class QuietReport:
     error: QuiesceError | None = None
     """What ended the run early after signals went out (the report is still whole)."""
     record_saved: bool = True
+    excluded_by: tuple[tuple[str, int], ...] = ()
+    """Per filter, how many processes it left out (``plan.QuietPlan.excluded_by``)."""
+    advice: tuple[str, ...] = ()
+    """What stopping the Machines will do to running jobs, and what to change."""
 
     @property
     def failures(self) -> tuple[ProcessOutcome, ...]:
@@ -166,7 +199,13 @@ class QuietReport:
     @property
     def quieted_machines(self) -> tuple[str, ...]:
         """Machines with a process that took the signal: they stay quiet until restarted."""
-        took = {Outcome.CONFIRMED, Outcome.SIGNALLED, Outcome.ALREADY_QUIET}
+        took = {
+            Outcome.CONFIRMED,
+            Outcome.SIGNALLED,
+            Outcome.ALREADY_QUIET,
+            Outcome.DRAINED,
+            Outcome.STILL_BUSY,
+        }
         return tuple(sorted({e.process.machine for e in self.entries if e.outcome in took}))
 
 
@@ -227,6 +266,10 @@ class QuietRun:
         False when Redis could not be reached: the targets stay owed a push and the wait
         tries again. A refusal (ACL, ``maxmemory``, auth) raises: nothing went in.
         """
+        # Draining also waits for processes that were quiet already: nothing to send them.
+        targets = [t for t in targets if not t.record.quiet]
+        if not targets and not records:
+            return True
         try:
             result = store.push_quiet(
                 [t.identity for t in targets],
@@ -268,8 +311,13 @@ class QuietRun:
         pending = [t for t in self.targets[store.label] if not t.done]
         if not pending:
             return
+        work = None
+        if self.options.until is Until.DRAINED:
+            work = [_suffixes(t.record) for t in pending]
         try:
-            poll = store.poll([t.identity for t in pending], deadline=self.store_deadline())
+            poll = store.poll(
+                [t.identity for t in pending], deadline=self.store_deadline(), work=work
+            )
         except RedisUnavailable as exc:
             self._unreachable(store, exc)
             return
@@ -323,13 +371,18 @@ class QuietRun:
     def _progress(self) -> None:
         targets = self.all_targets()
         now = self.clock()
+        busy = [t for t in targets if not t.done]
+        top = longest(j for t in busy for j in t.work.jobs)
         self.on_event(
             Progress(
                 confirmed=sum(1 for t in targets if t.outcome is Outcome.CONFIRMED),
                 vanished=sum(1 for t in targets if t.outcome is Outcome.VANISHED),
-                pending=sum(1 for t in targets if not t.done),
+                pending=len(busy),
                 elapsed_s=now - self.started,
                 remaining_s=max(0.0, self.deadline - now),
+                drained=sum(1 for t in targets if t.outcome is Outcome.DRAINED),
+                jobs=sum(max(t.busy or 0, t.work.entries) for t in busy),
+                longest_s=top.runtime_s if top is not None else None,
             )
         )
 
@@ -393,11 +446,15 @@ def quiet_fleet(
     on_event: Callable[[Event], None] | None = None,
 ) -> QuietReport:
     run = QuietRun(stores, options, clock, sleep, on_event)
-    observed = observe(stores, detail=False, allow_newer=options.allow_newer)
+    observed = observe(
+        stores, detail=False, allow_newer=options.allow_newer, jobs=options.reads_jobs
+    )
     fleet = observed.fleet
     run.run_ids.update(observed.run_ids)
     plan = plan_quiet(fleet, options.filters)
     _check_plan(plan, fleet, options.filters)
+    if options.until is Until.DRAINED:
+        plan = drain_plan(plan)
     skipped = tuple(ProcessOutcome(p, o, reason=p.problem) for p, o in plan.skipped)
 
     def report(
@@ -405,6 +462,7 @@ def quiet_fleet(
         deploy_id: str | None,
         marks: tuple[str, ...] = (),
         record_saved: bool = True,
+        advice: tuple[str, ...] = (),
     ) -> QuietReport:
         return QuietReport(
             deploy_id=deploy_id,
@@ -418,6 +476,8 @@ def quiet_fleet(
             notes=tuple(run.notes),
             error=run.error,
             record_saved=record_saved,
+            excluded_by=plan.excluded_by,
+            advice=advice,
         )
 
     if not any(p.alive for p in fleet.processes):
@@ -451,7 +511,8 @@ def quiet_fleet(
         run.targets[store.label] = [Target(p) for p in plan.targets if p.redis == store.label]
     body = record.to_json()
     _first_push(run, record.deploy_id, body)
-    run.on_event(Pushed(len(plan.targets), len({p.machine for p in plan.targets})))
+    signalled = [p for p in plan.targets if not p.quiet]
+    run.on_event(Pushed(len(signalled), len({p.machine for p in signalled})))
     if options.wait:
         run.wait()
     elif run.unreachable:
@@ -474,13 +535,39 @@ def quiet_fleet(
     record = record.finish(fleet.taken_at + (clock() - run.started), failure=failure)
     saved = _save(run, record.deploy_id, record.to_json())
     marks = () if failed else _mark(run, options, fleet.taken_at)
-    return report(entries, record.deploy_id, marks, saved)
+    return report(entries, record.deploy_id, marks, saved, _advice(options, plan, entries))
+
+
+def _suffixes(record: ProcessRecord) -> tuple[str, ...]:
+    version = record.version
+    return work_suffixes(version.text if version else None, bool(version and version.inferred))
+
+
+def _advice(
+    options: QuietOptions, plan: QuietPlan, entries: Sequence[ProcessOutcome]
+) -> tuple[str, ...]:
+    """On a drain that timed out, or whenever ``--kill-timeout`` is given."""
+    grace = Grace(options.kill_timeout_s, options.sidekiq_timeout_s)
+    still = [j for e in entries if e.outcome is Outcome.STILL_BUSY for j in e.jobs]
+    if still:
+        jobs = sorted(still, key=longest_first)
+        return tuple(advice(jobs, grace, timed_out=True, drain_timeout_s=options.timeout_s))
+    if options.kill_timeout_s is None:
+        return ()
+    # The jobs seen running: at the start on every target, and at the last poll.
+    seen = {(j.identity, j.tid, j.jid): j for p in plan.targets if p.work for j in p.work.jobs}
+    seen.update({(j.identity, j.tid, j.jid): j for e in entries for j in e.jobs})
+    jobs = sorted(seen.values(), key=longest_first)
+    return tuple(advice(jobs, grace, timed_out=False, drain_timeout_s=options.timeout_s))
 
 
 def _failure_text(error: QuiesceError | None, entries: Sequence[ProcessOutcome]) -> str:
     if error is not None:
         return str(error)
     n = sum(1 for e in entries if e.outcome in FAILED_OUTCOMES)
+    busy = sum(1 for e in entries if e.outcome is Outcome.STILL_BUSY)
+    if busy == n:
+        return f"{n} process{'es' if n != 1 else ''} still running jobs at the deadline"
     return f"{n} process{'es' if n != 1 else ''} not confirmed quiet"
 
 
@@ -525,7 +612,7 @@ def _save(run: QuietRun, deploy_id: str, body: str) -> bool:
 def _warn_short_timeout(run: QuietRun, targets: Sequence[ProcessRecord]) -> None:
     if not run.options.wait:
         return
-    beats = 2 if run.options.until is Until.QUIET else 1
+    beats = 1 if run.options.until is Until.DELIVERED else 2
     need = max(p.beat_interval_s for p in targets) * beats
     if run.options.timeout_s < need:
         what = "one heartbeat" if beats == 1 else "two heartbeats"
@@ -546,7 +633,27 @@ def _outcome(target: Target, waited: bool) -> ProcessOutcome:
     after = None
     if target.confirmed_at_ms is not None and target.pushed_at_ms is not None:
         after = max(0.0, (target.confirmed_at_ms - target.pushed_at_ms) / 1000.0)
-    return ProcessOutcome(target.record, outcome, target.pushes, after, target.problem)
+    reason = target.problem
+    if outcome is Outcome.VANISHED and target.running:
+        n = max(target.busy or 0, target.work.entries)
+        reason = (
+            f"exited while draining; its last beat showed {n} running job{'s' if n != 1 else ''}"
+            " (finished, or pushed back to the queue by Sidekiq's shutdown)"
+        )
+    elif outcome is Outcome.STILL_BUSY:
+        n = max(target.busy or 0, target.work.entries)
+        top = longest(target.work.jobs)
+        runtime = f", the longest for {top.runtime_s:.0f}s" if top and top.runtime_s else ""
+        reason = f"{n} job{'s' if n != 1 else ''} running{runtime}"
+    return ProcessOutcome(
+        target.record,
+        outcome,
+        target.pushes,
+        after,
+        reason,
+        jobs=target.work.jobs,
+        busy=target.busy,
+    )
 
 
 def _mark(run: QuietRun, options: QuietOptions, now: float) -> tuple[str, ...]:

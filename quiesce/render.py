@@ -11,6 +11,7 @@ from typing import Any
 
 from quiesce.deploy import DeployRecord, quiet_since
 from quiesce.fleet import FleetSnapshot, ProcessRecord, ProcessState, count_states
+from quiesce.jobs_view import excluded_text, job_json, job_line
 from quiesce.plan import FAILED_OUTCOMES, Outcome
 from quiesce.quiet_run import ProcessOutcome, QuietReport
 from quiesce.text import safe
@@ -266,6 +267,7 @@ _EXPLAIN = {
     Outcome.EMBEDDED: "skipped: embedded Sidekiq ignores signals; quiet it through its host",
     Outcome.DEAD: "skipped: hash expired (stopped beating over 60 s ago)",
     Outcome.VANISHED: "exited during the wait",
+    Outcome.STILL_BUSY: "took the signal, but jobs were still running at the deadline",
 }
 
 
@@ -289,6 +291,8 @@ def report_json(report: QuietReport, best_effort: bool = False) -> dict[str, Any
         "elapsed_s": round(report.elapsed_s, 3),
         "round_trips": report.round_trips,
         "excluded": report.excluded,
+        "excluded_by": dict(report.excluded_by),
+        "advice": list(report.advice),
         "marks": list(report.marks),
         "counts": {o.value: report.count(o) for o in Outcome if report.count(o)},
         "processes": [_entry_json(e) for e in report.entries],
@@ -308,6 +312,8 @@ def _entry_json(e: ProcessOutcome) -> dict[str, Any]:
         "confirmed_after_s": _round(e.confirmed_after_s),
         "reason": e.reason,
         "problem": p.problem,
+        "busy": e.busy,
+        "jobs": [job_json(j) for j in e.jobs],
     }
 
 
@@ -339,13 +345,12 @@ def report_text(
         )
     if not live or not report.snapshot.processes:
         lines.extend(f"note: {n}" for n in report.notes)
-    for e in report.entries:
-        if show_all or o.dry_run or e.outcome in FAILED_OUTCOMES or e.outcome in _SKIPS_SHOWN:
-            lines.append(_entry_line(e))
+    lines.extend(_entry_lines(report, show_all or o.dry_run))
     counts = ", ".join(f"{report.count(x)} {x.value}" for x in Outcome if report.count(x))
     lines.append(f"outcomes: {counts or 'no processes'}")
     if report.excluded:
-        lines.append(f"excluded by filters: {report.excluded}")
+        lines.append(excluded_text(report.excluded_by) or f"excluded by filters: {report.excluded}")
+    lines.extend(line if line.startswith("  ") else f"advice: {line}" for line in report.advice)
     if report.deploy_id:
         release = o.release or "-"
         saved = "recorded" if report.record_saved else "NOT saved at the end (Redis unreachable)"
@@ -362,13 +367,27 @@ def report_text(
     return _text(lines)
 
 
+def _entry_lines(report: QuietReport, show_all: bool) -> list[str]:
+    """Problems and notable skips (every entry with ``show_all``); a still-busy process
+    with its running jobs."""
+    lines = []
+    for e in report.entries:
+        if show_all or e.outcome in FAILED_OUTCOMES or e.outcome in _SKIPS_SHOWN:
+            lines.append(_entry_line(e))
+            if e.outcome is Outcome.STILL_BUSY:
+                lines.extend(job_line(j, machine=True) for j in e.jobs)
+    return lines
+
+
 def _failure_lines(report: QuietReport, best_effort: bool) -> list[str]:
     lines = []
     if report.error is not None:
         lines.append(f"error: {report.error}")
     n = len(report.failures)
     exit_note = "exit 0 (--best-effort)" if best_effort else f"exit {int(report.exit_code)}"
-    lines.append(f"FAILED: {_processes(n)} not confirmed quiet; {exit_note}")
+    busy = sum(1 for e in report.failures if e.outcome is Outcome.STILL_BUSY)
+    what = "still running jobs (not drained)" if busy == n else "not confirmed quiet"
+    lines.append(f"FAILED: {_processes(n)} {what}; {exit_note}")
     quieted = report.quieted_machines
     if quieted and report.deploy_id:
         shown = " ".join(quieted[:10]) + (" ..." if len(quieted) > 10 else "")

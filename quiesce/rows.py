@@ -23,6 +23,8 @@ class RawProcess:
     redis: str = ""
     error: str | None = None
     """Set when Redis answered the row with an error (e.g. the key is not a hash)."""
+    work: Mapping[str, Mapping[str, str]] | None = None
+    """``HGETALL`` of each work hash by suffix (``:work``, ``:workers``); None: not read."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,6 +56,10 @@ class PollRow:
     signals_len: int | None
     error: str | None = None
     """Redis answered this target's commands with an error: nothing else here is known."""
+    busy: str | None = None
+    """The ``busy`` field (read only when draining)."""
+    work: Mapping[str, str] | None = None
+    """The work hash(es) merged, tid -> entry (read only when draining; None: not read)."""
 
     @property
     def hash_alive(self) -> bool:

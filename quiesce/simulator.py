@@ -8,6 +8,15 @@ appears one beat after the pop, as in Sidekiq. TERM quiets, then the process lea
 processes (7.0.3+) pop and ignore signals. What each version writes comes from
 ``versions.BANDS``. Used by tests, the benchmark and ``quiesce simulate``.
 
+Processes can run jobs (``SimulatedProcess.start_job``): each beat first rewrites the
+work hash as that version does (protocol doc 1.2 and 3: ``<identity>:workers`` up to
+6.4.1, ``<identity>:work`` from 6.4.2; UNLINK, one entry per thread ``{"queue",
+"payload", "run_at"}`` with the payload a job object up to 6.0.1 and a JSON string from
+6.0.2, job timestamps in float seconds before 8.0 and integer milliseconds from 8.0,
+``run_at`` in integer seconds; EXPIRE 60, or nothing at all when idle on 7.2.3+), then
+writes ``busy`` from the same copy of the thread state. A job finishes at its own time;
+the hash shows it until the next beat, as Sidekiq's does.
+
 This module plays Sidekiq, so it writes what Sidekiq writes, with its own redis-py
 client: ``quiesce.store`` stays the closed list of the commands quiesce itself sends.
 """
@@ -25,9 +34,62 @@ from typing import Any
 import redis
 
 from quiesce.keys import HEARTBEAT_TTL_S, Keys
-from quiesce.versions import BANDS, VersionBand, Weights, band_for, parse_version
+from quiesce.versions import (
+    BANDS,
+    JobTimeUnits,
+    VersionBand,
+    Weights,
+    WorkPayload,
+    band_for,
+    parse_version,
+)
 
 _DEFAULT_VERSION = (7, 3, 10)
+_WORK_ONLY_WHEN_BUSY = (7, 2, 3)
+"""From 7.2.3 an idle beat writes no work hash at all (UNLINK only, #6227)."""
+
+
+@dataclasses.dataclass(slots=True)
+class SimulatedJob:
+    """One job a simulated thread runs from ``run_at`` for ``seconds`` (fleet clock)."""
+
+    tid: str
+    jid: str
+    job_class: str
+    queue: str
+    args: list[Any]
+    run_at: float
+    seconds: float
+    enqueued_at: float
+
+    @property
+    def ends_at(self) -> float:
+        return self.run_at + self.seconds
+
+    def job_hash(self, band: VersionBand) -> dict[str, Any]:
+        """The job as its Sidekiq serialises it (timestamps in that version's units)."""
+        stamp: float | int = self.enqueued_at
+        if band.job_time_units is JobTimeUnits.INT_MILLISECONDS:
+            stamp = int(self.enqueued_at * 1000)
+        return {
+            "retry": 3,
+            "queue": self.queue,
+            "args": self.args,
+            "class": self.job_class,
+            "jid": self.jid,
+            "created_at": stamp,
+            "enqueued_at": stamp,
+        }
+
+    def entry(self, band: VersionBand) -> str:
+        job = self.job_hash(band)
+        payload: Any = job
+        if band.work_payload is WorkPayload.JSON_STRING:
+            payload = json.dumps(job, separators=(",", ":"))
+        return json.dumps(
+            {"queue": self.queue, "payload": payload, "run_at": int(self.run_at)},
+            separators=(",", ":"),
+        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -49,7 +111,37 @@ class SimulatedProcess:
     """Stops beating (a hung process): its hash expires after 60 s."""
     malformed_info: bool = False
     signals_seen: list[str] = dataclasses.field(default_factory=list)
+    running: list[SimulatedJob] = dataclasses.field(default_factory=list)
+    """Jobs its threads run; ``busy`` above adds threads with no work entry (tests)."""
     _info: str | None = None
+
+    def start_job(
+        self,
+        seconds: float,
+        *,
+        job_class: str = "SleepJob",
+        queue: str = "default",
+        args: Sequence[Any] = (),
+        now: float | None = None,
+        jid: str | None = None,
+    ) -> SimulatedJob:
+        """A thread picks up a job now (``now``: the fleet's clock) for ``seconds``."""
+        started = time.time() if now is None else now
+        job = SimulatedJob(
+            tid=_base36(random.getrandbits(40)),
+            jid=jid or f"{random.getrandbits(96):024x}",
+            job_class=job_class,
+            queue=queue,
+            args=list(args),
+            run_at=started,
+            seconds=seconds,
+            enqueued_at=started - 0.5,
+        )
+        self.running.append(job)
+        return job
+
+    def finish_jobs(self, now: float) -> None:
+        self.running = [j for j in self.running if j.ends_at > now]
 
     @property
     def band(self) -> VersionBand:
@@ -96,7 +188,7 @@ class SimulatedProcess:
         written = self.band.hash_fields
         fields = {
             "info": self.info_json(),
-            "busy": str(self.busy),
+            "busy": str(self.busy + len(self.running)),
             "beat": repr(now),
             "quiet": "true" if self.quiet else "false",
         }
@@ -116,6 +208,16 @@ class SimulatedProcess:
         elif signal == "TERM":
             self.quiet = True
             self.stopped = True
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if number == 0:
+            return out
 
 
 def make_processes(
@@ -185,6 +287,9 @@ class SimulatedFleet:
         keys = self.keys
         pipe = self.client.pipeline(transaction=True)
         for proc in processes:
+            proc.finish_jobs(now)
+            self._write_work(pipe, proc)
+        for proc in processes:
             key = keys.process(proc.identity)
             pipe.sadd(keys.processes, proc.identity)
             pipe.exists(key)
@@ -194,8 +299,21 @@ class SimulatedFleet:
         # A MULTI does not roll back: a failing RPOP (a signal list of the wrong type) leaves
         # that beat's HSET in place, and Sidekiq logs it and beats on. So do we.
         results = pipe.execute(raise_on_error=False)
+        results = results[len(results) - 5 * len(processes) :]
         popped = [results[i * 5 + 4] for i in range(len(processes))]
         return [None if isinstance(p, Exception) else p for p in popped]
+
+    def _write_work(self, pipe: Any, proc: SimulatedProcess) -> None:
+        """Step 1 of a beat: the work hash, rewritten from this beat's thread state."""
+        band = proc.band
+        key = self.keys.process(proc.identity + band.work_key_suffix)
+        pipe.unlink(key)
+        numbers = parse_version(proc.version) or _DEFAULT_VERSION
+        if not proc.running and numbers >= _WORK_ONLY_WHEN_BUSY:
+            return
+        if proc.running:
+            pipe.hset(key, mapping={j.tid: j.entry(band) for j in proc.running})
+        pipe.expire(key, HEARTBEAT_TTL_S)
 
     def leave(self, processes: Sequence[SimulatedProcess]) -> None:
         """``clear_heartbeat``: SREM and UNLINK the work hash (``:workers`` before 6.4.2),

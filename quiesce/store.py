@@ -316,11 +316,13 @@ class SidekiqStore:
 
         return self._call(scan, deadline=deadline)
 
-    def read_fleet(self, *, detail: bool = True) -> RawSnapshot:
+    def read_fleet(self, *, detail: bool = True, jobs: bool = False) -> RawSnapshot:
         """Every registered process, the server's identity and clients, the latest record.
 
         ``detail=False`` (the release command's plan) skips TTLs and pending signal
-        names: at 5,000 processes every command per process costs.
+        names: at 5,000 processes every command per process costs. ``jobs`` adds an
+        ``HGETALL`` of both work hash names per process (the version, which picks one,
+        is only known once the row is decoded): still the same one pipeline.
         """
         members = self.members()
         keys = self.keys
@@ -330,12 +332,14 @@ class SidekiqStore:
             ("INFO", "clients"),
             ("GET", keys.latest_deploy),
         ]
-        per = 3 if detail else 1
+        per = (3 if detail else 1) + (len(k.WORK_SUFFIXES) if jobs else 0)
         for m in members:
             commands.append(("HMGET", keys.process(m), *k.PROCESS_FIELDS))
             if detail:
                 commands.append(("PTTL", keys.process(m)))
                 commands.append(("LRANGE", keys.signals(m), 0, -1))
+            if jobs:
+                commands.extend(("HGETALL", keys.work_hash(m, s)) for s in k.WORK_SUFFIXES)
         results = self._pipeline(commands, deadline=None)
         # TIME, INFO and the record are optional (a restricted user degrades); the
         # process rows are not.
@@ -348,7 +352,10 @@ class SidekiqStore:
         return RawSnapshot(
             redis=self.label,
             time=self._time_ms(now_ms) / 1000.0,
-            rows=tuple(self._raw(m, rows[i * per : i * per + per]) for i, m in enumerate(members)),
+            rows=tuple(
+                self._raw(m, rows[i * per : i * per + per], detail=detail, jobs=jobs)
+                for i, m in enumerate(members)
+            ),
             connected_clients=_opt_int(clients.get("connected_clients")),
             maxclients=_opt_int(clients.get("maxclients")),
             latest_deploy=deploy if isinstance(deploy, str) else None,
@@ -356,9 +363,12 @@ class SidekiqStore:
             db=self.db,
         )
 
-    def _raw(self, identity: str, replies: Sequence[Any]) -> RawProcess:
-        values, *detail = replies
-        pttl, signals = detail if detail else (None, [])
+    def _raw(
+        self, identity: str, replies: Sequence[Any], *, detail: bool = True, jobs: bool = False
+    ) -> RawProcess:
+        values, *rest = replies
+        pttl, signals = (rest[0], rest[1]) if detail else (None, [])
+        work_replies = rest[2:] if detail else rest
         for result in (values, pttl, signals):
             if isinstance(result, rex.RedisError):
                 return RawProcess(identity, {}, None, (), self.label, error=_one_line(result))
@@ -368,33 +378,58 @@ class SidekiqStore:
             pttl_ms=None if pttl is None else int(pttl),
             signals=tuple(str(s) for s in signals),
             redis=self.label,
+            work=_work_hashes(work_replies) if jobs else None,
         )
 
-    def poll(self, identities: Sequence[str], *, deadline: float | None = None) -> Poll:
+    def poll(
+        self,
+        identities: Sequence[str],
+        *,
+        deadline: float | None = None,
+        work: Sequence[Sequence[str]] | None = None,
+    ) -> Poll:
         """One round trip: what the confirmation loop needs about each target.
 
-        A per-target error reply (say, a key of the wrong type) is kept on that row:
-        it never reads as "the process exited".
+        ``work`` (draining): per identity, the work hash suffixes its version writes;
+        the row then also carries ``busy`` and the work hash (``HGETALL``), in the same
+        pipeline. A per-target error reply (say, a key of the wrong type) is kept on
+        that row: it never reads as "the process exited".
         """
         keys = self.keys
+        fields = k.POLL_FIELDS if work is None else k.DRAIN_POLL_FIELDS
         commands: list[Command] = [("TIME",), ("INFO", "server")]
-        for ident in identities:
+        for i, ident in enumerate(identities):
             commands.append(("SISMEMBER", keys.processes, ident))
-            commands.append(("HMGET", keys.process(ident), *k.POLL_FIELDS))
+            commands.append(("HMGET", keys.process(ident), *fields))
             commands.append(("PTTL", keys.process(ident)))
             commands.append(("LLEN", keys.signals(ident)))
+            if work is not None:
+                commands.extend(("HGETALL", keys.work_hash(ident, s)) for s in work[i])
         results = self._pipeline(commands, deadline=deadline)
         for reply in results[2:]:
             self._refusal(reply)
         rows = []
+        at = 2
         for i in range(len(identities)):
-            in_set, values, pttl, llen = results[2 + i * 4 : 6 + i * 4]
-            errors = [r for r in (in_set, values, pttl, llen) if isinstance(r, Exception)]
+            extra = len(work[i]) if work is not None else 0
+            replies = results[at : at + 4 + extra]
+            at += 4 + extra
+            in_set, values, pttl, llen = replies[:4]
+            errors = [r for r in replies if isinstance(r, Exception)]
             if errors:
                 rows.append(PollRow(None, None, None, None, None, error=_one_line(errors[0])))
                 continue
-            quiet, beat = values
-            rows.append(PollRow(bool(in_set), quiet, beat, int(pttl), int(llen)))
+            if work is None:
+                quiet, beat = values
+                rows.append(PollRow(bool(in_set), quiet, beat, int(pttl), int(llen)))
+                continue
+            quiet, beat, busy = values
+            merged = {
+                t: v for h in _work_hashes(replies[4:], work[i]).values() for t, v in h.items()
+            }
+            rows.append(
+                PollRow(bool(in_set), quiet, beat, int(pttl), int(llen), busy=busy, work=merged)
+            )
         return Poll(self._time_ms(results[0]), self._server(results[1]), tuple(rows))
 
     def empty_fleet_hints(self) -> EmptyFleetHints:
@@ -516,6 +551,19 @@ def _queue(pipe: Any, *command: str | int | float) -> None:
 
 def _wire(arg: str | int | float) -> bytes | int | float:
     return arg.encode("utf-8", "surrogateescape") if isinstance(arg, str) else arg
+
+
+def _work_hashes(
+    replies: Sequence[Any], suffixes: Sequence[str] = k.WORK_SUFFIXES
+) -> dict[str, dict[str, str]]:
+    """``HGETALL`` replies for ``suffixes``, by suffix (an error reply reads as absent)."""
+    out: dict[str, dict[str, str]] = {}
+    for suffix, reply in zip(suffixes, replies, strict=True):
+        if isinstance(reply, Mapping):
+            out[suffix] = {str(f): str(v) for f, v in reply.items()}
+        elif isinstance(reply, list | tuple):  # the raw RESP2 reply: field, value, ...
+            out[suffix] = {str(f): str(v) for f, v in zip(reply[::2], reply[1::2], strict=True)}
+    return out
 
 
 def _parse_info(reply: Any) -> dict[str, str]:

@@ -119,7 +119,7 @@ class FakeFleet:
             p.wiped_at = self.now
 
     # the store port --------------------------------------------------------
-    def read_fleet(self, *, detail: bool = True) -> RawSnapshot:
+    def read_fleet(self, *, detail: bool = True, jobs: bool = False) -> RawSnapshot:
         self.round_trips += 2
         rows = []
         for p in self.procs.values():
@@ -135,7 +135,13 @@ class FakeFleet:
     def empty_fleet_hints(self) -> EmptyFleetHints:
         return EmptyFleetHints((), {})
 
-    def poll(self, identities: Sequence[str], *, deadline: float | None = None) -> Poll:
+    def poll(
+        self,
+        identities: Sequence[str],
+        *,
+        deadline: float | None = None,
+        work: Sequence[Sequence[str]] | None = None,
+    ) -> Poll:
         self.round_trips += 1
         rows = []
         for ident in identities:
@@ -339,7 +345,13 @@ def test_a_successful_quiet_writes_a_complete_record_and_the_mark() -> None:
 
 
 class RefusingPolls(FakeFleet):
-    def poll(self, identities: Sequence[str], *, deadline: float | None = None) -> Poll:
+    def poll(
+        self,
+        identities: Sequence[str],
+        *,
+        deadline: float | None = None,
+        work: Sequence[Sequence[str]] | None = None,
+    ) -> Poll:
         raise RedisRefused("the Redis user may not run a command quiesce needs: PTTL", url="r")
 
 
@@ -356,7 +368,13 @@ class OutageAfterPush(FakeFleet):
 
     outage_s = 1000.0
 
-    def poll(self, identities: Sequence[str], *, deadline: float | None = None) -> Poll:
+    def poll(
+        self,
+        identities: Sequence[str],
+        *,
+        deadline: float | None = None,
+        work: Sequence[Sequence[str]] | None = None,
+    ) -> Poll:
         if self.pushes and self.now < self.pushes[0][0] + self.outage_s:
             raise RedisUnavailable("cannot connect to Redis: connection refused", url="r")
         return super().poll(identities, deadline=deadline)

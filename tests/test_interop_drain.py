@@ -1,0 +1,120 @@
+"""``quiet --until drained`` against a real Sidekiq: Debian's ruby-sidekiq 6.4.1 (the
+``:workers`` hash, payload as a JSON string, 5 s beat), started by the test on the session's
+private Redis, running ``SleepJob`` (tests/interop/app.rb: sleeps, then INCRs
+``sample:slept``, the job's own proof that it finished).
+
+Like tests/test_interop_sidekiq.py, a missing ``sidekiq`` binary fails the test: CI must
+prove the interop ran.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.test_interop_sidekiq import (
+    BEAT_S,
+    Sidekiq,
+    _boot,
+    _field,
+    _quiesce,
+    _text,
+    _wait_for,
+)
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
+
+SHORT_JOB_S = 16
+"""Still running when TSTP is popped: busy=1 is seen <= 5 s after the job starts (one beat),
+the push follows, and the next beat pops it <= 5 s later."""
+LONG_JOB_S = 40
+DRAIN_TIMEOUT_S = 45
+SHORT_TIMEOUT_S = 12
+
+
+@pytest.fixture
+def sidekiq_on(redis_url: str) -> Iterator[Callable[..., Sidekiq]]:
+    """Starts Sidekiq inside the test; always stopped afterwards (TERM, then KILL)."""
+    log_dir = Path(tempfile.mkdtemp(prefix="quiesce-drain-"))
+    started: list[Sidekiq] = []
+
+    def start(url: str | None = None) -> Sidekiq:
+        started.append(Sidekiq(url or redis_url, log_dir, name=f"sidekiq-{len(started)}"))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        try:
+            for process in started:
+                process.stop()
+        finally:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _running(sidekiq: Sidekiq, raw: redis.Redis, identity: str, seconds: int) -> str:
+    jid = sidekiq.enqueue(f"puts SleepJob.perform_async({seconds})")
+    _wait_for(
+        "busy=1 and the job in <identity>:workers",
+        lambda: (
+            True
+            if _field(raw, identity, "busy") == "1" and raw.hlen(f"{identity}:workers") == 1
+            else None
+        ),
+        BEAT_S * 3,
+        sidekiq.log,
+    )
+    return jid
+
+
+def test_until_drained_returns_only_after_the_job_finished(
+    sidekiq_on: Callable[..., Sidekiq], raw: redis.Redis, redis_url: str
+) -> None:
+    sidekiq, identity = _boot(sidekiq_on, raw)
+    jid = _running(sidekiq, raw, identity, SHORT_JOB_S)
+    assert raw.get("sample:slept") is None
+
+    result = _quiesce(
+        redis_url, "quiet", "--until", "drained", "--timeout", str(DRAIN_TIMEOUT_S), "--json"
+    )
+    # Read before anything else: the job's own record that it finished.
+    slept = _text(raw.get("sample:slept"))
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{sidekiq.tail()}"
+    assert slept == "1", f"quiesce returned before SleepJob finished\n{sidekiq.tail()}"
+    report = json.loads(result.stdout)
+    (entry,) = report["processes"]
+    assert (entry["identity"], entry["outcome"]) == (identity, "drained"), report
+    assert report["until"] == "drained" and report["ok"] is True
+    log = sidekiq.log_text()
+    assert log.index("Received TSTP") < log.index(f"class=SleepJob jid={jid} elapsed=")
+    assert _field(raw, identity, "busy") == "0" and raw.hlen(f"{identity}:workers") == 0
+
+
+def test_a_job_longer_than_the_timeout_exits_3_with_class_and_runtime(
+    sidekiq_on: Callable[..., Sidekiq], raw: redis.Redis, redis_url: str
+) -> None:
+    sidekiq, identity = _boot(sidekiq_on, raw)
+    jid = _running(sidekiq, raw, identity, LONG_JOB_S)
+
+    result = _quiesce(
+        redis_url,
+        "quiet", "--until", "drained", "--timeout", str(SHORT_TIMEOUT_S), "--kill-timeout", "5",
+    )  # fmt: skip
+    assert result.returncode == 3, f"{result.stdout}\n{result.stderr}\n{sidekiq.tail()}"
+    out = result.stdout
+    assert f"STILL_BUSY     {identity}" in out, out
+    job_line = next(line for line in out.splitlines() if jid in line and "SleepJob" in line)
+    runtime = re.search(r"\b(\d+)s\s+SleepJob", job_line)
+    assert runtime is not None, job_line
+    assert SHORT_TIMEOUT_S - 2 <= int(runtime.group(1)) < LONG_JOB_S, job_line
+    assert "outcomes: 1 still_busy" in out
+    assert "killed mid-run" in out and "kill_timeout" in out
+    assert raw.get("sample:slept") is None  # the job is indeed still running
+    assert _field(raw, identity, "quiet") == "true"
