@@ -7,6 +7,7 @@
         ├── RedisUnavailable        exit 4: refused, unreachable, timed out, went away
         ├── RedisRefused            exit 5: wrong password, TLS mismatch, ACL, maxmemory
         └── ProtocolError           exit 6: Redis holds data that is not Sidekiq's shape
+    ConnectionLimit                 exit 9: bluegreen preflight (quiesce.preflight)
 
 Per-process problems (malformed heartbeat JSON, an unknown Sidekiq version) are not
 exceptions: they are recorded on the process and reported, so one bad process never
@@ -31,6 +32,7 @@ class ExitCode(enum.IntEnum):
     REDIS_UNAVAILABLE = 4
     REDIS_REFUSED = 5
     PROTOCOL = 6
+    CONNECTION_LIMIT = 9
     INTERRUPTED = 130
     BROKEN_PIPE = 141
 
@@ -48,6 +50,8 @@ _EXIT_DESCRIPTIONS = {
     ExitCode.REDIS_UNAVAILABLE: "Redis unreachable: refused, timed out, unknown host, went away",
     ExitCode.REDIS_REFUSED: "Redis refused us: wrong password, TLS mismatch, ACL denies a command",
     ExitCode.PROTOCOL: "Redis holds data that is not Sidekiq's shape",
+    ExitCode.CONNECTION_LIMIT: "quiet --max-connections-ratio: the bluegreen peak would pass "
+    "the connection limit; nothing was signalled",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
     ExitCode.BROKEN_PIPE: "the output's reader went away (quiesce status | head), as for "
     "any tool stopped by SIGPIPE",
@@ -80,3 +84,9 @@ class RedisRefused(RedisProblem):
 
 class ProtocolError(RedisProblem):
     exit_code = ExitCode.PROTOCOL
+
+
+class ConnectionLimit(QuiesceError):
+    """The bluegreen preflight refused the deploy: nothing was signalled."""
+
+    exit_code = ExitCode.CONNECTION_LIMIT

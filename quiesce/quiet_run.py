@@ -93,6 +93,8 @@ class QuietOptions:
     allow_newer: bool = False
     default_url: str | None = None
     """Set when no URL was given and the default was used (said when the fleet is empty)."""
+    before_push: Callable[[FleetSnapshot], None] | None = None
+    """Called with the snapshot before any signal (the bluegreen preflight); may raise."""
 
 
 # -- what the run tells its caller while it runs ------------------------------------
@@ -427,6 +429,8 @@ def quiet_fleet(
         for text in empty_fleet_notes(stores, default_url=options.default_url):
             run.notes.append(text)
         return report((), None)
+    if options.before_push is not None:
+        options.before_push(fleet)
     if options.dry_run:
         return report(tuple(ProcessOutcome(p, Outcome.PLANNED) for p in plan.targets), None)
     if not plan.targets:
