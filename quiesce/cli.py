@@ -931,7 +931,7 @@ def exporter(
     """Serve Prometheus metrics about the fleet, its queues and its deploys.
 
     /metrics (Prometheus text, or OpenMetrics when asked by the Accept header) reads Redis
-    afresh on every scrape in four round trips; /healthz says whether the last read
+    afresh on every scrape in two round trips; /healthz says whether the last read
     worked. Stops cleanly on TERM or Ctrl-C. Reads only; several exporters may watch one
     Redis.
     """

@@ -20,6 +20,7 @@ import contextvars
 import dataclasses
 import http.server
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -277,12 +278,15 @@ class ExporterServer(http.server.ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], collector: QuiesceCollector) -> None:
         self.collector = collector
         self.registry = make_registry(collector)
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
+        address, port = self.server_address[:2]
+        host = address.decode() if isinstance(address, bytes) else str(address)
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -108,6 +108,26 @@ def test_healthz_fails_when_redis_is_unreachable() -> None:
         thread.join()
 
 
+def test_serves_on_ipv6_loopback(redis_url: str) -> None:
+    settings = build_settings(urls=[redis_url])
+    store = SidekiqStore(settings.redis[0], settings)
+    try:
+        server = ExporterServer(("::1", 0), QuiesceCollector(store))
+    except OSError as exc:
+        store.close()
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(server, stop))
+    thread.start()
+    try:
+        assert server.url.startswith("http://[::1]:")
+        assert get(f"{server.url}/healthz")[0] == 200
+    finally:
+        stop.set()
+        thread.join()
+        store.close()
+
+
 def test_listen_parsing_and_default_port() -> None:
     assert parse_listen("0.0.0.0:10437") == ("0.0.0.0", 10437)
     assert parse_listen(":9000") == ("0.0.0.0", 9000)
