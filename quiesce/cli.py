@@ -668,6 +668,24 @@ def quiet(
     show_all: Annotated[
         bool, typer.Option("--all", help="List every process, not only problems.")
     ] = False,
+    max_connections_ratio: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="With --strategy bluegreen: refuse (exit 9, nothing pushed) when the "
+            "projected peak passes this fraction of maxclients / max_connections.",
+            show_default=False,
+        ),
+    ] = None,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="QUIESCE_POSTGRES_URL",
+            help="With --strategy bluegreen: also project PostgreSQL's backends "
+            "(needs the postgres extra). Prefer the env var: argv is visible.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Send TSTP to every live Sidekiq process and confirm each one took it.
 
@@ -711,6 +729,7 @@ def quiet(
     signal.signal(signal.SIGTERM, _interrupt)
     with _guard(best_effort=best_effort), _stores(settings := _settings(ctx)) as stores:
         options = dataclasses.replace(options, default_url=settings.default_url)
+        options = _bluegreen(options, max_connections_ratio, postgres_url)
         try:
             report = quiet_fleet(stores, options, on_event=None if json_output else progress)
         finally:
@@ -864,6 +883,8 @@ def status(
 
 
 SIM_TAG = "quiesce-sim"
+EXPORTER_LISTEN = "0.0.0.0:10437"
+"""``quiesce exporter``'s default address (``quiesce.exporter.DEFAULT_PORT``)."""
 
 
 @app.command()
@@ -1028,6 +1049,24 @@ class _RejoinProgress:
         if self.drawn:
             sys.stderr.write("\r\x1b[2K")
             sys.stderr.flush()
+
+
+def _bluegreen(options: Any, max_ratio: float | None, postgres_url: str | None) -> Any:
+    """``quiet``'s options with the bluegreen preflight hooked in (only for bluegreen)."""
+    if options.strategy != "bluegreen":
+        if max_ratio is not None:
+            raise ConfigError("--max-connections-ratio needs --strategy bluegreen")
+        return options
+    from quiesce.postgres import PostgresReader
+    from quiesce.preflight import BlueGreenPreflight
+
+    reader = PostgresReader(postgres_url) if postgres_url else None
+    hook = BlueGreenPreflight(
+        max_ratio=max_ratio,
+        echo=lambda line: typer.echo(safe(line), err=True),
+        read_postgres=reader.read_once if reader is not None else None,
+    )
+    return dataclasses.replace(options, before_push=hook)
 
 
 @app.command()
@@ -1203,6 +1242,86 @@ def recover(
         else:
             typer.echo(recover_text(report))
     raise typer.Exit(0 if report.ok else int(ExitCode.FLY_API))
+
+
+def exporter(
+    ctx: typer.Context,
+    listen: Annotated[
+        str,
+        typer.Option(
+            envvar="QUIESCE_EXPORTER_LISTEN",
+            help="Address to serve /metrics and /healthz on: host:port, :port or port.",
+        ),
+    ] = EXPORTER_LISTEN,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="QUIESCE_POSTGRES_URL",
+            help="Also export PostgreSQL backends by application_name and max_connections "
+            "(needs the postgres extra). Prefer the env var: argv is visible.",
+            show_default=False,
+        ),
+    ] = None,
+    per_machine: Annotated[
+        bool,
+        typer.Option(
+            "--per-machine",
+            help="Add quiesce_machine_processes{machine,state} (one series per Machine: "
+            "small fleets only).",
+        ),
+    ] = False,
+    allow_newer: Annotated[
+        bool, typer.Option("--allow-newer-sidekiq", help="Treat versions after 8.x as 8.x.")
+    ] = False,
+) -> None:
+    """Serve Prometheus metrics about the fleet, its queues and its deploys.
+
+    /metrics (Prometheus text, or OpenMetrics when asked by the Accept header) reads Redis
+    afresh on every scrape in two round trips; /healthz says whether the last read
+    worked. Stops cleanly on TERM or Ctrl-C. Reads only; several exporters may watch one
+    Redis.
+    """
+    import threading
+
+    from quiesce.exporter import ExporterServer, QuiesceCollector, parse_listen, serve
+    from quiesce.postgres import PostgresReader
+
+    with _guard(), _stores(settings := _settings(ctx)) as stores:
+        if len(stores) > 1:
+            raise ConfigError("the exporter reads one Redis: run one exporter per Redis URL")
+        try:
+            address = parse_listen(listen)
+        except ValueError as exc:
+            raise ConfigError(f"--listen {listen!r}: {exc}") from None
+        reader = (
+            PostgresReader(postgres_url, timeout_s=settings.read_timeout_s)
+            if (postgres_url)
+            else None
+        )
+        collector = QuiesceCollector(
+            stores[0], postgres=reader, per_machine=per_machine, allow_newer=allow_newer
+        )
+        try:
+            server = ExporterServer(address, collector)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: object) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        typer.echo(
+            safe(f"quiesce exporter: serving {server.url}/metrics for {stores[0].label}"),
+            err=True,
+        )
+        try:
+            serve(server, stop)
+        finally:
+            if reader is not None:
+                reader.close()
+        typer.echo("quiesce exporter: stopped", err=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -7,9 +7,10 @@
     │   ├── RedisUnavailable        exit 4: refused, unreachable, timed out, went away
     │   ├── RedisRefused            exit 5: wrong password, TLS mismatch, ACL, maxmemory
     │   └── ProtocolError           exit 6: Redis holds data that is not Sidekiq's shape
-    └── FlyProblem                  exit 8: the Fly Machines API failed or refused us
-        ├── FlyUnavailable          timed out, 5xx or 429 after the bounded retries
-        └── FlyRefused              401/403 (bad token), 404 (wrong app or Machine)
+    ├── FlyProblem                  exit 8: the Fly Machines API failed or refused us
+    │   ├── FlyUnavailable          timed out, 5xx or 429 after the bounded retries
+    │   └── FlyRefused              401/403 (bad token), 404 (wrong app or Machine)
+    └── ConnectionLimit             exit 9: bluegreen preflight (quiesce.preflight)
 
 ``quiesce rejoin`` exits 7 (``NOT_WHOLE``) when the fleet is not whole: a verdict, not
 an exception.
@@ -39,6 +40,7 @@ class ExitCode(enum.IntEnum):
     PROTOCOL = 6
     NOT_WHOLE = 7
     FLY_API = 8
+    CONNECTION_LIMIT = 9
     INTERRUPTED = 130
     BROKEN_PIPE = 141
 
@@ -60,6 +62,8 @@ _EXIT_DESCRIPTIONS = {
     "process) at the --timeout deadline, or now without --wait",
     ExitCode.FLY_API: "Fly Machines API error: bad token, wrong app, unavailable; recover: a "
     "restart failed",
+    ExitCode.CONNECTION_LIMIT: "quiet --max-connections-ratio: the bluegreen peak would pass "
+    "the connection limit; nothing was signalled",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
     ExitCode.BROKEN_PIPE: "the output's reader went away (quiesce status | head), as for "
     "any tool stopped by SIGPIPE",
@@ -110,3 +114,9 @@ class FlyUnavailable(FlyProblem):
 
 class FlyRefused(FlyProblem):
     pass
+
+
+class ConnectionLimit(QuiesceError):
+    """The bluegreen preflight refused the deploy: nothing was signalled."""
+
+    exit_code = ExitCode.CONNECTION_LIMIT

@@ -83,3 +83,26 @@ class Keys:
     @property
     def latest_deploy(self) -> str:
         return self._k("quiesce:deploy:latest")
+
+    # -- exporter: Sidekiq's queue and job-set keys --------------------------------
+    @property
+    def queues(self) -> str:
+        """The set of queue names (no prefix); never ``SCAN queue:*`` (Pro's private lists)."""
+        return self._k("queues")
+
+    def queue(self, name: str) -> str:
+        """``queue:<name>``: clients LPUSH, fetch pops from the right (oldest at -1)."""
+        return self._k(f"queue:{name}")
+
+    @property
+    def schedule(self) -> str:
+        return self._k("schedule")
+
+    @property
+    def retry(self) -> str:
+        return self._k("retry")
+
+    @property
+    def paused(self) -> str:
+        """Sidekiq Pro's paused-queue set (read by OSS ``Stats#queue_summaries`` 8.1.1+)."""
+        return self._k("paused")

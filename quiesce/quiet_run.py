@@ -114,6 +114,9 @@ class QuietOptions:
     def reads_jobs(self) -> bool:
         return self.until is Until.DRAINED or self.kill_timeout_s is not None
 
+    before_push: Callable[[FleetSnapshot], None] | None = None
+    """Called with the snapshot before any signal (the bluegreen preflight); may raise."""
+
 
 # -- what the run tells its caller while it runs ------------------------------------
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -484,6 +487,8 @@ def quiet_fleet(
         for text in empty_fleet_notes(stores, default_url=options.default_url):
             run.notes.append(text)
         return report((), None)
+    if options.before_push is not None:
+        options.before_push(fleet)
     if options.dry_run:
         return report(tuple(ProcessOutcome(p, Outcome.PLANNED) for p in plan.targets), None)
     if not plan.targets:

@@ -39,6 +39,7 @@ from quiesce.errors import (
     RedisRefused,
     RedisUnavailable,
 )
+from quiesce.queue_rows import RawQueue, RawQueues
 from quiesce.retry import redis_retry
 from quiesce.rows import (
     EmptyFleetHints,
@@ -453,6 +454,113 @@ class SidekiqStore:
                 if count.isdigit():
                     dbs[int(name[2:])] = int(count)
         return EmptyFleetHints(namespaced=found, other_dbs=dbs)
+
+    # -- exporter: one scrape (processes, queues, job sets, clients) ---------------------
+    def read_scrape(
+        self, *, client_list: bool = True, deadline: float | None = None
+    ) -> tuple[RawSnapshot, RawQueues]:
+        """What one exporter scrape needs, in two round trips whatever the fleet and queue
+        count (one more per further ``SSCAN`` page past ``SCAN_COUNT`` processes).
+
+        The first reads the ``processes`` members, ``TIME`` (the bound for the due
+        counts) and the ``queues`` set; the second is one pipeline: ``read_fleet``'s
+        commands, then per queue ``LLEN`` + ``LINDEX -1``, the due scheduled and retry
+        jobs, Sidekiq Pro's ``paused`` set and ``CLIENT LIST``. ``CLIENT LIST``, the job
+        sets and INFO degrade to None when refused (some managed Redis disable
+        ``CLIENT``); a refused process or queue read raises.
+        """
+        keys = self.keys
+        first = self._pipeline(
+            [
+                ("SSCAN", keys.processes, 0, "COUNT", SCAN_COUNT),
+                ("TIME",),
+                ("SMEMBERS", keys.queues),
+            ],
+            deadline=deadline,
+        )
+        scan, now_reply, names_reply = first
+        for reply in (scan, names_reply):
+            self._refusal(reply)
+            if isinstance(reply, Exception):
+                raise classify(reply, self.target, self._read_timeout_s)
+        cursor, batch = scan
+        members = list(dict.fromkeys(str(m) for m in batch))
+        if int(cursor) != 0:  # a fleet past SCAN_COUNT: walk the set the usual way
+            members = self.members(deadline=deadline)
+        now_ms = self._time_ms(now_reply)
+        names = sorted(str(n) for n in names_reply)
+        bound = f"{now_ms / 1000.0:.3f}"
+        fleet_commands = self._fleet_commands(members)
+        commands: list[Command] = [
+            *fleet_commands,
+            ("ZCOUNT", keys.schedule, "-inf", bound),
+            ("ZCOUNT", keys.retry, "-inf", bound),
+            ("SMEMBERS", keys.paused),
+            ("CLIENT", "LIST") if client_list else ("PING",),
+        ]
+        for name in names:
+            commands.append(("LLEN", keys.queue(name)))
+            commands.append(("LINDEX", keys.queue(name), -1))
+        results = self._pipeline(commands, deadline=deadline)
+        split = len(fleet_commands)
+        snapshot = self._fleet_snapshot(members, results[:split])
+        return snapshot, self._queues(now_ms, names, results[split:], client_list)
+
+    def _fleet_commands(self, members: Sequence[str]) -> list[Command]:
+        """``read_fleet(detail=True)``'s pipeline."""
+        keys = self.keys
+        commands: list[Command] = [
+            ("TIME",),
+            ("INFO", "server"),
+            ("INFO", "clients"),
+            ("GET", keys.latest_deploy),
+        ]
+        for m in members:
+            commands.append(("HMGET", keys.process(m), *k.PROCESS_FIELDS))
+            commands.append(("PTTL", keys.process(m)))
+            commands.append(("LRANGE", keys.signals(m), 0, -1))
+        return commands
+
+    def _fleet_snapshot(self, members: Sequence[str], results: Sequence[Any]) -> RawSnapshot:
+        for reply in results[4:]:
+            self._refusal(reply)
+        now_ms, server_reply, clients_reply, deploy = results[:4]
+        rows = results[4:]
+        clients = _parse_info(clients_reply)
+        server = self._server(server_reply)
+        return RawSnapshot(
+            redis=self.label,
+            time=self._time_ms(now_ms) / 1000.0,
+            rows=tuple(self._raw(m, rows[i * 3 : i * 3 + 3]) for i, m in enumerate(members)),
+            connected_clients=_opt_int(clients.get("connected_clients")),
+            maxclients=_opt_int(clients.get("maxclients")),
+            latest_deploy=deploy if isinstance(deploy, str) else None,
+            run_id=server.run_id,
+            db=self.db,
+        )
+
+    def _queues(
+        self, now_ms: int, names: Sequence[str], results: Sequence[Any], client_list: bool
+    ) -> RawQueues:
+        schedule, retry, paused, clients = results[:4]
+        rows = []
+        for i, name in enumerate(names):
+            size, oldest = results[4 + i * 2 : 6 + i * 2]
+            self._refusal(size)
+            self._refusal(oldest)
+            bad = next((r for r in (size, oldest) if isinstance(r, Exception)), None)
+            if bad is not None:
+                rows.append(RawQueue(name, None, None, error=_one_line(bad)))
+                continue
+            rows.append(RawQueue(name, int(size), oldest if isinstance(oldest, str) else None))
+        return RawQueues(
+            time=now_ms / 1000.0,
+            queues=tuple(rows),
+            schedule_due=_opt_int(schedule),
+            retry_due=_opt_int(retry),
+            paused=frozenset(str(p) for p in paused) if isinstance(paused, list) else None,
+            client_list=clients if client_list and isinstance(clients, str) else None,
+        )
 
     # -- writes: the closed list ------------------------------------------------------
     def push_quiet(
