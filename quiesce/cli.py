@@ -1244,6 +1244,8 @@ def recover(
     raise typer.Exit(0 if report.ok else int(ExitCode.FLY_API))
 
 
+@app.command()
+@_connection_options
 def exporter(
     ctx: typer.Context,
     listen: Annotated[
