@@ -20,6 +20,7 @@ from quiesce.fleet import BEAT_MARGIN_S, FleetSnapshot, ProcessRecord, ProcessSt
 from quiesce.postgres import PostgresStats, bounded
 from quiesce.queue_rows import RawQueues
 from quiesce.queues import PauseReason, QueuesView, view_queues
+from quiesce.rejoin import snapshot_rejoin
 
 GENERATION_SLACK_S = 5.0
 """A process started this long before the deploy record still counts as new (its clock
@@ -75,12 +76,19 @@ class ScrapeData:
     postgres_configured: bool = False
 
 
-def generation(proc: ProcessRecord, deploy: DeployRecord | None) -> str:
+def generation(
+    proc: ProcessRecord, deploy: DeployRecord | None, old: frozenset[str] | None = None
+) -> str:
     """``old``: in the latest deploy record's fleet (running when it started);
-    ``new``: started since; ``unknown``: no record, or no start time to tell."""
+    ``new``: started since; ``unknown``: no record, or no start time to tell.
+
+    ``old``: the record's identities, built once per scrape (a fleet of 10,000 would
+    otherwise compare every process with every entry)."""
     if deploy is None:
         return "unknown"
-    if any(e.identity == proc.identity for e in deploy.fleet):
+    if old is None:
+        old = frozenset(e.identity for e in deploy.fleet)
+    if proc.identity in old:
         return "old"
     if proc.started_at is None:
         return "unknown"
@@ -97,7 +105,8 @@ def _count(samples: dict[tuple[str, ...], float], key: tuple[str, ...], n: float
 
 def process_families(f: _Families, fleet: FleetSnapshot, *, per_machine: bool) -> None:
     deploy = fleet.latest_deploy
-    gens = {p.identity: generation(p, deploy) for p in fleet.processes}
+    old = frozenset(e.identity for e in deploy.fleet) if deploy is not None else None
+    gens = {p.identity: generation(p, deploy, old) for p in fleet.processes}
     release = (deploy.release or "") if deploy is not None else ""
     by_state: dict[tuple[str, ...], float] = {(s.value,): 0.0 for s in ProcessState}
     by_release: dict[tuple[str, ...], float] = {}
@@ -212,6 +221,22 @@ def deploy_families(f: _Families, fleet: FleetSnapshot) -> None:
         outcomes,
         ("outcome",),
     )
+    report = snapshot_rejoin(fleet)
+    if report is not None:
+        machines: dict[tuple[str, ...], float] = {}
+        for machine in report.machines:
+            _count(machines, (machine.state.value,))
+        f.add(
+            "quiesce_rejoin_machines",
+            "Machines per rejoin state after the latest deploy (heartbeats only).",
+            machines,
+            ("state",),
+        )
+        f.add(
+            "quiesce_rejoin_whole",
+            "1 when every expected Machine is back since the latest deploy, else 0.",
+            1.0 if report.whole else 0.0,
+        )
 
 
 def connection_families(f: _Families, fleet: FleetSnapshot, queues: RawQueues | None) -> None:

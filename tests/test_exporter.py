@@ -395,3 +395,17 @@ def test_fleet_past_one_sscan_page_is_read_whole(
     assert value(reg, "quiesce_processes", state="running") == 300
     trips = value(reg, "quiesce_scrape_redis_round_trips")
     assert trips is not None and trips > 2
+
+
+def test_machines_per_rejoin_state_after_a_quiet(redis_url: str, store: SidekiqStore) -> None:
+    """The rejoin report, from the same snapshot: quieted Machines wait to be replaced."""
+    from quiesce.quiet_run import QuietOptions, quiet_fleet
+    from tests.support import simulated_fleet
+
+    sim = simulated_fleet(redis_url, make_processes(3, seed=5), beat_interval_s=0.3)
+    with sim:
+        assert quiet_fleet([open_store(redis_url)], QuietOptions(timeout_s=10)).ok
+        time.sleep(0.8)  # quiet reported on the next beat
+        registry = scrape(store)
+    assert value(registry, "quiesce_rejoin_machines", state="quiet-idle") == 3
+    assert value(registry, "quiesce_rejoin_whole") == 0
