@@ -54,6 +54,10 @@ class Keys:
         """Work in progress: ``<identity>:work`` from 6.4.2 (``:workers`` before)."""
         return self._k(f"{identity}:work")
 
+    def workers(self, identity: str) -> str:
+        """Work in progress up to 6.4.1: ``<identity>:workers``."""
+        return self._k(f"{identity}:workers")
+
     def signals(self, identity: str) -> str:
         return self._k(f"{identity}-signals")
 
