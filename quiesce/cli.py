@@ -37,6 +37,7 @@ from quiesce.settings import MAX_TIMEOUT_S, Settings, Tls, build_settings
 from quiesce.text import safe
 
 if TYPE_CHECKING:
+    from quiesce.doctor import Deploy, Finding
     from quiesce.fleet import FleetSnapshot
     from quiesce.quiet_run import Event
     from quiesce.store import SidekiqStore
@@ -1324,6 +1325,103 @@ def exporter(
             if reader is not None:
                 reader.close()
         typer.echo("quiesce exporter: stopped", err=True)
+
+
+@app.command()
+@_connection_options
+def doctor(
+    ctx: typer.Context,
+    fly_toml: Annotated[
+        str, typer.Argument(metavar="[FLY_TOML]", help="The app's fly.toml.")
+    ] = "fly.toml",
+    sidekiq_timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Sidekiq's shutdown timeout (-t). Default: -t in the worker's [processes] "
+            "command, else 25.",
+            show_default=False,
+            min=0,
+            max=MAX_TIMEOUT_S,
+            callback=_positive_seconds,
+        ),
+    ] = None,
+    group: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME",
+            help="The Sidekiq process group(s). Default: [processes] entries running sidekiq.",
+        ),
+    ] = None,
+    release: Annotated[
+        list[str] | None,
+        typer.Option(metavar="LABEL", help="A label that counts as a release label (repeat)."),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the findings as JSON.")
+    ] = False,
+) -> None:
+    """Check fly.toml (and, given a Redis, the live fleet) for settings that lose jobs or
+    stall deploys: kill_timeout, kill_signal, release_command(_timeout), bluegreen checks,
+    embedded processes, release labels, jobs longer than kill_timeout.
+
+    One line per finding, with its fix. Exit 0: no errors (warnings allowed); 3: errors
+    found; 2: fly.toml missing or invalid. The fleet is read only when a Redis is given
+    (--redis-url or REDIS_URL); doctor never writes.
+    """
+    from quiesce import doctor as dr
+
+    with _guard():
+        try:
+            with open(fly_toml, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {fly_toml}: {exc.strerror or exc}") from exc
+        config = dr.parse_fly_toml(text, name=fly_toml)
+        deploy = dr.read_deploy(config, sidekiq_timeout_s=sidekiq_timeout, groups=group or ())
+        findings = dr.check_config(deploy, config)
+        settings = _settings(ctx)
+        fleet_checked = settings.default_url is None
+        if fleet_checked:
+            findings += _doctor_fleet(settings, deploy, tuple(release or ()))
+    errors = sum(f.level is dr.Level.ERROR for f in findings)
+    with _output():
+        if json_output:
+            doc = {
+                "file": fly_toml,
+                "fleet_checked": fleet_checked,
+                "errors": errors,
+                "warnings": len(findings) - errors,
+                "findings": [f.as_json() for f in findings],
+            }
+            typer.echo(json.dumps(doc, indent=2))
+        else:
+            for finding in findings:
+                typer.echo(safe(finding.line))
+            if not fleet_checked:
+                typer.echo("note: no Redis given (-r URL or REDIS_URL): checked fly.toml only")
+            typer.echo(dr.summary(findings))
+    if errors:
+        raise typer.Exit(int(ExitCode.NOT_CONFIRMED))
+
+
+def _doctor_fleet(settings: Settings, deploy: Deploy, releases: tuple[str, ...]) -> list[Finding]:
+    """The live half of doctor: one fleet snapshot, then one round trip per server for the
+    busy jobs of its live processes. Reads only."""
+    from quiesce import doctor as dr
+    from quiesce.observe import read_fleet
+
+    with _stores(settings) as stores:
+        snapshot = read_fleet(stores, allow_newer=True)
+        live = [p for p in snapshot.processes if p.alive and p.problem is None]
+        busy = []
+        for store in stores:
+            mine = {p.identity: p for p in live if p.redis == store.label}
+            for identity, raw in store.busy_work(list(mine)):
+                job = dr.parse_busy(identity, mine[identity].hostname, raw)
+                if job is not None:
+                    busy.append(job)
+    return dr.check_fleet(deploy, snapshot, busy, releases=releases)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -53,8 +53,8 @@ class ExitCode(enum.IntEnum):
 _EXIT_DESCRIPTIONS = {
     ExitCode.OK: "success: every target confirmed quiet or gone",
     ExitCode.USAGE: "usage or configuration error",
-    ExitCode.NOT_CONFIRMED: "processes left unconfirmed at the deadline (quiet), or not in "
-    "the --expect state (status)",
+    ExitCode.NOT_CONFIRMED: "processes left unconfirmed at the deadline (quiet), not in the "
+    "--expect state (status), or errors found (doctor)",
     ExitCode.REDIS_UNAVAILABLE: "Redis unreachable: refused, timed out, unknown host, went away",
     ExitCode.REDIS_REFUSED: "Redis refused us: wrong password, TLS mismatch, ACL denies a command",
     ExitCode.PROTOCOL: "Redis holds data that is not Sidekiq's shape",

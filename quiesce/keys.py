@@ -66,6 +66,10 @@ class Keys:
             raise ValueError(f"not a work hash suffix: {suffix!r}")
         return self._k(f"{identity}{suffix}")
 
+    def workers(self, identity: str) -> str:
+        """Work in progress up to 6.4.1: ``<identity>:workers``."""
+        return self.work_hash(identity, ":workers")
+
     def signals(self, identity: str) -> str:
         return self._k(f"{identity}-signals")
 
