@@ -454,7 +454,7 @@ def start_metrics(settings: Settings, port: int) -> Metrics:
     """``quiesce.exporter.serve_in_background(settings, host=, port=)`` when the exporter
     is in this build: returns a handle with ``close()`` (and ``url``, optional)."""
     try:
-        from quiesce import exporter  # type: ignore[attr-defined, unused-ignore]
+        from quiesce import exporter
     except ImportError:
         return Metrics(None, "metrics: not available in this build (no quiesce exporter)")
     serve = getattr(exporter, "serve_in_background", None)

@@ -37,6 +37,7 @@ from quiesce.metrics import Family, ScrapeData, families
 from quiesce.postgres import PostgresStats
 from quiesce.queue_rows import RawQueues
 from quiesce.rows import RawSnapshot
+from quiesce.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -311,3 +312,43 @@ def serve(server: ExporterServer, stop: threading.Event) -> None:
         server.shutdown()
         thread.join()
         server.server_close()
+
+
+class BackgroundExporter:
+    """An exporter serving from a thread of its own (``quiesce demo``): ``close()`` stops
+    it, finishes the requests in flight and closes its Redis connection."""
+
+    def __init__(self, server: ExporterServer, close_source: Callable[[], None]) -> None:
+        self.server = server
+        self._close_source = close_source
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="quiesce-exporter",
+            daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"{self.server.url}/metrics"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self._thread.join(timeout=5)
+        self.server.server_close()
+        self._close_source()
+
+
+def serve_in_background(settings: Settings, *, host: str, port: int) -> BackgroundExporter:
+    """The same collector and server as ``quiesce exporter``, for the first Redis of
+    ``settings``, in a background thread."""
+    from quiesce.store import SidekiqStore
+
+    store = SidekiqStore(settings.redis[0], settings)
+    try:
+        server = ExporterServer((host, port), QuiesceCollector(store))
+    except BaseException:
+        store.close()
+        raise
+    return BackgroundExporter(server, store.close)
