@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import quiesce
 from quiesce.errors import ExitCode
 from tests.test_cli import run
 
@@ -95,6 +96,8 @@ def test_demo_bluegreen_on_fakeredis_whole_and_leaves_no_thread(
     exporter = types.ModuleType("quiesce.exporter")
     exporter.serve_in_background = serve_in_background  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "quiesce.exporter", exporter)
+    # `from quiesce import exporter` finds the package attribute first, once imported.
+    monkeypatch.setattr(quiesce, "exporter", exporter, raising=False)
     before = set(threading.enumerate())
     previous = signal.getsignal(signal.SIGTERM)
     try:
