@@ -245,3 +245,16 @@ def test_a_refused_push_names_its_cause_and_that_nothing_went_out(
     with pytest.raises(RedisRefused, match="nothing was signalled"):
         quiet_fleet([store_for(url)], QuietOptions(timeout_s=5))
     assert raw.keys("*-signals") == []
+
+
+def test_quiet_then_status_expect_quiet_agree_at_once(redis_url: str) -> None:
+    """The README's pair: the default `--until delivered` confirms on the beat that popped
+    TSTP, one beat before Sidekiq writes quiet = "true"; status must already agree."""
+    procs = make_processes(3, seed=37)
+    sim: SimulatedFleet = simulated_fleet(redis_url, procs, beat_interval_s=3.0)
+    with sim:
+        code, out, err, _ = cli("--redis-url", redis_url, "quiet", "--timeout", "15")
+        assert code == ExitCode.OK, out + err
+        code, out, err, _ = cli("--redis-url", redis_url, "status", "--expect", "quiet")
+        assert code == ExitCode.OK, out + err
+        assert "quieting" in out  # took TSTP, quiet not reported yet
