@@ -316,7 +316,7 @@ class AppContext:
     """Connection options, turned into ``Settings`` inside each command's error guard (so
     ``quiet --best-effort`` covers a bad URL too)."""
 
-    urls: tuple[str, ...]
+    urls: tuple[str, ...] = dataclasses.field(repr=False)  # they may hold a password
     namespace: str
     tls: Tls
     connect_timeout_s: float
