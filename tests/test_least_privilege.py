@@ -457,3 +457,19 @@ def test_reads_without_one_permission_name_it(
     assert code == ExitCode.REDIS_REFUSED, out + err
     line = [x for x in err.splitlines() if x.startswith("quiesce: error:")]
     assert len(line) == 1 and f"grant {missing}" in line[0], err
+
+
+def test_an_empty_fleet_under_the_read_role_degrades_the_hints_quietly(
+    server: RedisServer,
+) -> None:
+    """The empty-fleet hints ``SCAN`` for a namespaced ``processes``: the role has no SCAN
+    (it would list every key name), so status says the fleet is empty and nothing more."""
+    admin = server.client(decode_responses=True)
+    admin.flushall()
+    admin.sadd("myapp:processes", "h:1:x")
+    admin.close()
+    read = create_user(server, acl_lines()["quiesce-read"])
+    code, out, err = cli(read, "status")
+    assert code == 0, out + err
+    assert "no Sidekiq processes registered" in out
+    assert "ACL" not in out + err and "NOPERM" not in out + err
