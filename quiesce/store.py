@@ -725,8 +725,10 @@ class SidekiqStore:
         replies = self._pipeline(commands, deadline=deadline)
         queued, executed = replies[2:-1], replies[-1]
         if isinstance(replies[1], Exception):
-            # MULTI refused (the plan's probe passed, so the ACL changed since): every
-            # command ran on its own, not queued. Their replies are the results.
+            # MULTI refused: every command ran on its own, not queued, and its reply is
+            # its result. None went in: an ordinary refusal. Some did: say so, go on.
+            if all(isinstance(r, Exception) for r in queued):
+                raise classify(next(iter(queued), replies[1]), self.target, self._read_timeout_s)
             log.warning("Redis refused MULTI on %s: the pushes went out one by one", self.label)
             executed = queued
         if not isinstance(executed, list):

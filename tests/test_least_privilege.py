@@ -473,3 +473,21 @@ def test_an_empty_fleet_under_the_read_role_degrades_the_hints_quietly(
     assert code == 0, out + err
     assert "no Sidekiq processes registered" in out
     assert "ACL" not in out + err and "NOPERM" not in out + err
+
+
+def test_recover_stop_under_the_read_role_is_refused_in_one_line(
+    server: RedisServer, fleet: tuple[SimulatedFleet, redis.Redis]
+) -> None:
+    sim, _ = fleet
+    read = create_user(server, acl_lines()["quiesce-read"])
+    release = create_user(server, acl_lines()["quiesce-release"])
+    code, out, err = cli(release, "quiet", "--timeout", "30", "--release", "v1")
+    assert code == 0, out + err
+    time.sleep(0.2)
+    code, out, err = cli(read, "recover", "--after", "0.1s", "--yes", "--stop")
+    assert code == ExitCode.REDIS_REFUSED, out + err
+    line = [x for x in err.splitlines() if x.startswith("quiesce: error:")]
+    assert len(line) == 1 and "grant +lpush" in line[0] and "nothing was stopped" in line[0], err
+    assert not any(p.stopped for p in sim.processes)
+    code, out, err = cli(read, "quiet", "--dry-run", "--release", "v2")
+    assert code == ExitCode.REDIS_REFUSED and "grant +multi" in err, out + err
