@@ -16,6 +16,7 @@ import dataclasses
 import email.utils
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -268,12 +269,21 @@ class FlyClient:
         return FlyUnavailable(f"Fly API error {code} for {what}{said}", status=code)
 
     def _clean(self, text: str) -> str:
-        """One line, short, and never the token (an echoing proxy must not leak it)."""
-        text = " ".join(text.split())[:200]
-        for secret in {self._token, authorization(self._token)}:
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        """One line, short, and never the token (an echoing proxy must not leak it):
+        masked before the cut, so no prefix of it survives at the end either."""
+        return _mask_token(" ".join(text.split()), self._token)[:200]
+
+
+_MACAROON = re.compile(r"\bfm[0-9][a-z]?_[A-Za-z0-9_+/=\-]+")
+"""Anything shaped like a Fly macaroon, ours or not (a token is several, comma-separated)."""
+
+
+def _mask_token(text: str, token: str) -> str:
+    bare = token.strip().removeprefix("FlyV1 ").removeprefix("Bearer ").strip()
+    parts = {token, token.strip(), authorization(token), bare, *bare.split(",")}
+    for secret in sorted((p.strip() for p in parts if len(p.strip()) >= 8), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return _MACAROON.sub("***", text)
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+import urllib.parse
 from typing import Any
 
 from quiesce.errors import ConfigError, QuiesceError
@@ -92,7 +94,7 @@ class PostgresReader:
             rows = self._conn.execute(_QUERY).fetchall()
         except self._psycopg.Error as exc:
             self.close()
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            reason = _scrub(" ".join(str(exc).split()), self.url)[:200] or type(exc).__name__
             raise PostgresUnavailable(f"cannot read PostgreSQL ({self.label}): {reason}") from None
         backends = {str(name): int(n) for name, n, _, _ in rows if name is not None}
         _, _, max_connections, reserved = rows[-1]
@@ -112,3 +114,22 @@ class PostgresReader:
             except Exception:  # closing a broken connection: nothing left to do
                 log.debug("closing the PostgreSQL connection failed", exc_info=True)
             self._conn = None
+
+
+_CONNINFO_PASSWORD = re.compile(r"password\s*=\s*'?([^\s'&]+)", re.IGNORECASE)
+
+
+def _scrub(text: str, url: str) -> str:
+    """libpq quotes the connection string it failed to parse (``missing "=" after
+    "postgres:/u:pw@h"``, an unclosed IPv6 bracket): never its password."""
+    text = text.replace(url, mask_url(url)) if url else text
+    secrets = {m.group(1) for m in _CONNINFO_PASSWORD.finditer(url)}
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        secrets |= {password, urllib.parse.unquote(password)}
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return re.sub(r'(missing "=" after )"[^"]*"', r'\1"***"', text)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from quiesce.deploy import DeployRecord
-from quiesce.errors import FlyProblem, QuiesceError
+from quiesce.errors import FlyProblem, QuiesceError, RedisRefused
 from quiesce.fleet import FleetSnapshot, ProcessState
 from quiesce.observe import FleetReader
 from quiesce.rejoin import NO_FILTERS, RejoinFilters
@@ -132,7 +132,7 @@ def restart_all(
 
 def stop_all(stores: Sequence[StopStore], candidates: Sequence[Candidate]) -> dict[str, str]:
     """TERM for every candidate's processes: one MULTI per server."""
-    results = {}
+    results: dict[str, str] = {}
     for store in stores:
         mine = [
             (c.machine, ident)
@@ -144,6 +144,12 @@ def stop_all(stores: Sequence[StopStore], candidates: Sequence[Candidate]) -> di
             continue
         try:
             push = store.push_stop([ident for _, ident in mine])
+        except RedisRefused as exc:
+            if not results:  # an ACL (or TLS, or password) refusal before any TERM went out
+                raise RedisRefused(f"{exc.reason}; nothing was stopped", url=exc.url) from exc
+            for machine, _ in mine:
+                results[machine] = f"failed: {exc}"
+            continue
         except QuiesceError as exc:
             for machine, _ in mine:
                 results[machine] = f"failed: {exc}"

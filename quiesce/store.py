@@ -19,9 +19,11 @@ reply, and a key built from such a string encodes back to the same bytes.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -123,10 +125,8 @@ def classify(exc: BaseException, target: RedisTarget, read_timeout_s: float) -> 
     url = target.label
     if isinstance(exc, rex.AuthenticationError | rex.AuthenticationWrongNumberOfArgsError):
         return RedisRefused(f"Redis refused authentication: {_one_line(exc)}", url=url)
-    if isinstance(exc, rex.NoPermissionError):
-        return RedisRefused(
-            f"Redis ACL: the user may not run a command quiesce needs: {_one_line(exc)}", url=url
-        )
+    if _is_noperm(exc):
+        return RedisRefused(_acl_message(exc), url=url)
     tls = _first(exc, ssl.SSLError)
     if tls is not None:
         return RedisRefused(_tls_message(tls, target), url=url)
@@ -178,6 +178,45 @@ def _connection_problem(exc: BaseException, target: RedisTarget) -> RedisProblem
     return RedisUnavailable(f"cannot reach Redis: {_one_line(exc).rstrip('.')}", url=url)
 
 
+_ACL_COMMAND = re.compile(r"'([^']+)' command")
+
+
+def _acl_message(exc: BaseException) -> str:
+    """A NOPERM reply as the permission to grant: the command (``+lpush``) or the key.
+
+    Redis names a refused command but never a refused key: the command quiesce sent is
+    kept on the exception (``_annotate``) so the message can name both.
+    """
+    command: Command | None = getattr(exc, "quiesce_command", None)
+    sent = " ".join(str(a) for a in command[:1]).upper() if command else ""
+    named = _ACL_COMMAND.search(str(exc))
+    if named is not None:
+        name = named.group(1).lower()
+        return f"Redis ACL: the user may not run {name.replace('|', ' ').upper()} (grant +{name})"
+    if "key" in str(exc).lower() and command is not None and len(command) > 1:
+        key = str(command[1])
+        key = key if len(key) <= 120 else key[:117] + "..."
+        return (
+            f"Redis ACL: the user may not use the key {key!r} with {sent} "
+            "(grant a key pattern that matches it)"
+        )
+    return f"Redis ACL: the user may not run a command quiesce needs: {_one_line(exc)}"
+
+
+def _is_noperm(exc: BaseException) -> bool:
+    """An ACL refusal, also when Redis 7 reports a refused ``EXEC`` as the transaction's
+    abort (``EXECABORT Transaction discarded because of: NOPERM ...``)."""
+    if isinstance(exc, rex.NoPermissionError):
+        return True
+    return isinstance(exc, rex.ResponseError) and "NOPERM " in str(exc)
+
+
+def _annotate(exc: BaseException, command: Command | None) -> None:
+    """Keep the command a NOPERM reply refused, for ``_acl_message``."""
+    if command is not None and _is_noperm(exc):
+        exc.quiesce_command = command  # type: ignore[attr-defined]
+
+
 def _tls_message(tls: BaseException, target: RedisTarget) -> str:
     if isinstance(tls, ssl.SSLCertVerificationError):
         detail = tls.verify_message or "certificate verify failed"
@@ -187,7 +226,28 @@ def _tls_message(tls: BaseException, target: RedisTarget) -> str:
     reason = getattr(tls, "reason", None) or _one_line(tls)
     if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
         return f"TLS handshake failed: {reason}; is this a TLS port? use redis:// for plain text"
+    if "PEM" in str(reason).upper() or reason in ("KEY_VALUES_MISMATCH", "NO_START_LINE"):
+        return f"TLS: cannot load the client certificate or key (--tls-cert, --tls-key): {reason}"
+    mine = "its" if target.tls.cert else "a"
+    if isinstance(tls, ssl.SSLEOFError) or reason in _CLIENT_CERT_REFUSED:
+        # A server that verifies clients hangs up mid-handshake, or alerts, when the
+        # client sends no certificate or one it does not trust.
+        return (
+            f"TLS: the server ended the handshake ({reason}): does it require a client "
+            f"certificate (--tls-cert, --tls-key) signed by {mine} CA it trusts?"
+        )
     return f"TLS handshake failed: {reason}"
+
+
+_CLIENT_CERT_REFUSED = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "UNEXPECTED_EOF_WHILE_READING",
+    }
+)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -219,6 +279,14 @@ def connect(target: RedisTarget, settings: Settings) -> redis.Redis:
         options.update(ssl_ca_certs=tls.ca_cert, ssl_certfile=tls.cert, ssl_keyfile=tls.key)
         if tls.insecure:
             options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
+    if target.is_tls and _skips_verification(target):
+        # Said on every run (not only with -v): a deploy that stopped checking who it
+        # talks to must not look like one that checks.
+        log.warning(
+            "TLS certificate verification is OFF for %s (--tls-skip-verify or the URL's "
+            "ssl_cert_reqs/ssl_check_hostname): anyone on the network path can pose as it",
+            target.label,
+        )
     try:
         client = redis.Redis.from_url(target.url, **options)
         # Builds (does not open) a connection: bad query options fail here, not mid-deploy.
@@ -226,6 +294,19 @@ def connect(target: RedisTarget, settings: Settings) -> redis.Redis:
     except (ValueError, TypeError, rex.RedisError) as exc:
         raise ConfigError(f"cannot use the Redis URL {target.label}: {_one_line(exc)}") from None
     return client
+
+
+def _skips_verification(target: RedisTarget) -> bool:
+    """``--tls-skip-verify``, or a URL query that turns a check off (redis-py lets the
+    query win over options: ``?ssl_cert_reqs=none``, ``?ssl_check_hostname=false``)."""
+    if target.tls.insecure:
+        return True
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(target.url).query)
+    reqs = {v.strip().lower() for v in query.get("ssl_cert_reqs", [])}
+    hostname = {v.strip().lower() for v in query.get("ssl_check_hostname", [])}
+    return bool(reqs & {"none", "cert_none"}) or bool(
+        hostname & {"false", "0", "no", "n", "f", "off"}
+    )
 
 
 class SidekiqStore:
@@ -251,15 +332,19 @@ class SidekiqStore:
         self._client.close()
 
     # -- plumbing -------------------------------------------------------------------
-    def _call(self, fn: Callable[[], T], *, deadline: float | None = None) -> T:
+    def _call(
+        self, fn: Callable[[], T], *, deadline: float | None = None, command: Command | None = None
+    ) -> T:
         """One logical request, retried while transient; never starts an attempt after
-        ``deadline`` (``time.monotonic``), so a wait ends on time whatever Redis does."""
+        ``deadline`` (``time.monotonic``), so a wait ends on time whatever Redis does.
+        ``command``: what ``fn`` sends, named if Redis's ACL refuses it."""
         try:
             for attempt in redis_retry(is_transient, deadline=deadline):
                 with attempt:
                     self.round_trips += 1
                     return fn()
         except (rex.RedisError, OSError) as exc:
+            _annotate(exc, command)
             raise classify(exc, self.target, self._read_timeout_s) from exc
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
@@ -272,13 +357,19 @@ class SidekiqStore:
             pipe = self._client.pipeline(transaction=transaction)
             for command in commands:
                 _queue(pipe, *command)
-            return list(pipe.execute(raise_on_error=False))
+            replies = list(pipe.execute(raise_on_error=False))
+            if not transaction:  # one reply per command, in order
+                for command, reply in zip(commands, replies, strict=False):
+                    _annotate(reply, command)
+            return replies
 
         return self._call(run, deadline=deadline)
 
     def _refusal(self, reply: Any) -> None:
         """A per-command error that means quiesce may not do its job here at all."""
-        if isinstance(reply, rex.NoPermissionError | rex.AuthenticationError):
+        if isinstance(reply, rex.AuthenticationError) or (
+            isinstance(reply, BaseException) and _is_noperm(reply)
+        ):
             raise classify(reply, self.target, self._read_timeout_s)
 
     def _time_ms(self, reply: Any) -> int:
@@ -315,7 +406,7 @@ class SidekiqStore:
                     return list(found)
                 self.round_trips += 1
 
-        return self._call(scan, deadline=deadline)
+        return self._call(scan, deadline=deadline, command=("SSCAN", self.keys.processes))
 
     def read_fleet(self, *, detail: bool = True, jobs: bool = False) -> RawSnapshot:
         """Every registered process, the server's identity and clients, the latest record.
@@ -341,11 +432,13 @@ class SidekiqStore:
                 commands.append(("LRANGE", keys.signals(m), 0, -1))
             if jobs:
                 commands.extend(("HGETALL", keys.work_hash(m, s)) for s in k.WORK_SUFFIXES)
-        results = self._pipeline(commands, deadline=None)
-        # TIME, INFO and the record are optional (a restricted user degrades); the
-        # process rows are not.
-        for reply in results[4:]:
+        probe = self._release_probe(members) if not detail else []
+        results = self._pipeline([*commands, *probe], deadline=None)
+        # TIME and INFO are optional (a restricted user degrades); the deploy record, the
+        # process rows and the release command's probe are not.
+        for reply in results[3:]:
             self._refusal(reply)
+        results = results[: len(results) - len(probe)]
         now_ms, server_reply, clients_reply, deploy = results[:4]
         rows = results[4:]
         clients = _parse_info(clients_reply)
@@ -363,6 +456,23 @@ class SidekiqStore:
             run_id=server.run_id,
             db=self.db,
         )
+
+    def _release_probe(self, members: Sequence[str]) -> list[Command]:
+        """What the release command will need after its plan, asked with its plan so a
+        missing ACL permission stops it before any signal: the confirmation poll's reads,
+        and an empty ``MULTI``/``EXEC`` (applies nothing; a user refused ``MULTI`` would
+        otherwise see its pushes applied one by one, outside any transaction)."""
+        if not members:
+            return []
+        first = members[0]
+        keys = self.keys
+        return [
+            ("SISMEMBER", keys.processes, first),
+            ("PTTL", keys.process(first)),
+            ("LLEN", keys.signals(first)),
+            ("MULTI",),
+            ("EXEC",),
+        ]
 
     def _raw(
         self, identity: str, replies: Sequence[Any], *, detail: bool = True, jobs: bool = False
@@ -522,7 +632,7 @@ class SidekiqStore:
         return commands
 
     def _fleet_snapshot(self, members: Sequence[str], results: Sequence[Any]) -> RawSnapshot:
-        for reply in results[4:]:
+        for reply in results[3:]:
             self._refusal(reply)
         now_ms, server_reply, clients_reply, deploy = results[:4]
         rows = results[4:]
@@ -614,6 +724,13 @@ class SidekiqStore:
         # abort the pushes (the clock falls back), only a refused push may.
         replies = self._pipeline(commands, deadline=deadline)
         queued, executed = replies[2:-1], replies[-1]
+        if isinstance(replies[1], Exception):
+            # MULTI refused: every command ran on its own, not queued, and its reply is
+            # its result. None went in: an ordinary refusal. Some did: say so, go on.
+            if all(isinstance(r, Exception) for r in queued):
+                raise classify(next(iter(queued), replies[1]), self.target, self._read_timeout_s)
+            log.warning("Redis refused MULTI on %s: the pushes went out one by one", self.label)
+            executed = queued
         if not isinstance(executed, list):
             # EXECABORT: a command was refused while queueing, so nothing was applied.
             refused = next((r for r in queued if isinstance(r, Exception)), executed)
@@ -648,7 +765,7 @@ class SidekiqStore:
             command = ("SET", keys.deploy_lock(label), stamp, "NX", "EX", k.DEPLOY_LOCK_TTL_S)
             return client.execute_command(*(_wire(arg) for arg in command))
 
-        if self._call(lock) is None:
+        if self._call(lock, command=("SET", keys.deploy_lock(label))) is None:
             return False
         marks = keys.marks(datecode)
 
@@ -658,7 +775,7 @@ class SidekiqStore:
             _queue(pipe, "EXPIRE", marks, k.MARK_TTL_S)
             return list(pipe.execute(raise_on_error=False))
 
-        for reply in self._call(mark):
+        for reply in self._call(mark, command=("HSETNX", marks)):
             if isinstance(reply, Exception):
                 raise classify(reply, self.target, self._read_timeout_s)
         return True

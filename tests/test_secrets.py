@@ -7,10 +7,14 @@ password cuts the URL's host part short: such a URL is refused (exit 2), masked.
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -18,6 +22,9 @@ from typer.testing import CliRunner
 from quiesce.cli import app
 from quiesce.settings import mask_url, validate_url
 from tests.support import RedisServer
+from tests.test_fly import fake_fly
+
+__all__ = ["fake_fly"]  # the fixture, re-used from the Fly client tests
 
 HEAD, TAIL = "pwQ7zX", "pwK4mY"
 SECRET = f"{HEAD}/{TAIL}"  # the locked server's password: needs %2F in a URL
@@ -164,3 +171,196 @@ def test_mask_url_is_total_and_never_shows_a_password() -> None:
         assert isinstance(masked, str)
         for marker in (HEAD, TAIL):
             assert marker not in masked, (url, masked)
+
+
+# -- every command, a planted Redis password and a planted Fly token ---------------------------
+
+REDIS_PW = "rdsPw7Kq2Xv9"
+FLY_TOKEN = "FlyV1 fm2_flyTok3nQ8wZ,fm2_flyTok3nR5yU"
+PLANTED = (REDIS_PW, "flyTok3nQ8wZ", "flyTok3nR5yU")
+
+
+def assert_clean(label: str, text: str) -> None:
+    for marker in PLANTED:
+        assert marker not in text, (label, marker, text)
+    assert "Traceback" not in text or "quiesce: DEBUG" in text, (label, text)
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[RedisServer]:
+    with RedisServer("--requirepass", REDIS_PW) as server:
+        yield server
+
+
+def secret_env(server: RedisServer, fly_url: str) -> dict[str, str]:
+    """The production shape: everything secret arrives through the environment."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "QUIESCE_", "FLY_"))}
+    return {
+        **base,
+        "REDIS_URL": f"redis://default:{REDIS_PW}@127.0.0.1:{server.port}/0",
+        "FLY_API_TOKEN": FLY_TOKEN,
+        "FLY_APP_NAME": "secret-app",
+        "FLY_API_HOSTNAME": fly_url,
+    }
+
+
+def run_all(env: dict[str, str], *args: str) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "quiesce", "-v", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_every_command_keeps_the_redis_password_and_the_fly_token_out(
+    guarded: RedisServer, fake_fly: Any, tmp_path: Path
+) -> None:
+    from quiesce.simulator import make_processes
+    from tests.support import simulated_fleet
+    from tests.test_fly import machine_json
+    from tests.test_least_privilege import FLY_TOML, scrape_exporter
+
+    admin = guarded.client(password=REDIS_PW)
+    admin.flushall()
+    processes = make_processes(2, seed=71)
+    url = f"redis://default:{REDIS_PW}@127.0.0.1:{guarded.port}/0"
+    fleet = simulated_fleet(url, processes, beat_interval_s=0.3)
+    fleet.start()
+    # The Fly API echoes the token in its errors (a proxy that does): it must still not show.
+    listed = [machine_json(p.hostname) for p in processes]
+    fake_fly.answer("GET", "/v1/apps/secret-app/machines", 200, listed)
+    restart = f"/v1/apps/secret-app/machines/{processes[0].hostname}/restart"
+    echo = {"error": f"{'x' * 150} token {FLY_TOKEN} and fm2_flyTok3nR5yU refused"}
+    fake_fly.answer("POST", restart, 401, echo)
+    env = secret_env(guarded, fake_fly.url)
+    toml = tmp_path / "fly.toml"
+    toml.write_text(FLY_TOML)
+    try:
+        outputs: dict[str, tuple[int, str]] = {}
+        for args in (
+            ("status",),
+            ("status", "--json", "--jobs"),
+            ("quiet", "--timeout", "30", "--release", "s1"),
+            ("quiet", "--timeout", "30", "--release", "s2", "--json"),
+            ("rejoin",),
+            ("rejoin", "--json"),
+            ("recover", "--after", "0.1s"),
+            ("recover", "--after", "0.1s", "--json"),
+            ("recover", "--after", "0.1s", "--yes", "--restart"),
+            ("doctor", str(toml)),
+            ("doctor", str(toml), "--json"),
+            ("recover", "--after", "0.1s", "--yes", "--stop", "--json"),
+        ):
+            if args[0] == "recover":
+                time.sleep(0.2)  # quiet for longer than --after
+            outputs[" ".join(args)] = run_all(env, *args)
+        for label, (_, text) in outputs.items():
+            assert_clean(label, text)
+        # They did run: with Redis, and with the Fly API (which refused the restart).
+        assert outputs["status"][0] == 0, outputs["status"]
+        assert (
+            outputs["rejoin --json"][0] == 7 and '"with_fly": true' in outputs["rejoin --json"][1]
+        )
+        restart_code, restart_text = outputs["recover --after 0.1s --yes --restart"]
+        assert restart_code == 8 and "refused the token" in restart_text, restart_text
+        assert "***" in restart_text
+
+        pg = {"QUIESCE_POSTGRES_URL": f"postgresql://quiesce:{REDIS_PW}@127.0.0.1:1/db"}
+        body, health, logs = scrape_exporter(url, env={**env, **pg})
+        assert "cannot read PostgreSQL (postgresql://quiesce:***@" in logs, logs
+        assert health.startswith("200"), (health, logs)
+        for label, text in (("/metrics", body), ("/healthz", health), ("exporter logs", logs)):
+            assert_clean(label, text)
+    finally:
+        fleet.stop()
+        fleet.client.close()
+        admin.close()
+
+
+def test_wrong_password_and_unreachable_errors_never_show_them(guarded: RedisServer) -> None:
+    env = secret_env(guarded, "http://127.0.0.1:1")
+    env["REDIS_URL"] = f"redis://default:{REDIS_PW}x@127.0.0.1:{guarded.port}/0"
+    for args in (("status", "--json"), ("rejoin",), ("quiet",), ("doctor", "/nonexistent")):
+        code, text = run_all(env, *args)
+        assert code in (2, 5), (args, text)
+        assert_clean(" ".join(args), text)
+    env["REDIS_URL"] = f"redis://default:{REDIS_PW}@127.0.0.1:1/0"
+    code, text = run_all(env, "rejoin")
+    assert code == 4
+    assert_clean("unreachable", text)
+
+
+def test_repr_of_settings_targets_and_fly_objects_hides_the_secrets() -> None:
+    from quiesce.cli import AppContext
+    from quiesce.fly import FlyClient, FlyConfig
+    from quiesce.settings import Tls, build_settings
+
+    url = f"rediss://default:{REDIS_PW}@127.0.0.1:6390/0"
+    settings = build_settings(urls=[url], environ={})
+    config, _ = FlyConfig.from_env({"FLY_API_TOKEN": FLY_TOKEN, "FLY_APP_NAME": "a"})
+    assert config is not None
+    client = FlyClient(config)
+    context = AppContext((url,), "", Tls(), 3.0, 5.0)
+    try:
+        for thing in (settings, settings.redis[0], config, client, context):
+            assert_clean(type(thing).__name__, repr(thing))
+            assert_clean(type(thing).__name__, str(thing))
+        assert settings.redis[0].label == "rediss://default:***@127.0.0.1:6390/0"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": f"{'x' * 180} {FLY_TOKEN}"},  # the token across the 200-character cut
+        {"error": "fm2_flyTok3nR5yU is not valid"},  # one macaroon of the token, bare
+        f"<html>{FLY_TOKEN.removeprefix('FlyV1 ')}</html>",
+    ],
+)
+def test_a_fly_error_that_echoes_the_token_never_shows_it(body: Any) -> None:
+    import httpx
+
+    from quiesce.errors import FlyProblem
+    from quiesce.fly import FlyClient, FlyConfig
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        if isinstance(body, str):
+            return httpx.Response(401, text=body)
+        return httpx.Response(401, json=body)
+
+    config = FlyConfig(app="a", token=FLY_TOKEN, base_url="http://fly.test")
+    with (
+        FlyClient(config, transport=httpx.MockTransport(reply)) as client,
+        pytest.raises(FlyProblem) as info,
+    ):
+        client.list_machines()
+    assert_clean("fly error", str(info.value))
+    assert "flyTok" not in str(info.value)  # not even a prefix
+    assert "refused the token" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://u:{REDIS_PW}@127.0.0.1:1/db",
+        f"postgres:/u:{REDIS_PW}@h/db",  # one slash: libpq reads it as key=value and quotes it
+        f"postgresql://u:{REDIS_PW}@[::1/db",
+        f"user=u password={REDIS_PW} host",
+        f"postgresql://u:{REDIS_PW}@127.0.0.1:1/db?sslmode=bogus",
+    ],
+)
+def test_postgres_errors_never_show_the_password(url: str) -> None:
+    pytest.importorskip("psycopg")
+    from quiesce.errors import QuiesceError
+    from quiesce.postgres import PostgresReader
+
+    reader = PostgresReader(url, timeout_s=1.0)
+    with pytest.raises(QuiesceError) as info:
+        reader.read_once()
+    assert_clean("postgres", f"{info.value} {reader!r}")
+    assert "cannot read PostgreSQL" in str(info.value)
