@@ -66,8 +66,10 @@ def _scrape(store: SidekiqStore) -> str:
     return generate_latest(make_registry(QuiesceCollector(store))).decode()
 
 
-def _store(url: str, **timeouts: float) -> SidekiqStore:
-    settings = build_settings(urls=[url], **timeouts)
+def _store(url: str, connect_timeout_s: float = 3.0, read_timeout_s: float = 5.0) -> SidekiqStore:
+    settings = build_settings(
+        urls=[url], connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s
+    )
     return SidekiqStore(settings.redis[0], settings)
 
 
