@@ -277,7 +277,7 @@ def decode_process(
 
 def _decode_alive(raw: RawProcess, redis_now: float, allow_newer: bool) -> ProcessRecord:
     fields = raw.fields
-    if any(has_surrogates(s) for s in raw.signals):
+    if raw.signals and has_surrogates("".join(raw.signals)):
         raise _Unreadable("signal list holds an entry that is not valid UTF-8")
     info = _decode_info(fields.get("info"))
     hostname, pid = split_identity(raw.identity)
@@ -296,7 +296,7 @@ def _decode_alive(raw: RawProcess, redis_now: float, allow_newer: bool) -> Proce
     if not isinstance(tag, str):
         raise _Unreadable("info.tag is not a string")
     labels, queues = _str_list(info, "labels"), _str_list(info, "queues")
-    if any(has_surrogates(s) for s in (hostname, tag, *labels, *queues)):  # \udcXX escapes
+    if has_surrogates("".join((hostname, tag, *labels, *queues))):  # \udcXX escapes
         raise _Unreadable("info holds text that is not valid UTF-8")
     beat = _float_field(fields, "beat")
     quiet = fields.get("quiet")

@@ -6,6 +6,12 @@ list being fetched at most every ``FLY_LIST_INTERVAL_S`` (Fly allows an app-scop
 action about once a second; five seconds leaves room for flyctl, which deploys at the
 same time with the same token). A Fly list that fails transiently mid-wait is a note
 and the last list is reused; a refused token or an unknown app stops the command.
+
+Redis faults mid-wait: a poll that finds Redis unreachable (restarting, failing over,
+not answering within the read timeout) is a note and the wait goes on with the last
+report, so the command ends at its deadline with exit 7 (not whole), never earlier with
+a connection error; only the first poll's failure stops it. A Redis that comes back
+empty has lost the deploy record: the one read at the start of the wait is used.
 The clock and sleep are injected so the loop can be tested without waiting.
 """
 
@@ -17,7 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from quiesce.errors import ConfigError, FlyRefused, FlyUnavailable
+from quiesce.deploy import DeployRecord
+from quiesce.errors import ConfigError, FlyRefused, FlyUnavailable, RedisUnavailable
 from quiesce.fleet import FleetSnapshot
 from quiesce.machines import FlyMachine
 from quiesce.observe import FleetReader, read_fleet
@@ -62,6 +69,7 @@ class RejoinWatch:
         self.polls = 0
         self._listed_at: float | None = None
         self._notes: list[str] = []
+        self._record: DeployRecord | None = None
 
     def _list(self) -> None:
         if self.fly is None:
@@ -77,9 +85,21 @@ class RejoinWatch:
             raise
         except FlyUnavailable as exc:
             using = "the last list" if self.machines else "heartbeats alone"
-            note = f"Fly API unavailable, using {using}: {exc}"
-            if note not in self._notes:
-                self._notes.append(note)
+            self._note(f"Fly API unavailable, using {using}: {exc}")
+
+    def _note(self, note: str) -> None:
+        if note not in self._notes:
+            self._notes.append(note)
+
+    def _retry(self, report: RejoinReport, deadline: float, *, final: bool) -> RejoinReport:
+        """A poll after the first: Redis unreachable keeps the last report (with a note)."""
+        try:
+            return self.poll(deadline, final=final)
+        except RedisUnavailable as exc:
+            note = f"Redis unavailable mid-wait, kept the last report: {exc}"
+            self._note(note)
+            notes = report.notes if note in report.notes else (*report.notes, note)
+            return dataclasses.replace(report, notes=notes)
 
     def snapshot(self) -> FleetSnapshot:
         return read_fleet(self.stores, allow_newer=self.options.allow_newer)
@@ -90,12 +110,16 @@ class RejoinWatch:
         self.polls += 1
         snapshot = self.snapshot()
         record = snapshot.latest_deploy
+        if record is None and self._record is not None:
+            record = self._record
+            self._note("deploy record gone from Redis (restarted empty?): using the one read first")
         if record is None:
             problem = f" ({snapshot.deploy_problem})" if snapshot.deploy_problem else ""
             raise ConfigError(
                 "no quiesce deploy record in Redis: run `quiesce quiet` as the release "
                 f"command first{problem}"
             )
+        self._record = self._record or record
         self._list()
         notes = list(self._notes)
         if self.fly is None and self.options.fly_note:
@@ -128,7 +152,7 @@ class RejoinWatch:
             if on_report is not None:
                 on_report(report, remaining)
             if remaining <= 0:
-                return self.poll(deadline, final=True)
+                return self._retry(report, deadline, final=True)
             self.sleep(min(self.options.interval_s, max(0.05, remaining)))
-            report = self.poll(deadline, final=self.clock() >= end)
+            report = self._retry(report, deadline, final=self.clock() >= end)
         return report

@@ -795,7 +795,13 @@ def _queue(pipe: Any, *command: str | int | float) -> None:
     Strings go out as bytes we encode: hiredis' packer ignores ``encoding_errors``, and a
     key built from a non-UTF-8 identity must reach Redis as the bytes Sidekiq wrote.
     """
-    pipe.execute_command(*(_wire(arg) for arg in command))
+    # Inlined _wire: a 10,000-process read queues 150,000 arguments.
+    pipe.execute_command(
+        *[
+            arg.encode("utf-8", "surrogateescape") if isinstance(arg, str) else arg
+            for arg in command
+        ]
+    )
 
 
 def _wire(arg: str | int | float) -> bytes | int | float:

@@ -8,6 +8,9 @@ from typing import Any
 import pytest
 
 from quiesce.deploy import (
+    CAP_IDENTITY,
+    CAP_LABELS,
+    CAP_TEXT,
     DeployRecord,
     DeployState,
     FleetEntry,
@@ -65,7 +68,7 @@ def test_round_trip_keeps_every_field() -> None:
     parsed, problem = parse_deploy_record(record.to_json())
     assert problem is None and parsed == record
     data = json.loads(record.to_json())
-    assert data["version"] == 2 and data["state"] == "failed" and "schema" not in data
+    assert data["version"] == 3 and data["state"] == "failed" and "schema" not in data
 
 
 def test_schema_1_records_are_read() -> None:
@@ -79,7 +82,7 @@ def test_schema_1_records_are_read() -> None:
     assert record.quiet_since("m1:1:aaaaaaaaaaaa") == 1795677931.5
     assert record.extra == {}
     rewritten = json.loads(record.to_json())
-    assert rewritten["version"] == 2 and "schema" not in rewritten
+    assert rewritten["version"] == 3 and "schema" not in rewritten
 
 
 def test_schema_1_record_of_an_unfinished_run_is_pending() -> None:
@@ -89,10 +92,10 @@ def test_schema_1_record_of_an_unfinished_run_is_pending() -> None:
 
 
 def test_unknown_top_level_fields_survive_a_rewrite() -> None:
-    data = {**json.loads(full_record().to_json()), "rejoin": {"m1": "ok"}, "version": 3}
+    data = {**json.loads(full_record().to_json()), "rejoin": {"m1": "ok"}, "version": 4}
     record, problem = parse_deploy_record(json.dumps(data))
     assert problem is None and record is not None
-    assert record.extra == {"rejoin": {"m1": "ok"}} and record.version == 3
+    assert record.extra == {"rejoin": {"m1": "ok"}} and record.version == 4
     again = json.loads(record.finish(2000.0).to_json())
     assert again["rejoin"] == {"m1": "ok"} and again["state"] == "complete"
     assert again["failure"] is None
@@ -151,3 +154,110 @@ def test_a_bad_entry_is_dropped_and_the_rest_kept() -> None:
     assert len(record.fleet) == 1 and len(record.servers) == 1
     assert problem is not None and "\n" not in problem
     assert "dropped fleet[1]" in problem and "(and 3 more)" in problem
+
+
+def schema_2_text(record: DeployRecord) -> str:
+    """What quiesce wrote before schema 3: every entry whole, the URL in each."""
+    data = {
+        "version": 2, "deploy_id": record.deploy_id, "release": record.release,
+        "strategy": record.strategy, "started_at": record.started_at,
+        "finished_at": record.finished_at, "until": record.until,
+        "timeout_s": record.timeout_s, "state": record.state.value, "failure": record.failure,
+        "fleet": [e.to_json() for e in record.fleet],
+        "servers": [e.to_json() for e in record.servers],
+        "outcomes": {k: e.to_json() for k, e in record.outcomes.items()},
+        "quiesce_version": record.quiesce_version,
+    }  # fmt: skip
+    return json.dumps(data)
+
+
+def fleet_record(count: int) -> DeployRecord:
+    servers = (ServerEntry("redis://a:6379/0", 10, 100, "r1"), ServerEntry("redis://b:6379/0"))
+    fleet = tuple(
+        FleetEntry(
+            identity=f"{i:014x}:{1 + i % 3}:{i:012x}",
+            hostname=f"{i:014x}" if i % 5 else f"other-{i}",
+            pid=1 + i % 3 if i % 7 else None,
+            started_at=1795670000.125 + i,
+            tag="app" if i % 4 else "",
+            labels=("worker",) if i % 6 else ("a", "b"),
+            version="7.3.10" if i % 8 else None,
+            concurrency=10 if i % 9 else 5,
+            redis=servers[i % 2].redis if i % 11 else "redis://unlisted:6379/0",
+        )
+        for i in range(200)
+    )
+    outcomes = {
+        e.identity: OutcomeEntry(
+            "signalled" if i % 3 else "confirmed",
+            1795677928.125,
+            1795677930.5 + i if i % 3 == 0 else None,
+            1 if i % 10 else 2,
+        )
+        for i, e in enumerate(fleet)
+    }
+    return DeployRecord(
+        "d3", "v9", "immediate", 1795677928.0, "quiet", 30.0, fleet=fleet, servers=servers,
+        outcomes=outcomes, quiesce_version="1.0.0",
+    )  # fmt: skip
+
+
+def test_schema_3_round_trips_a_mixed_fleet() -> None:
+    record = fleet_record(200)
+    parsed, problem = parse_deploy_record(record.to_json())
+    assert problem is None and parsed == record
+
+
+def test_schema_2_records_are_still_read() -> None:
+    record = fleet_record(200)
+    parsed, problem = parse_deploy_record(schema_2_text(record))
+    assert problem is None and parsed is not None
+    assert parsed.version == 2 and parsed.fleet == record.fleet
+    assert parsed.outcomes == record.outcomes and parsed.servers == record.servers
+
+
+def test_schema_3_is_under_half_of_schema_2() -> None:
+    record = fleet_record(200)
+    assert len(record.to_json()) * 2 < len(schema_2_text(record))  # a mixed fleet: 1/3
+    data = json.loads(record.to_json())
+    assert data["fleet_common"]["r"] in (0, 1) and data["outcomes_common"]["o"] == "signalled"
+    assert all(None not in entry.values() for entry in data["fleet"][1:5])
+
+
+def test_a_hostile_heartbeat_copies_at_most_the_caps_into_a_record() -> None:
+    huge = "x" * 1_000_000
+    hostile = FleetEntry(
+        "m1:1:aaaaaaaaaaaa", huge, 1, None, huge, (huge,) * 100, huge, 5, "redis://a:6379/0"
+    )
+    long_identity = FleetEntry(f"{huge}:1:bbbbbbbbbbbb", huge, 1)
+    record = DeployRecord(
+        "d", None, "immediate", 1.0, "quiet", 30.0, failure=huge,
+        fleet=(hostile, long_identity), servers=(ServerEntry("redis://a:6379/0"),),
+        outcomes={
+            "m1:1:aaaaaaaaaaaa": OutcomeEntry(huge), long_identity.identity: OutcomeEntry("x")
+        },
+    )  # fmt: skip
+    text = record.to_json()
+    assert len(text) < CAP_IDENTITY + CAP_TEXT * (CAP_LABELS + 5) + 1000
+    parsed, problem = parse_deploy_record(text)
+    assert problem is None and parsed is not None
+    (entry,) = parsed.fleet
+    assert entry.hostname == huge[:CAP_IDENTITY] and entry.tag == huge[:CAP_TEXT]
+    assert entry.labels == (huge[:CAP_TEXT],) * CAP_LABELS and entry.version == huge[:CAP_TEXT]
+    assert list(parsed.outcomes) == ["m1:1:aaaaaaaaaaaa"]
+    assert parsed.failure == huge[:CAP_TEXT]
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"fleet_common": []}, "'fleet_common' is not an object"),
+        ({"fleet": [{"i": "h:1:a", "r": 9}]}, "'r' is not a server index"),
+        ({"fleet": [{"i": "h:1:a", "p": "one"}]}, "'p' is not an integer"),
+        ({"outcomes": {"h:1:a": {"o": 1}}}, "'o' is not a string"),
+    ],
+)
+def test_malformed_schema_3_parts_are_reported(change: dict[str, Any], needle: str) -> None:
+    data = {**json.loads(fleet_record(3).to_json()), **change}
+    _, problem = parse_deploy_record(json.dumps(data))
+    assert problem is not None and needle in problem

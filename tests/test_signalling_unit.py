@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import pytest
 
 from quiesce.confirm import Until
+from quiesce.deploy import parse_deploy_record
 from quiesce.errors import ExitCode, RedisRefused, RedisUnavailable
 from quiesce.keys import PROCESS_FIELDS, Keys
 from quiesce.plan import Outcome
@@ -339,9 +340,12 @@ def test_a_successful_quiet_writes_a_complete_record_and_the_mark() -> None:
     assert report.ok and fleet.marked == ["v7"]
     first, last = json.loads(fleet.saved[0]), json.loads(fleet.saved[-1])
     assert first["state"] == "pending" and last["state"] == "complete"
-    entry = last["outcomes"]["m:1:aaaaaaaaaaaa"]
-    assert entry["outcome"] == "confirmed" and entry["pushes"] == 1
-    assert entry["pushed_at"] <= entry["confirmed_at"]
+    record, _ = parse_deploy_record(fleet.saved[-1])  # schema 3: compact entries
+    assert record is not None
+    entry = record.outcomes["m:1:aaaaaaaaaaaa"]
+    assert entry.outcome == "confirmed" and entry.pushes == 1
+    assert entry.pushed_at is not None and entry.confirmed_at is not None
+    assert entry.pushed_at <= entry.confirmed_at
 
 
 class RefusingPolls(FakeFleet):
