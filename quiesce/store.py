@@ -276,9 +276,15 @@ def connect(target: RedisTarget, settings: Settings) -> redis.Redis:
         options.update(_NO_CLIENT_SETINFO)
     else:
         tls = target.tls
+        # Verification said out loud: redis-py before 6.0 did not check the hostname by
+        # default (a certificate for any host passed).
         options.update(ssl_ca_certs=tls.ca_cert, ssl_certfile=tls.cert, ssl_keyfile=tls.key)
-        if tls.insecure:
+        if tls.insecure or _query_skips(target, "ssl_cert_reqs", {"none", "cert_none"}):
+            # The URL's own ssl_* query still wins; these keep the options consistent
+            # (ssl refuses a hostname check without a certificate check).
             options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
+        else:
+            options.update(ssl_cert_reqs="required", ssl_check_hostname=True)
     if target.is_tls and _skips_verification(target):
         # Said on every run (not only with -v): a deploy that stopped checking who it
         # talks to must not look like one that checks.
@@ -296,16 +302,18 @@ def connect(target: RedisTarget, settings: Settings) -> redis.Redis:
     return client
 
 
+def _query_skips(target: RedisTarget, name: str, off: set[str]) -> bool:
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(target.url).query)
+    return bool({v.strip().lower() for v in query.get(name, [])} & off)
+
+
 def _skips_verification(target: RedisTarget) -> bool:
     """``--tls-skip-verify``, or a URL query that turns a check off (redis-py lets the
     query win over options: ``?ssl_cert_reqs=none``, ``?ssl_check_hostname=false``)."""
-    if target.tls.insecure:
-        return True
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(target.url).query)
-    reqs = {v.strip().lower() for v in query.get("ssl_cert_reqs", [])}
-    hostname = {v.strip().lower() for v in query.get("ssl_check_hostname", [])}
-    return bool(reqs & {"none", "cert_none"}) or bool(
-        hostname & {"false", "0", "no", "n", "f", "off"}
+    return (
+        target.tls.insecure
+        or _query_skips(target, "ssl_cert_reqs", {"none", "cert_none"})
+        or _query_skips(target, "ssl_check_hostname", {"false", "0", "no", "n", "f", "off"})
     )
 
 
@@ -330,6 +338,8 @@ class SidekiqStore:
 
     def close(self) -> None:
         self._client.close()
+        # redis-py before 5.1 leaves a pool built by from_url open on close().
+        self._client.connection_pool.disconnect()
 
     # -- plumbing -------------------------------------------------------------------
     def _call(

@@ -332,6 +332,9 @@ def test_an_unloadable_client_key_says_so(mtls: RedisServer, pki: Pki) -> None:
         ([], {"REDIS_TLS_INSECURE": "true"}),
     ],
 )
+# redis-py 5.0 (the declared floor) leaves one socket of such a connection to the garbage
+# collector; later versions close it. The behaviour under test is the same.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_skipping_verification_works_and_warns_every_time(
     wrong_host: RedisServer, option: list[str], env: dict[str, str]
 ) -> None:
