@@ -618,17 +618,19 @@ def quiet(
         typer.Option(metavar="GLOB", help="Only hostnames (Fly Machine ids) matching this glob."),
     ] = None,
     tag: Annotated[
-        list[str] | None, typer.Option(metavar="TAG", help="Only processes with this tag.")
+        list[str] | None, typer.Option("--tag", metavar="TAG", help="Only processes with this tag.")
     ] = None,
     label: Annotated[
-        list[str] | None, typer.Option(metavar="LABEL", help="Only processes with this label.")
+        list[str] | None,
+        typer.Option("--label", metavar="LABEL", help="Only processes with this label."),
     ] = None,
     queue: Annotated[
         list[str] | None,
-        typer.Option(metavar="QUEUE", help="Only processes that listen on this queue."),
+        typer.Option("--queue", metavar="QUEUE", help="Only processes that listen on this queue."),
     ] = None,
     identity: Annotated[
-        list[str] | None, typer.Option(metavar="IDENTITY", help="Only this process identity.")
+        list[str] | None,
+        typer.Option("--identity", metavar="IDENTITY", help="Only this process identity."),
     ] = None,
     exclude_hostname: Annotated[
         list[str] | None,
@@ -1121,7 +1123,9 @@ def rejoin(
     ] = None,
     tag: Annotated[
         list[str] | None,
-        typer.Option(metavar="TAG", help="Only processes with this Sidekiq tag (other apps)."),
+        typer.Option(
+            "--tag", metavar="TAG", help="Only processes with this Sidekiq tag (other apps)."
+        ),
     ] = None,
     release: Annotated[
         str | None,
@@ -1203,7 +1207,7 @@ def recover(
         typer.Option(metavar="GLOB", help="Only hostnames (Machine ids) matching this glob."),
     ] = None,
     tag: Annotated[
-        list[str] | None, typer.Option(metavar="TAG", help="Only processes with this tag.")
+        list[str] | None, typer.Option("--tag", metavar="TAG", help="Only processes with this tag.")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -1345,7 +1349,7 @@ def exporter(
 def doctor(
     ctx: typer.Context,
     fly_toml: Annotated[
-        str, typer.Argument(metavar="[FLY_TOML]", help="The app's fly.toml.")
+        str, typer.Argument(metavar="FLY_TOML", help="The app's fly.toml.")
     ] = "fly.toml",
     sidekiq_timeout: Annotated[
         float | None,
