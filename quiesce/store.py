@@ -427,45 +427,12 @@ class SidekiqStore:
         is only known once the row is decoded): still the same one pipeline.
         """
         members = self.members()
-        keys = self.keys
-        commands: list[Command] = [
-            ("TIME",),
-            ("INFO", "server"),
-            ("INFO", "clients"),
-            ("GET", keys.latest_deploy),
-        ]
-        per = (3 if detail else 1) + (len(k.WORK_SUFFIXES) if jobs else 0)
-        for m in members:
-            commands.append(("HMGET", keys.process(m), *k.PROCESS_FIELDS))
-            if detail:
-                commands.append(("PTTL", keys.process(m)))
-                commands.append(("LRANGE", keys.signals(m), 0, -1))
-            if jobs:
-                commands.extend(("HGETALL", keys.work_hash(m, s)) for s in k.WORK_SUFFIXES)
+        commands = self._fleet_commands(members, detail=detail, jobs=jobs)
         probe = self._release_probe(members) if not detail else []
         results = self._pipeline([*commands, *probe], deadline=None)
-        # TIME and INFO are optional (a restricted user degrades); the deploy record, the
-        # process rows and the release command's probe are not.
-        for reply in results[3:]:
+        for reply in results[len(commands) :]:  # the release command's probe
             self._refusal(reply)
-        results = results[: len(results) - len(probe)]
-        now_ms, server_reply, clients_reply, deploy = results[:4]
-        rows = results[4:]
-        clients = _parse_info(clients_reply)
-        server = self._server(server_reply)
-        return RawSnapshot(
-            redis=self.label,
-            time=self._time_ms(now_ms) / 1000.0,
-            rows=tuple(
-                self._raw(m, rows[i * per : i * per + per], detail=detail, jobs=jobs)
-                for i, m in enumerate(members)
-            ),
-            connected_clients=_opt_int(clients.get("connected_clients")),
-            maxclients=_opt_int(clients.get("maxclients")),
-            latest_deploy=deploy if isinstance(deploy, str) else None,
-            run_id=server.run_id,
-            db=self.db,
-        )
+        return self._fleet_snapshot(members, results[: len(commands)], detail=detail, jobs=jobs)
 
     def _release_probe(self, members: Sequence[str]) -> list[Command]:
         """What the release command will need after its plan, asked with its plan so a
@@ -626,8 +593,12 @@ class SidekiqStore:
         snapshot = self._fleet_snapshot(members, results[:split])
         return snapshot, self._queues(now_ms, names, results[split:], client_list)
 
-    def _fleet_commands(self, members: Sequence[str]) -> list[Command]:
-        """``read_fleet(detail=True)``'s pipeline."""
+    def _fleet_commands(
+        self, members: Sequence[str], *, detail: bool = True, jobs: bool = False
+    ) -> list[Command]:
+        """The snapshot pipeline: TIME, INFO, the latest record, then per process its
+        hash fields (with ``detail`` its TTL and pending signals, with ``jobs`` both work
+        hash names: the version, which picks one, is only known once the row is decoded)."""
         keys = self.keys
         commands: list[Command] = [
             ("TIME",),
@@ -637,21 +608,37 @@ class SidekiqStore:
         ]
         for m in members:
             commands.append(("HMGET", keys.process(m), *k.PROCESS_FIELDS))
-            commands.append(("PTTL", keys.process(m)))
-            commands.append(("LRANGE", keys.signals(m), 0, -1))
+            if detail:
+                commands.append(("PTTL", keys.process(m)))
+                commands.append(("LRANGE", keys.signals(m), 0, -1))
+            if jobs:
+                commands.extend(("HGETALL", keys.work_hash(m, s)) for s in k.WORK_SUFFIXES)
         return commands
 
-    def _fleet_snapshot(self, members: Sequence[str], results: Sequence[Any]) -> RawSnapshot:
+    def _fleet_snapshot(
+        self,
+        members: Sequence[str],
+        results: Sequence[Any],
+        *,
+        detail: bool = True,
+        jobs: bool = False,
+    ) -> RawSnapshot:
+        # TIME and INFO are optional (a restricted user degrades); the deploy record and
+        # the process rows are not.
         for reply in results[3:]:
             self._refusal(reply)
         now_ms, server_reply, clients_reply, deploy = results[:4]
         rows = results[4:]
+        per = (3 if detail else 1) + (len(k.WORK_SUFFIXES) if jobs else 0)
         clients = _parse_info(clients_reply)
         server = self._server(server_reply)
         return RawSnapshot(
             redis=self.label,
             time=self._time_ms(now_ms) / 1000.0,
-            rows=tuple(self._raw(m, rows[i * 3 : i * 3 + 3]) for i, m in enumerate(members)),
+            rows=tuple(
+                self._raw(m, rows[i * per : i * per + per], detail=detail, jobs=jobs)
+                for i, m in enumerate(members)
+            ),
             connected_clients=_opt_int(clients.get("connected_clients")),
             maxclients=_opt_int(clients.get("maxclients")),
             latest_deploy=deploy if isinstance(deploy, str) else None,
