@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -27,6 +24,7 @@ from tests.test_interop_sidekiq import (
     _quiesce,
     _text,
     _wait_for,
+    start_sidekiq,  # noqa: F401 (the shared fixture, taken by name)
 )
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
@@ -37,26 +35,6 @@ the push follows, and the next beat pops it <= 5 s later."""
 LONG_JOB_S = 40
 DRAIN_TIMEOUT_S = 45
 SHORT_TIMEOUT_S = 12
-
-
-@pytest.fixture
-def sidekiq_on(redis_url: str) -> Iterator[Callable[..., Sidekiq]]:
-    """Starts Sidekiq inside the test; always stopped afterwards (TERM, then KILL)."""
-    log_dir = Path(tempfile.mkdtemp(prefix="quiesce-drain-"))
-    started: list[Sidekiq] = []
-
-    def start(url: str | None = None) -> Sidekiq:
-        started.append(Sidekiq(url or redis_url, log_dir, name=f"sidekiq-{len(started)}"))
-        return started[-1]
-
-    try:
-        yield start
-    finally:
-        try:
-            for process in started:
-                process.stop()
-        finally:
-            shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def _running(sidekiq: Sidekiq, raw: redis.Redis, identity: str, seconds: int) -> str:
@@ -75,9 +53,11 @@ def _running(sidekiq: Sidekiq, raw: redis.Redis, identity: str, seconds: int) ->
 
 
 def test_until_drained_returns_only_after_the_job_finished(
-    sidekiq_on: Callable[..., Sidekiq], raw: redis.Redis, redis_url: str
+    start_sidekiq: Callable[..., Sidekiq],  # noqa: F811 (the imported fixture)
+    raw: redis.Redis,
+    redis_url: str,
 ) -> None:
-    sidekiq, identity = _boot(sidekiq_on, raw)
+    sidekiq, identity = _boot(start_sidekiq, raw)
     jid = _running(sidekiq, raw, identity, SHORT_JOB_S)
     assert raw.get("sample:slept") is None
 
@@ -98,9 +78,11 @@ def test_until_drained_returns_only_after_the_job_finished(
 
 
 def test_a_job_longer_than_the_timeout_exits_3_with_class_and_runtime(
-    sidekiq_on: Callable[..., Sidekiq], raw: redis.Redis, redis_url: str
+    start_sidekiq: Callable[..., Sidekiq],  # noqa: F811 (the imported fixture)
+    raw: redis.Redis,
+    redis_url: str,
 ) -> None:
-    sidekiq, identity = _boot(sidekiq_on, raw)
+    sidekiq, identity = _boot(start_sidekiq, raw)
     jid = _running(sidekiq, raw, identity, LONG_JOB_S)
 
     result = _quiesce(
