@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import subprocess
 import time
@@ -9,10 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from typer.testing import CliRunner
 
 from quiesce.cli import app
 from tests.support import RedisServer, free_port
+
+# redis-py before 5.1 (5.0 is the declared floor) does not close the socket when the TLS
+# handshake or the loading of a client key fails; 5.1 added the close (SSLConnection._connect).
+# The garbage collector closes it later, with a ResourceWarning: ``run`` collects at once, so
+# the warning lands in this module's test. The behaviour under test is the same either way.
+if tuple(int(part) for part in redis.__version__.split(".")[:2]) < (5, 1):
+    pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +48,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Redis
 
 def run(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, list(args))
+    gc.collect()  # any socket an old redis-py left behind is closed here, in this module
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -332,9 +342,6 @@ def test_an_unloadable_client_key_says_so(mtls: RedisServer, pki: Pki) -> None:
         ([], {"REDIS_TLS_INSECURE": "true"}),
     ],
 )
-# redis-py 5.0 (the declared floor) leaves one socket of such a connection to the garbage
-# collector; later versions close it. The behaviour under test is the same.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_skipping_verification_works_and_warns_every_time(
     wrong_host: RedisServer, option: list[str], env: dict[str, str]
 ) -> None:
