@@ -33,7 +33,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 
 from quiesce.deploy import DeployRecord, FleetEntry
-from quiesce.fleet import FleetSnapshot, ProcessRecord, ProcessState
+from quiesce.fleet import FleetSnapshot, ProcessRecord, ProcessState, is_quieting
 from quiesce.machines import FlyMachine
 
 SKEW_TOLERANCE_S = 2.0
@@ -56,7 +56,8 @@ class MachineState(enum.StrEnum):
     QUIET_IDLE = "quiet-idle"
     """An old process alive, quiet, running nothing: waiting to be replaced."""
     OLD_RUNNING = "old-running"
-    """An old process alive and not quiet: it still takes jobs with the old code."""
+    """An old process alive and not quiet (nor quieting, ``fleet.is_quieting``): it still
+    takes jobs with the old code."""
     PENDING = "pending"
     """No live process yet."""
     MISSING = "missing"
@@ -301,6 +302,10 @@ def rejoin_report(
                 continue  # not a Machine of this app: another app sharing the Redis
             hosts.setdefault(proc.hostname, _Host(tag=proc.tag)).new.append(proc)
         elif proc.identity in old and proc.hostname in hosts:
+            # Popped quiesce's TSTP but not yet reporting quiet (one beat): quiet already.
+            quieting = proc.quieting or is_quieting(proc, record, snapshot.taken_at)
+            if quieting != proc.quieting:
+                proc = dataclasses.replace(proc, quieting=quieting)
             hosts[proc.hostname].live_old.append(proc)
     tag_groups = _tag_groups(hosts, fly)
     rows = [
@@ -369,7 +374,7 @@ def _machine(
         expected=bool(host.old),
         old_processes=len(host.old),
         new_processes=len(host.new),
-        busy=sum(p.busy or 0 for p in host.live_old if p.quiet),
+        busy=sum(p.busy or 0 for p in host.live_old if p.quiet or p.quieting),
         quiet_at=min(quiet_times) if quiet_times else (record.started_at if host.old else None),
         rejoined_at=rejoined_at if state in BACK else None,
         fly_state=machine.state if machine else None,
@@ -397,7 +402,7 @@ def _state(
         return MachineState.REJOINED
     if host.new:
         state = MachineState.PARTIAL
-    elif any(not p.quiet for p in host.live_old):
+    elif any(not (p.quiet or p.quieting) for p in host.live_old):
         state = MachineState.OLD_RUNNING
     elif any((p.busy or 0) > 0 for p in host.live_old):
         state = MachineState.DRAINING

@@ -149,6 +149,20 @@ def test_an_old_process_not_quiet_is_old_running() -> None:
     assert not r.whole
 
 
+def test_an_old_process_that_popped_the_signal_is_quiet_before_its_flag_says_so() -> None:
+    """``quiet --until delivered`` confirms one beat before Sidekiq writes ``quiet``: a
+    rejoin right after it must not call those processes old-running."""
+    before = [proc("m1"), proc("m2", busy=2)]
+    rec = record(before)
+    soon = T0 + 20  # within the signal's 60 s, beats after the push
+    live = [proc("m1", taken=soon), proc("m2", busy=2, taken=soon)]
+    snapshot = FleetSnapshot(processes=tuple(live), taken_at=soon, latest_deploy=rec)
+    r = rejoin_report(rec, snapshot)
+    assert states(r) == {"m1": S.QUIET_IDLE, "m2": S.DRAINING}
+    # The same processes still not quiet long after the signal expired: old-running.
+    assert states(report(rec, before)) == {"m1": S.OLD_RUNNING, "m2": S.OLD_RUNNING}
+
+
 # -- bluegreen --------------------------------------------------------------------------
 
 
