@@ -36,6 +36,9 @@ DEFAULT_BASE_URL = "https://api.machines.dev"
 TIMEOUT_S = 10.0
 """Per request: the list of 500 Machines is a large JSON body."""
 
+MIN_REQUEST_S = 1.0
+"""The shortest timeout an attempt gets when a call's budget is nearly spent."""
+
 RESTART_INTERVAL_S = 1.0
 """Between two restarts: Fly allows 1 request/s per action and Machine (burst 3); one a
 second across the app also keeps a recovery from restarting the whole fleet at once."""
@@ -167,11 +170,17 @@ class FlyClient:
         self.close()
 
     # -- calls ----------------------------------------------------------------------
-    def list_machines(self, process_group: str | None = None) -> list[FlyMachine]:
+    def list_machines(
+        self, process_group: str | None = None, *, budget_s: float | None = None
+    ) -> list[FlyMachine]:
         """Every Machine of the app in one request (release-command, console and canary
-        Machines dropped); ``process_group`` filters server side."""
+        Machines dropped); ``process_group`` filters server side. ``budget_s`` bounds the
+        whole call, retries included (at least ``MIN_REQUEST_S``): a wait with a deadline
+        must not be held past it by a hung API."""
         params = {"metadata.fly_process_group": process_group} if process_group else None
-        data = self._json("GET", self._path(), params=params, what=f"app {self.app!r}")
+        data = self._json(
+            "GET", self._path(), params=params, what=f"app {self.app!r}", budget_s=budget_s
+        )
         machines, bad = parse_machines(data)
         if not isinstance(data, list):
             raise FlyUnavailable("Fly API: the Machine list is not a JSON array")
@@ -211,17 +220,31 @@ class FlyClient:
         what: str,
         params: Mapping[str, str] | None = None,
         write: bool = False,
+        budget_s: float | None = None,
     ) -> Any:
+        deadline = None
+        if budget_s is not None:
+            deadline = time.monotonic() + max(budget_s, MIN_REQUEST_S)
         policy = fly_retry(
             _write_transient if write else _read_transient,
             _retry_after,
             **({"attempts": self._attempts} if self._attempts else {}),
+            deadline=deadline,
         )
+        timeout_s = self._timeout_s
         try:
             for attempt in policy:
                 with attempt:
                     self.calls += 1
-                    response = self._http.request(method, path, params=params)
+                    if deadline is not None:
+                        left = max(deadline - time.monotonic(), MIN_REQUEST_S)
+                        timeout_s = min(self._timeout_s, left)
+                    response = self._http.request(
+                        method,
+                        path,
+                        params=params,
+                        timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+                    )
                     log.debug(
                         "Fly API %s %s: %d (fly-request-id %s)",
                         method,
@@ -238,7 +261,7 @@ class FlyClient:
             raise self._status_error(exc.response, what) from None
         except httpx.TimeoutException:
             raise FlyUnavailable(
-                f"Fly API did not answer within {self._timeout_s:g} s ({self.base_url})"
+                f"Fly API did not answer within {timeout_s:.3g} s ({self.base_url})"
             ) from None
         except httpx.HTTPError as exc:
             raise FlyUnavailable(

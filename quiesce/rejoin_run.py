@@ -5,7 +5,9 @@ fleet size) and at most one Fly ``GET /machines`` (one request for the whole app
 list being fetched at most every ``FLY_LIST_INTERVAL_S`` (Fly allows an app-scoped
 action about once a second; five seconds leaves room for flyctl, which deploys at the
 same time with the same token). A Fly list that fails transiently mid-wait is a note
-and the last list is reused; a refused token or an unknown app stops the command.
+and the last list is reused; a refused token or an unknown app stops the command. In a
+wait each list gets only the time left (``budget_s``), so a hung API cannot hold the
+command more than about a second past its end.
 
 Redis faults mid-wait: a poll that finds Redis unreachable (restarting, failing over,
 not answering within the read timeout) is a note and the wait goes on with the last
@@ -37,7 +39,9 @@ POLL_INTERVAL_S = 5.0
 class MachineLister(Protocol):
     """The port rejoin needs from Fly; ``quiesce.fly.FlyClient`` implements it."""
 
-    def list_machines(self, process_group: str | None = None) -> list[FlyMachine]: ...
+    def list_machines(
+        self, process_group: str | None = None, *, budget_s: float | None = None
+    ) -> list[FlyMachine]: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,6 +74,7 @@ class RejoinWatch:
         self._listed_at: float | None = None
         self._notes: list[str] = []
         self._record: DeployRecord | None = None
+        self._end: float | None = None
 
     def _list(self) -> None:
         if self.fly is None:
@@ -80,7 +85,9 @@ class RejoinWatch:
         self._listed_at = now
         self.fly_calls += 1
         try:
-            self.machines = self.fly.list_machines(self.options.process_group)
+            # In a wait, a hung API holds it at most about a second past its end.
+            budget = None if self._end is None else self._end - now
+            self.machines = self.fly.list_machines(self.options.process_group, budget_s=budget)
         except FlyRefused:
             raise
         except FlyUnavailable as exc:
@@ -141,7 +148,7 @@ class RejoinWatch:
     def wait(self, on_report: Callable[[RejoinReport, float], None] | None = None) -> RejoinReport:
         """Poll until the fleet is whole or ``timeout_s`` passes (then a final report)."""
         started = self.clock()
-        end = started + self.options.timeout_s
+        end = self._end = started + self.options.timeout_s
         # The wait's own deadline, on the Redis clock of its first snapshot: an old record
         # must not make every Machine "missing" from the first poll on.
         report = self.poll(math.inf)

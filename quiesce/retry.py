@@ -76,14 +76,41 @@ def fly_retry(
     retry_after: Callable[[BaseException], float | None],
     *,
     attempts: int = FLY_ATTEMPTS,
+    deadline: float | None = None,
 ) -> tenacity.Retrying:
     """For Fly Machines API calls that are safe to repeat (GETs, and a restart of a Machine
     that hosts only quiet processes): timeouts, 408, 429 and 5xx. Four attempts, each wait
-    at most ``FLY_MAX_WAIT_S``: a dead API costs well under a minute, never a hang."""
+    at most ``FLY_MAX_WAIT_S``: a dead API costs well under a minute, never a hang. With a
+    ``deadline`` (``time.monotonic``) no backoff runs past it and no retry is decided after
+    it; the caller bounds each attempt's own timeout by the time left."""
+    stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(attempts)
+    wait: tenacity.wait.wait_base = _fly_wait(retry_after)
+    if deadline is not None:
+        stop = stop | _over(deadline)
+        wait = _capped(wait, deadline)
     return tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(attempts),
-        wait=_fly_wait(retry_after),
+        stop=stop,
+        wait=wait,
         retry=tenacity.retry_if_exception(is_transient),
         before_sleep=tenacity.before_sleep_log(log, logging.INFO),
         reraise=True,
     )
+
+
+class _over(tenacity.stop.stop_base):
+    """Stop once the deadline has passed (the wait before the next attempt is capped to it
+    by ``_capped``, so an attempt that starts is always before the deadline)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return time.monotonic() >= self.deadline
+
+
+class _capped(tenacity.wait.wait_base):
+    def __init__(self, inner: tenacity.wait.wait_base, deadline: float) -> None:
+        self.inner, self.deadline = inner, deadline
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        return max(0.0, min(float(self.inner(retry_state)), self.deadline - time.monotonic()))

@@ -192,3 +192,32 @@ def test_fly_timing_out_mid_wait_falls_back_and_says_so(
     assert report.whole, report
     assert any("Fly API unavailable, using the last list" in n for n in report.notes)
     assert "did not answer within 0.2 s" in " ".join(report.notes)
+
+
+def test_a_hung_fly_api_does_not_hold_the_wait_past_its_end(
+    server: RedisServer, fleets: Fleets, fake_fly: FakeFly
+) -> None:
+    """The client's own bounds (10 s a request, 4 attempts) would hold the wait for up to
+    40 s; within a wait each list gets only the time left (at least fly.MIN_REQUEST_S)."""
+    old = make_processes(2, seed=59)
+    fleets.start(old)
+    code, out, err = run("--redis-url", server.url, "quiet", "--until", "quiet")
+    assert code == 0, out + err
+    hung_s = 30.0
+    listing = [machine_json(p.hostname) for p in old]
+    fake_fly.answer("GET", "/v1/apps/my-app/machines", 200, listing, delay_s=hung_s)
+    fly = FlyClient(FlyConfig(app="my-app", token="FlyV1 fm2_x", base_url=fake_fly.url))
+    store = _store(server.url)
+    wait_s = 2.0
+    try:
+        watch = RejoinWatch([store], fly, RejoinOptions(timeout_s=wait_s, interval_s=0.2))
+        started = time.monotonic()
+        report = watch.wait()
+        took = time.monotonic() - started
+    finally:
+        fly.close()
+        store.close()
+    assert not report.whole and {m.state.value for m in report.machines} == {"missing"}
+    assert any("Fly API unavailable, using heartbeats alone" in n for n in report.notes)
+    # A bound on a hang, with a wide margin, not a measurement: unbounded it takes >= 30 s.
+    assert took < hung_s / 3, took

@@ -228,6 +228,18 @@ def test_503_is_retried_a_bounded_number_of_times(fake_fly: FakeFly) -> None:
     assert len(fake_fly.requests) == FLY_ATTEMPTS
 
 
+def test_a_budget_caps_retry_after_and_stops_the_retries(fake_fly: FakeFly) -> None:
+    # Retry-After 9 s would hold the call for up to 3 x 9 s; the budget ends it instead.
+    fake_fly.answer("GET", LIST, 429, {"error": "rate limited"}, {"Retry-After": "9"})
+    started = time.monotonic()
+    with client_for(fake_fly) as fly, pytest.raises(FlyUnavailable) as caught:
+        fly.list_machines(budget_s=1.5)
+    took = time.monotonic() - started
+    assert "429" in str(caught.value)
+    assert len(fake_fly.requests) == 2  # the first, then one after the wait cut to 1.5 s
+    assert took < 5.0, took  # a bound on a hang, not a measurement
+
+
 def test_503_then_success(fake_fly: FakeFly) -> None:
     fake_fly.answer("GET", LIST, 503, {"error": "busy"})
     fake_fly.answer("GET", LIST, 200, [])
