@@ -46,50 +46,12 @@ from quiesce.render_rejoin import rejoin_json, rejoin_text  # noqa: E402
 from quiesce.settings import build_settings  # noqa: E402
 from quiesce.simulator import SimulatedFleet, make_processes  # noqa: E402
 from quiesce.store import SidekiqStore  # noqa: E402
+from tests.test_fly import machine_json  # noqa: E402
 
 
 def start_private_redis() -> Any:
     """``tests.support.RedisServer``, imported by name (as bench/quiet.py does)."""
     return importlib.import_module("tests.support").RedisServer()
-
-
-def machine_json(mid: str) -> dict[str, Any]:
-    return {
-        "id": mid,
-        "name": f"worker-{mid}",
-        "state": "started",
-        "region": "iad",
-        "instance_id": "01J9Z3K8Q7V6T5R4P3N2M1L0KJ",
-        "private_ip": "fdaa:0:18:a7b:196:e274:9ce1:2",
-        "created_at": "2025-03-01T10:00:00Z",
-        "updated_at": "2025-03-04T16:21:07Z",
-        "host_status": "ok",
-        "image_ref": {
-            "registry": "registry.fly.io",
-            "repository": "my-app",
-            "tag": "deployment-01J9Z3F0ABCDEF0123456789XY",
-            "digest": "sha256:5615ef423504d56ae345ccff9db54796d589965da953297f5785042df0628452",
-            "labels": {},
-        },
-        "config": {
-            "image": "registry.fly.io/my-app:deployment-01J9Z3F0ABCDEF0123456789XY",
-            "env": {"FLY_PROCESS_GROUP": "worker", "PRIMARY_REGION": "iad"},
-            "init": {"cmd": ["bundle", "exec", "sidekiq"]},
-            "guest": {"cpu_kind": "shared", "cpus": 2, "memory_mb": 2048},
-            "restart": {"policy": "on-failure", "max_retries": 10},
-            "metadata": {
-                "fly_platform_version": "v2",
-                "fly_process_group": "worker",
-                "fly_release_id": "Nj7oGMlVVpZ7JToybJoXLLjMl",
-                "fly_release_version": "63",
-            },
-        },
-        "checks": [],
-        "events": [
-            {"type": "start", "status": "started", "source": "flyd", "timestamp": 1741105267615},
-            {"type": "update", "status": "replacing", "source": "user", "timestamp": 1741105261},
-        ],
-    }
 
 
 class _Clock:

@@ -161,6 +161,17 @@ def _connection_params(*, top: bool) -> list[inspect.Parameter]:
     def env(name: str) -> str | None:
         return name if top else None
 
+    def seconds(name: str, help: str, default: float) -> tuple[str, object, object]:
+        option = typer.Option(
+            help=help,
+            metavar="SECONDS",
+            min=0,
+            max=MAX_TIMEOUT_S,
+            callback=_positive_seconds,
+            show_default=top,
+        )
+        return name, Annotated[float | None, option], default if top else None
+
     default_str = "" if top else None
     options: list[tuple[str, object, object]] = [
         (
@@ -234,36 +245,8 @@ def _connection_params(*, top: bool) -> list[inspect.Parameter]:
             ],
             False,
         ),
-        (
-            "connect_timeout",
-            Annotated[
-                float | None,
-                typer.Option(
-                    help="Seconds to wait for a Redis connection.",
-                    metavar="SECONDS",
-                    min=0,
-                    max=MAX_TIMEOUT_S,
-                    callback=_positive_seconds,
-                    show_default=top,
-                ),
-            ],
-            3.0 if top else None,
-        ),
-        (
-            "read_timeout",
-            Annotated[
-                float | None,
-                typer.Option(
-                    help="Seconds to wait for a Redis reply.",
-                    metavar="SECONDS",
-                    min=0,
-                    max=MAX_TIMEOUT_S,
-                    callback=_positive_seconds,
-                    show_default=top,
-                ),
-            ],
-            5.0 if top else None,
-        ),
+        seconds("connect_timeout", "Seconds to wait for a Redis connection.", 3.0),
+        seconds("read_timeout", "Seconds to wait for a Redis reply.", 5.0),
         (
             "verbose",
             Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")],

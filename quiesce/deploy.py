@@ -265,6 +265,10 @@ def _spelled(identity: str) -> tuple[str, int | None]:
     return parts[0], int(pid) if pid.isascii() and pid.isdigit() and len(pid) < 10 else None
 
 
+_OUTCOME_KEYS = ("outcome", "pushed_at", "confirmed_at", "pushes")
+_OUTCOME_KEYS_COMPACT = ("o", "p", "c", "n")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class OutcomeEntry:
     """What became of one process: ``outcome`` is a ``plan.Outcome`` value. Times are
@@ -277,12 +281,16 @@ class OutcomeEntry:
     pushes: int = 0
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> OutcomeEntry:
+    def from_json(
+        cls, data: Mapping[str, Any], keys: tuple[str, str, str, str] = _OUTCOME_KEYS
+    ) -> OutcomeEntry:
+        """Schema 1-2 (``keys``: the field names); schema 3 reads through ``from_compact``."""
+        outcome, pushed_at, confirmed_at, pushes = keys
         return cls(
-            outcome=_get(data, "outcome", _text, "a string"),
-            pushed_at=_opt(data, "pushed_at", _number, "a number"),
-            confirmed_at=_opt(data, "confirmed_at", _number, "a number"),
-            pushes=_opt(data, "pushes", _integer, "an integer") or 0,
+            outcome=_get(data, outcome, _text, "a string"),
+            pushed_at=_opt(data, pushed_at, _number, "a number"),
+            confirmed_at=_opt(data, confirmed_at, _number, "a number"),
+            pushes=_opt(data, pushes, _integer, "an integer") or 0,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -291,12 +299,7 @@ class OutcomeEntry:
     @classmethod
     def from_compact(cls, data: Mapping[str, Any]) -> OutcomeEntry:
         """Schema 3 (``data`` already merged over ``outcomes_common``)."""
-        return cls(
-            outcome=_get(data, "o", _text, "a string"),
-            pushed_at=_opt(data, "p", _number, "a number"),
-            confirmed_at=_opt(data, "c", _number, "a number"),
-            pushes=_opt(data, "n", _integer, "an integer") or 0,
-        )
+        return cls.from_json(data, _OUTCOME_KEYS_COMPACT)
 
     def to_compact(self) -> dict[str, Any]:
         data = {"o": self.outcome[:CAP_TEXT], "p": self.pushed_at, "n": self.pushes}

@@ -74,7 +74,7 @@ def _image(data: Any) -> str:
         return data
     if not isinstance(data, Mapping):
         return ""
-    repository, tag, digest = _str(data.get("repository")), _str(data.get("tag")), ""
+    repository, tag = _str(data.get("repository")), _str(data.get("tag"))
     digest = _str(data.get("digest"))
     if tag:
         return f"{repository}:{tag}"

@@ -81,6 +81,8 @@ WAITING = frozenset(
         MachineState.MISSING,
     }
 )
+NOT_BACK = WAITING | {MachineState.GONE}
+"""What the report lists as not back: the waiting ones, and Machines Fly no longer lists."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -169,7 +171,7 @@ class RejoinReport:
 
     @property
     def not_back(self) -> tuple[MachineRejoin, ...]:
-        return tuple(m for m in self.machines if m.state in WAITING)
+        return tuple(m for m in self.machines if m.state in NOT_BACK)
 
     @property
     def expected(self) -> int:

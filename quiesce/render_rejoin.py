@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from quiesce.rejoin import MachineRejoin, MachineState, RejoinReport
+from quiesce.rejoin import MachineRejoin, RejoinReport
 from quiesce.render import JSON_VERSION, _age, count
 from quiesce.text import safe
 
@@ -67,8 +67,7 @@ def rejoin_text(report: RejoinReport, *, show_all: bool = False) -> str:
     for g in report.groups:
         extra = f", {g.not_expected} stopped (not expected)" if g.not_expected else ""
         lines.append(f"  group {g.group}: {g.back} of {g.expected} back{extra}")
-    waiting = [m for m in report.machines if m.state in _NOT_BACK]
-    shown = report.machines if show_all else tuple(waiting)
+    shown = report.machines if show_all else report.not_back
     if shown:
         lines.append("Machines not back:" if not show_all else "Machines:")
         lines.extend(_machine_line(m) for m in shown[:MAX_LISTED])
@@ -87,19 +86,6 @@ def rejoin_text(report: RejoinReport, *, show_all: bool = False) -> str:
     lines.extend(f"note: {n}" for n in report.notes)
     lines.append("fleet whole" if report.whole else "fleet NOT whole")
     return _text(lines)
-
-
-_NOT_BACK = frozenset(
-    {
-        MachineState.PARTIAL,
-        MachineState.DRAINING,
-        MachineState.QUIET_IDLE,
-        MachineState.OLD_RUNNING,
-        MachineState.PENDING,
-        MachineState.MISSING,
-        MachineState.GONE,
-    }
-)
 
 
 def machine_json(m: MachineRejoin) -> dict[str, Any]:
@@ -150,7 +136,7 @@ def rejoin_json(report: RejoinReport) -> dict[str, Any]:
         "last_rejoin_s": _round(report.last_rejoin_s),
         "longest_pause_s": _round(longest.paused_s) if longest else None,
         "longest_pause_machine": longest.machine if longest else None,
-        "not_back": [m.machine for m in report.machines if m.state in _NOT_BACK],
+        "not_back": [m.machine for m in report.not_back],
         "machines": [machine_json(m) for m in report.machines],
         "notes": list(report.notes),
     }

@@ -25,7 +25,8 @@ APP = "my-app"
 
 
 def machine_json(mid: str, group: str = "worker", state: str = "started", **meta: str) -> Any:
-    """Shaped after fly.md's example (the OpenAPI ``Machine`` schema)."""
+    """Shaped after fly.md's example (the OpenAPI ``Machine`` schema), whole: the rejoin
+    benchmark parses 500 of these."""
     return {
         "id": mid,
         "name": f"name-{mid}",
@@ -40,12 +41,15 @@ def machine_json(mid: str, group: str = "worker", state: str = "started", **meta
             "registry": "registry.fly.io",
             "repository": "my-app",
             "tag": "deployment-01J9Z3F0ABCDEF0123456789XY",
-            "digest": "sha256:5615ef",
+            "digest": "sha256:5615ef423504d56ae345ccff9db54796d589965da953297f5785042df0628452",
             "labels": {},
         },
         "config": {
             "image": "registry.fly.io/my-app:deployment-01J9Z3F0ABCDEF0123456789XY",
-            "env": {"FLY_PROCESS_GROUP": group},
+            "env": {"FLY_PROCESS_GROUP": group, "PRIMARY_REGION": "iad"},
+            "init": {"cmd": ["bundle", "exec", "sidekiq"]},
+            "guest": {"cpu_kind": "shared", "cpus": 2, "memory_mb": 2048},
+            "restart": {"policy": "on-failure", "max_retries": 10},
             "metadata": {
                 "fly_platform_version": "v2",
                 "fly_process_group": group,
@@ -55,7 +59,10 @@ def machine_json(mid: str, group: str = "worker", state: str = "started", **meta
             },
         },
         "checks": [],
-        "events": [{"type": "start", "status": "started", "source": "flyd", "timestamp": 1}],
+        "events": [
+            {"type": "start", "status": "started", "source": "flyd", "timestamp": 1741105267615},
+            {"type": "update", "status": "replacing", "source": "user", "timestamp": 1741105261},
+        ],
     }
 
 
