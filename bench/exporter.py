@@ -47,11 +47,11 @@ try:
 except ModuleNotFoundError:  # the system python, not the checkout's .venv
     sys.exit("bench: run bin/setup, then: .venv/bin/python bench/exporter.py")
 
-from quiesce import keys as k  # noqa: E402
-from quiesce.exporter import QuiesceCollector, make_registry  # noqa: E402
+from quiesce.adapters.prometheus import QuiesceCollector, make_registry  # noqa: E402
+from quiesce.adapters.redis.store import SidekiqStore  # noqa: E402
 from quiesce.settings import build_settings  # noqa: E402
-from quiesce.simulator import SimulatedFleet, make_processes  # noqa: E402
-from quiesce.store import SidekiqStore  # noqa: E402
+from quiesce.sidekiq import keys as k  # noqa: E402
+from quiesce.sim.simulator import SimulatedFleet, make_processes  # noqa: E402
 
 # bench/quiet.py's proxy and private Redis, by name (see its start_private_redis).
 _quiet: Any = importlib.import_module("quiet")

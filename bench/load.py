@@ -48,15 +48,15 @@ try:
 except ModuleNotFoundError:  # the system python, not the checkout's .venv
     sys.exit("bench: run bin/setup, then: .venv/bin/python bench/load.py")
 
-from quiesce import keys as k  # noqa: E402
-from quiesce.simulator import SimulatedFleet, make_processes  # noqa: E402
+from quiesce.sidekiq import keys as k  # noqa: E402
+from quiesce.sim.simulator import SimulatedFleet, make_processes  # noqa: E402
 
 _SCRAPE = """
 import sys
 from prometheus_client import generate_latest
-from quiesce.exporter import QuiesceCollector, make_registry
+from quiesce.adapters.prometheus import QuiesceCollector, make_registry
 from quiesce.settings import build_settings
-from quiesce.store import SidekiqStore
+from quiesce.adapters.redis.store import SidekiqStore
 settings = build_settings(urls=[sys.argv[1]])
 store = SidekiqStore(settings.redis[0], settings)
 body = generate_latest(make_registry(QuiesceCollector(store)))
@@ -118,7 +118,7 @@ def measure(argv: list[str]) -> tuple[float, float, float, int]:
 def profile(url: str, name: str) -> None:
     from typer.testing import CliRunner
 
-    from quiesce.cli import app
+    from quiesce.cli.app import app
 
     argv = {c: a[5:] for c, a in commands(url) if a[1] == "-m"}[name]
     profiler = cProfile.Profile()

@@ -63,12 +63,12 @@ try:
 except ModuleNotFoundError:  # the system python, not the checkout's .venv
     sys.exit("bench: run bin/setup, then: .venv/bin/python bench/quiet.py")
 
-from quiesce import keys as k  # noqa: E402
-from quiesce.plan import Outcome  # noqa: E402
-from quiesce.quiet_run import QuietOptions, quiet_fleet  # noqa: E402
+from quiesce.adapters.redis.store import SidekiqStore  # noqa: E402
+from quiesce.model.quiet import Outcome  # noqa: E402
+from quiesce.runs.quiet import QuietOptions, quiet_fleet  # noqa: E402
 from quiesce.settings import build_settings  # noqa: E402
-from quiesce.simulator import SimulatedFleet, SimulatedProcess, make_processes  # noqa: E402
-from quiesce.store import SidekiqStore  # noqa: E402
+from quiesce.sidekiq import keys as k  # noqa: E402
+from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes  # noqa: E402
 
 CHUNK = 65536
 QUIESCE_RUNS = 5

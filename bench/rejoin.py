@@ -39,13 +39,13 @@ try:
 except ModuleNotFoundError:  # the system python, not the checkout's .venv
     sys.exit("bench: run bin/setup, then: .venv/bin/python bench/rejoin.py")
 
-from quiesce.fly import FlyClient, FlyConfig  # noqa: E402
-from quiesce.quiet_run import QuietOptions, quiet_fleet  # noqa: E402
-from quiesce.rejoin_run import RejoinOptions, RejoinWatch  # noqa: E402
-from quiesce.render_rejoin import rejoin_json, rejoin_text  # noqa: E402
+from quiesce.adapters.fly import FlyClient, FlyConfig  # noqa: E402
+from quiesce.adapters.redis.store import SidekiqStore  # noqa: E402
+from quiesce.runs.quiet import QuietOptions, quiet_fleet  # noqa: E402
+from quiesce.runs.rejoin import RejoinOptions, RejoinWatch  # noqa: E402
 from quiesce.settings import build_settings  # noqa: E402
-from quiesce.simulator import SimulatedFleet, make_processes  # noqa: E402
-from quiesce.store import SidekiqStore  # noqa: E402
+from quiesce.sim.simulator import SimulatedFleet, make_processes  # noqa: E402
+from quiesce.views.rejoin import rejoin_json, rejoin_text  # noqa: E402
 from tests.test_fly import machine_json  # noqa: E402
 
 

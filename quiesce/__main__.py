@@ -1,3 +1,3 @@
-from quiesce.cli import main
+from quiesce.cli.app import main
 
 main()

@@ -2,7 +2,7 @@
 
     QuiesceError                    exit 1 (unexpected; a bug if you see it)
     ├── ConfigError                 exit 2: bad option, bad URL, missing file, no such db
-    ├── Interrupted                 exit 130: Ctrl-C or TERM (quiesce.quiet_run)
+    ├── Interrupted                 exit 130: Ctrl-C or TERM (quiesce.runs.quiet)
     ├── RedisProblem                (carries the masked URL)
     │   ├── RedisUnavailable        exit 4: refused, unreachable, timed out, went away
     │   ├── RedisRefused            exit 5: wrong password, TLS mismatch, ACL, maxmemory
@@ -10,7 +10,7 @@
     ├── FlyProblem                  exit 8: the Fly Machines API failed or refused us
     │   ├── FlyUnavailable          timed out, 5xx or 429 after the bounded retries
     │   └── FlyRefused              401/403 (bad token), 404 (wrong app or Machine)
-    └── ConnectionLimit             exit 9: bluegreen preflight (quiesce.preflight)
+    └── ConnectionLimit             exit 9: bluegreen preflight (quiesce.model.preflight)
 
 ``quiesce rejoin`` exits 7 (``NOT_WHOLE``) when the fleet is not whole: a verdict, not
 an exception.

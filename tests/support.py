@@ -140,8 +140,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def simulated_fleet(url: str, processes: Sequence[Any], *, namespace: str = "", **kw: Any) -> Any:
     """A ``SimulatedFleet`` with its own client, as ``quiesce simulate`` builds it."""
-    from quiesce.keys import Keys
-    from quiesce.simulator import SimulatedFleet
+    from quiesce.sidekiq.keys import Keys
+    from quiesce.sim.simulator import SimulatedFleet
 
     client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
     return SimulatedFleet(client, processes, keys=Keys(namespace), **kw)

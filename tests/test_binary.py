@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from quiesce import __version__
-from quiesce.simulator import make_processes
+from quiesce.sim.simulator import make_processes
 from tests.support import simulated_fleet
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from quiesce.cli import app
-from quiesce.simulator import SimulatedFleet, make_processes
+from quiesce.cli.app import app
+from quiesce.sim.simulator import SimulatedFleet, make_processes
 from tests.support import (
     FIXTURES,
     RedisServer,

@@ -6,16 +6,10 @@ import dataclasses
 
 import pytest
 
-from quiesce.confirm import (
-    Target,
-    Until,
-    Verdict,
-    assess,
-    finalize,
-    pushed,
-    server_lost_data,
-)
-from quiesce.deploy import (
+from quiesce.errors import ConfigError
+from quiesce.model.fleet import FleetSnapshot, ProcessRecord, SidekiqVersion
+from quiesce.model.quiet import Filters, Outcome, plan_quiet
+from quiesce.model.record import (
     DeployRecord,
     DeployState,
     OutcomeEntry,
@@ -24,11 +18,17 @@ from quiesce.deploy import (
     parse_deploy_record,
     quiet_since,
 )
-from quiesce.errors import ConfigError
-from quiesce.fleet import FleetSnapshot, ProcessRecord, SidekiqVersion
-from quiesce.plan import Filters, Outcome, plan_quiet
-from quiesce.rows import PollRow
+from quiesce.model.verdict import (
+    Target,
+    Until,
+    Verdict,
+    assess,
+    finalize,
+    pushed,
+    server_lost_data,
+)
 from quiesce.settings import build_settings, mask_url
+from quiesce.sidekiq.rows import PollRow
 
 V7 = SidekiqVersion("7.3.10", inferred=False, beat_interval_s=10.0)
 

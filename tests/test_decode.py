@@ -8,10 +8,16 @@ from typing import Any
 
 import pytest
 
-from quiesce.decode import decode_process, decode_snapshot, parse_float, printable, read_version
-from quiesce.fleet import ProcessState
-from quiesce.keys import PROCESS_FIELDS
-from quiesce.rows import RawProcess, RawSnapshot
+from quiesce.model.decode import (
+    decode_process,
+    decode_snapshot,
+    parse_float,
+    printable,
+    read_version,
+)
+from quiesce.model.fleet import ProcessState
+from quiesce.sidekiq.keys import PROCESS_FIELDS
+from quiesce.sidekiq.rows import RawProcess, RawSnapshot
 from tests.support import FIXTURES
 
 VERSIONS = ("6.4.1", "7.3.10", "8.1.7")

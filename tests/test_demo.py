@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-import quiesce
+import quiesce.adapters
 from quiesce.errors import ExitCode
 from tests.test_cli import run
 
@@ -93,11 +93,11 @@ def test_demo_bluegreen_on_fakeredis_whole_and_leaves_no_thread(
         served.append({"urls": [t.url for t in settings.redis], "host": host, "port": port})
         return handle
 
-    exporter = types.ModuleType("quiesce.exporter")
+    exporter = types.ModuleType("quiesce.adapters.prometheus")
     exporter.serve_in_background = serve_in_background  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "quiesce.exporter", exporter)
-    # `from quiesce import exporter` finds the package attribute first, once imported.
-    monkeypatch.setattr(quiesce, "exporter", exporter, raising=False)
+    monkeypatch.setitem(sys.modules, "quiesce.adapters.prometheus", exporter)
+    # `from quiesce.adapters import prometheus` finds the package attribute first, once imported.
+    monkeypatch.setattr(quiesce.adapters, "prometheus", exporter, raising=False)
     before = set(threading.enumerate())
     previous = signal.getsignal(signal.SIGTERM)
     try:

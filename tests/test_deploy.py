@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from quiesce.deploy import (
+from quiesce.model.record import (
     CAP_IDENTITY,
     CAP_LABELS,
     CAP_TEXT,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from quiesce.doctor import (
+from quiesce.errors import ConfigError
+from quiesce.model.doctor import (
     Finding,
     Level,
     check_config,
@@ -20,8 +21,7 @@ from quiesce.doctor import (
     quiesce_calls,
     read_deploy,
 )
-from quiesce.errors import ConfigError
-from quiesce.simulator import make_processes
+from quiesce.sim.simulator import make_processes
 from tests.support import simulated_fleet
 from tests.test_cli import run
 

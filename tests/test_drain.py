@@ -11,15 +11,15 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from quiesce.confirm import Target, Until, Verdict, assess, finalize
-from quiesce.drain import Grace, advice
 from quiesce.errors import ExitCode
-from quiesce.fleet import ProcessRecord, SidekiqVersion
-from quiesce.jobs import RunningJob
-from quiesce.plan import Filters, Outcome
-from quiesce.quiet_run import Event, Progress, QuietOptions, quiet_fleet
-from quiesce.rows import PollRow
-from quiesce.simulator import SimulatedFleet, SimulatedProcess, make_processes
+from quiesce.model.drain import Grace, advice
+from quiesce.model.fleet import ProcessRecord, SidekiqVersion
+from quiesce.model.quiet import Filters, Outcome
+from quiesce.model.verdict import Target, Until, Verdict, assess, finalize
+from quiesce.runs.quiet import Event, Progress, QuietOptions, quiet_fleet
+from quiesce.sidekiq.rows import PollRow
+from quiesce.sidekiq.work import RunningJob
+from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
 from tests.support import simulated_fleet
 from tests.test_cli import run
 from tests.test_quiet import store_for
@@ -122,7 +122,7 @@ def test_a_job_past_the_deadline_is_still_busy_with_advice(
     (running,) = entry.jobs
     assert (running.job_class, running.queue, running.jid) == ("ReportJob", "reports", job.jid)
     assert running.runtime_s is not None and running.runtime_s >= 1
-    from quiesce.render import report_json, report_text
+    from quiesce.views.fleet import report_json, report_text
 
     text = report_text(report)
     assert "STILL_BUSY" in text and "ReportJob" in text and job.jid in text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from quiesce.doctor import QuiesceCall, quiesce_calls
+from quiesce.model.doctor import QuiesceCall, quiesce_calls
 from tests.test_cli import run
 
 ROOT = Path(__file__).resolve().parent.parent

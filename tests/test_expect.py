@@ -6,10 +6,8 @@ import dataclasses
 
 import pytest
 
-from quiesce.decode import decode_snapshot
-from quiesce.deploy import DeployRecord, OutcomeEntry
-from quiesce.expect import check_expect
-from quiesce.fleet import (
+from quiesce.model.decode import decode_snapshot
+from quiesce.model.fleet import (
     FleetSnapshot,
     ProcessRecord,
     ProcessState,
@@ -17,7 +15,9 @@ from quiesce.fleet import (
     is_quieting,
     mark_quieting,
 )
-from quiesce.rows import RawSnapshot
+from quiesce.model.gate import check_expect
+from quiesce.model.record import DeployRecord, OutcomeEntry
+from quiesce.sidekiq.rows import RawSnapshot
 from tests.test_decode import load, raw_row
 
 V7 = SidekiqVersion("7.3.10", inferred=False, beat_interval_s=10.0)

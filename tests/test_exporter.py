@@ -14,15 +14,15 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from quiesce import keys as k
-from quiesce.deploy import DeployRecord
-from quiesce.exporter import QuiesceCollector, make_registry
-from quiesce.observe import read_fleet
-from quiesce.queues import job_time
+from quiesce.adapters.prometheus import QuiesceCollector, make_registry
+from quiesce.adapters.redis.store import SidekiqStore
+from quiesce.model.queues import job_time
+from quiesce.model.record import DeployRecord
+from quiesce.runs.read import read_fleet
 from quiesce.settings import build_settings
-from quiesce.simulator import make_processes
-from quiesce.store import SidekiqStore
-from quiesce.versions import JobTimeUnits
+from quiesce.sidekiq import keys as k
+from quiesce.sidekiq.versions import JobTimeUnits
+from quiesce.sim.simulator import make_processes
 from tests.support import (
     FIXTURES,
     RedisServer,
@@ -213,7 +213,7 @@ def test_generations_release_and_quiet_age(raw: redis.Redis, redis_url: str) -> 
         servers=snapshot.servers,
         quiesce_version="test",
     )
-    from quiesce.deploy import OutcomeEntry
+    from quiesce.model.record import OutcomeEntry
 
     record = record.with_outcomes(
         {p.identity: OutcomeEntry("confirmed", started + 1, started + 11, 1) for p in old}
@@ -384,9 +384,9 @@ def test_round_trips_constant_with_fleet_size(raw: redis.Redis, redis_url: str) 
 def test_fleet_past_one_sscan_page_is_read_whole(
     raw: redis.Redis, redis_url: str, store: SidekiqStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import quiesce.store
+    import quiesce.adapters.redis.store
 
-    monkeypatch.setattr(quiesce.store, "SCAN_COUNT", 10)
+    monkeypatch.setattr(quiesce.adapters.redis.store, "SCAN_COUNT", 10)
     procs = make_processes(300, version="8.1.7", seed=30)
     sim = simulated_fleet(redis_url, procs)
     sim.beat(procs, time.time())
@@ -399,7 +399,7 @@ def test_fleet_past_one_sscan_page_is_read_whole(
 
 def test_machines_per_rejoin_state_after_a_quiet(redis_url: str, store: SidekiqStore) -> None:
     """The rejoin report, from the same snapshot: quieted Machines wait to be replaced."""
-    from quiesce.quiet_run import QuietOptions, quiet_fleet
+    from quiesce.runs.quiet import QuietOptions, quiet_fleet
     from tests.support import simulated_fleet
 
     sim = simulated_fleet(redis_url, make_processes(3, seed=5), beat_interval_s=0.3)

@@ -21,11 +21,17 @@ from pathlib import Path
 import pytest
 import redis
 
-from quiesce import cli
-from quiesce.exporter import DEFAULT_PORT, ExporterServer, QuiesceCollector, parse_listen, serve
+from quiesce.adapters.prometheus import (
+    DEFAULT_PORT,
+    ExporterServer,
+    QuiesceCollector,
+    parse_listen,
+    serve,
+)
+from quiesce.adapters.redis.store import SidekiqStore
+from quiesce.cli import app as cli
 from quiesce.settings import build_settings
-from quiesce.simulator import make_processes
-from quiesce.store import SidekiqStore
+from quiesce.sim.simulator import make_processes
 from tests.support import FIXTURES, free_port, load_fixture_keys, simulated_fleet
 
 ROOT = Path(__file__).resolve().parent.parent

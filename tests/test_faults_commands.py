@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-import quiesce.rejoin_run as rejoin_run
+import quiesce.runs.rejoin as rejoin_run
+from quiesce.adapters.fly import FlyClient, FlyConfig
+from quiesce.adapters.prometheus import QuiesceCollector, make_registry
+from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.errors import ExitCode
-from quiesce.exporter import QuiesceCollector, make_registry
-from quiesce.fly import FlyClient, FlyConfig
-from quiesce.rejoin_run import RejoinOptions, RejoinWatch
+from quiesce.runs.rejoin import RejoinOptions, RejoinWatch
 from quiesce.settings import build_settings
-from quiesce.simulator import make_processes
-from quiesce.store import SidekiqStore
+from quiesce.sim.simulator import make_processes
 from tests.support import RedisServer, client_pause, crash, crash_and_restart, restart
 from tests.test_cli import run
 from tests.test_fly import FakeFly, fake_fly, machine_json

@@ -15,10 +15,10 @@ import httpx
 import pytest
 import tenacity
 
+from quiesce.adapters.fly import FlyClient, FlyConfig, _retry_after, _Status, authorization
+from quiesce.adapters.retry import FLY_ATTEMPTS, FLY_MAX_WAIT_S, _fly_wait
 from quiesce.errors import FlyRefused, FlyUnavailable
-from quiesce.fly import FlyClient, FlyConfig, _retry_after, _Status, authorization
-from quiesce.machines import parse_machine
-from quiesce.retry import FLY_ATTEMPTS, FLY_MAX_WAIT_S, _fly_wait
+from quiesce.model.machines import parse_machine
 
 TOKEN = "FlyV1 fm2_secret-token-value"
 APP = "my-app"

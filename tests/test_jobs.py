@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from quiesce.decode import decode_snapshot
-from quiesce.drain import queue_jobs, running_jobs
-from quiesce.jobs import decode_work, epoch_seconds, work_suffixes
-from quiesce.keys import WORK_SUFFIXES
-from quiesce.rows import RawSnapshot
-from quiesce.versions import JobTimeUnits
+from quiesce.model.decode import decode_snapshot
+from quiesce.model.drain import queue_jobs, running_jobs
+from quiesce.sidekiq.keys import WORK_SUFFIXES
+from quiesce.sidekiq.rows import RawSnapshot
+from quiesce.sidekiq.versions import JobTimeUnits
+from quiesce.sidekiq.work import decode_work, epoch_seconds, work_suffixes
 from tests.test_decode import load, raw_row
 
 VERSIONS = ("6.4.1", "7.3.10", "8.1.7")

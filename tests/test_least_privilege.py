@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from quiesce.errors import ExitCode
-from quiesce.simulator import SimulatedFleet, make_processes
+from quiesce.sim.simulator import SimulatedFleet, make_processes
 from tests.support import RedisServer, free_port, simulated_fleet
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import redis
 
-from quiesce.exporter import QuiesceCollector
-from quiesce.postgres import PostgresReader, PostgresUnavailable
+from quiesce.adapters.postgres import PostgresReader, PostgresUnavailable
+from quiesce.adapters.prometheus import QuiesceCollector
+from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.settings import build_settings
-from quiesce.simulator import make_processes
-from quiesce.store import SidekiqStore
+from quiesce.sim.simulator import make_processes
 from tests.support import free_port, simulated_fleet
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra (psycopg 3) is not installed")
@@ -111,7 +111,7 @@ def test_bluegreen_preflight_reads_postgres(
 ) -> None:
     from typer.testing import CliRunner
 
-    from quiesce.cli import app
+    from quiesce.cli.app import app
 
     procs = make_processes(1, version="8.1.7", seed=22)
     sim = simulated_fleet(redis_url, procs)

@@ -9,9 +9,10 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from quiesce import keys as k
-from quiesce.cli import app
-from quiesce.connections import (
+from quiesce.adapters.postgres import PostgresStats
+from quiesce.cli.app import app
+from quiesce.errors import ConnectionLimit, ExitCode
+from quiesce.model.capacity import (
     clients_by_library,
     pool_overhead,
     pool_size,
@@ -19,11 +20,10 @@ from quiesce.connections import (
     project_redis,
     refusals,
 )
-from quiesce.errors import ConnectionLimit, ExitCode
-from quiesce.fleet import FleetSnapshot, ProcessRecord, ServerInfo, SidekiqVersion
-from quiesce.postgres import PostgresStats
-from quiesce.preflight import BlueGreenPreflight, projections
-from quiesce.simulator import make_processes
+from quiesce.model.fleet import FleetSnapshot, ProcessRecord, ServerInfo, SidekiqVersion
+from quiesce.model.preflight import BlueGreenPreflight, projections
+from quiesce.sidekiq import keys as k
+from quiesce.sim.simulator import make_processes
 from tests.support import RedisServer, simulated_fleet
 
 
@@ -138,7 +138,7 @@ def test_ratio_needs_bluegreen_and_other_strategies_print_nothing(redis_url: str
 
 
 def test_unreadable_postgres_refuses_only_when_a_ratio_is_asked() -> None:
-    from quiesce.postgres import PostgresUnavailable
+    from quiesce.adapters.postgres import PostgresUnavailable
 
     def broken() -> PostgresStats:
         raise PostgresUnavailable("cannot read PostgreSQL (postgresql://x): refused")

@@ -9,14 +9,14 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from quiesce.confirm import Until
+from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.errors import ExitCode
-from quiesce.observe import read_fleet
-from quiesce.plan import Filters, Outcome
-from quiesce.quiet_run import QuietOptions, quiet_fleet
+from quiesce.model.quiet import Filters, Outcome
+from quiesce.model.verdict import Until
+from quiesce.runs.quiet import QuietOptions, quiet_fleet
+from quiesce.runs.read import read_fleet
 from quiesce.settings import Settings, build_settings
-from quiesce.simulator import SimulatedFleet, SimulatedProcess, make_processes
-from quiesce.store import SidekiqStore
+from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
 from tests.support import RedisServer, simulated_fleet
 
 FleetFactory = Callable[..., SimulatedFleet]

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from quiesce.errors import ExitCode
-from quiesce.simulator import SimulatedFleet, SimulatedProcess, make_processes
+from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
 from tests.support import simulated_fleet
 from tests.test_cli import run
 from tests.test_fly import FakeFly, fake_fly, machine_json

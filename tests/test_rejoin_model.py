@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from quiesce.deploy import DeployRecord, FleetEntry, OutcomeEntry
-from quiesce.fleet import FleetSnapshot, ProcessRecord, SidekiqVersion
-from quiesce.machines import FlyMachine
-from quiesce.recover import stranded
-from quiesce.rejoin import (
+from quiesce.model.fleet import FleetSnapshot, ProcessRecord, SidekiqVersion
+from quiesce.model.machines import FlyMachine
+from quiesce.model.record import DeployRecord, FleetEntry, OutcomeEntry
+from quiesce.model.recover import stranded
+from quiesce.model.rejoin import (
     MachineState,
     RejoinFilters,
     RejoinReport,
@@ -16,7 +16,7 @@ from quiesce.rejoin import (
     release_label,
     snapshot_rejoin,
 )
-from quiesce.render_rejoin import rejoin_json, rejoin_text
+from quiesce.views.rejoin import rejoin_json, rejoin_text
 
 T0 = 1_800_000_000.0
 NOW = T0 + 300

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.settings import build_settings
-from quiesce.simulator import make_processes
-from quiesce.store import SidekiqStore
+from quiesce.sim.simulator import make_processes
 from tests.support import RedisServer, RoundTripProxy
 
 ROOT = Path(__file__).resolve().parent.parent

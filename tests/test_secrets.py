@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from quiesce.cli import app
+from quiesce.cli.app import app
 from quiesce.settings import mask_url, validate_url
 from tests.support import RedisServer
 from tests.test_fly import fake_fly
@@ -220,7 +220,7 @@ def run_all(env: dict[str, str], *args: str) -> tuple[int, str]:
 def test_every_command_keeps_the_redis_password_and_the_fly_token_out(
     guarded: RedisServer, fake_fly: Any, tmp_path: Path
 ) -> None:
-    from quiesce.simulator import make_processes
+    from quiesce.sim.simulator import make_processes
     from tests.support import simulated_fleet
     from tests.test_fly import machine_json
     from tests.test_least_privilege import FLY_TOML, scrape_exporter
@@ -300,8 +300,8 @@ def test_wrong_password_and_unreachable_errors_never_show_them(guarded: RedisSer
 
 
 def test_repr_of_settings_targets_and_fly_objects_hides_the_secrets() -> None:
-    from quiesce.cli import AppContext
-    from quiesce.fly import FlyClient, FlyConfig
+    from quiesce.adapters.fly import FlyClient, FlyConfig
+    from quiesce.cli.app import AppContext
     from quiesce.settings import Tls, build_settings
 
     url = f"rediss://default:{REDIS_PW}@127.0.0.1:6390/0"
@@ -330,8 +330,8 @@ def test_repr_of_settings_targets_and_fly_objects_hides_the_secrets() -> None:
 def test_a_fly_error_that_echoes_the_token_never_shows_it(body: Any) -> None:
     import httpx
 
+    from quiesce.adapters.fly import FlyClient, FlyConfig
     from quiesce.errors import FlyProblem
-    from quiesce.fly import FlyClient, FlyConfig
 
     def reply(request: httpx.Request) -> httpx.Response:
         if isinstance(body, str):
@@ -361,8 +361,8 @@ def test_a_fly_error_that_echoes_the_token_never_shows_it(body: Any) -> None:
 )
 def test_postgres_errors_never_show_the_password(url: str) -> None:
     pytest.importorskip("psycopg")
+    from quiesce.adapters.postgres import PostgresReader
     from quiesce.errors import QuiesceError
-    from quiesce.postgres import PostgresReader
 
     reader = PostgresReader(url, timeout_s=1.0)
     with pytest.raises(QuiesceError) as info:

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from quiesce.confirm import Until
-from quiesce.deploy import parse_deploy_record
 from quiesce.errors import ExitCode, RedisRefused, RedisUnavailable
-from quiesce.keys import PROCESS_FIELDS, Keys
-from quiesce.plan import Outcome
-from quiesce.quiet_run import QuietOptions, QuietReport, quiet_fleet
-from quiesce.rows import (
+from quiesce.model.quiet import Outcome
+from quiesce.model.record import parse_deploy_record
+from quiesce.model.verdict import Until
+from quiesce.runs.quiet import QuietOptions, QuietReport, quiet_fleet
+from quiesce.sidekiq.keys import PROCESS_FIELDS, Keys
+from quiesce.sidekiq.rows import (
     EmptyFleetHints,
     Poll,
     PollRow,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from quiesce.decode import decode_snapshot
-from quiesce.fleet import ProcessState
-from quiesce.keys import Keys
+from quiesce.adapters.redis.store import SidekiqStore
+from quiesce.model.decode import decode_snapshot
+from quiesce.model.fleet import ProcessState
 from quiesce.settings import build_settings
-from quiesce.simulator import SimulatedFleet, SimulatedProcess, make_processes
-from quiesce.store import SidekiqStore
+from quiesce.sidekiq.keys import Keys
+from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from quiesce.cli import app
+from quiesce.cli.app import app
 from tests.support import RedisServer, free_port
 
 # redis-py before 5.1 (5.0 is the declared floor) does not close the socket when the TLS
@@ -218,7 +218,7 @@ def one_error(code: int, err: str) -> str:
 
 def test_every_command_over_mutual_tls(mtls: RedisServer, pki: Pki, tmp_path: Path) -> None:
     """Verification on (the CA given, no skip), a client certificate, every command."""
-    from quiesce.simulator import make_processes
+    from quiesce.sim.simulator import make_processes
     from tests.support import simulated_fleet
     from tests.test_least_privilege import FLY_TOML, cli, scrape_exporter
 

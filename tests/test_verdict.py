@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import redis
 
+from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.errors import ExitCode, RedisRefused
-from quiesce.plan import Outcome
-from quiesce.quiet_run import QuietOptions, QuietReport, quiet_fleet
+from quiesce.model.quiet import Outcome
+from quiesce.runs.quiet import QuietOptions, QuietReport, quiet_fleet
 from quiesce.settings import build_settings
-from quiesce.simulator import SimulatedFleet, make_processes
-from quiesce.store import SidekiqStore
+from quiesce.sim.simulator import SimulatedFleet, make_processes
 from tests.support import RedisServer, simulated_fleet
 
 

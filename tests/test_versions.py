@@ -9,10 +9,9 @@ from typing import Any
 import fakeredis
 import pytest
 
-from quiesce.fleet import beat_overdue
-from quiesce.keys import Keys
-from quiesce.simulator import SimulatedFleet, SimulatedProcess, make_processes
-from quiesce.versions import (
+from quiesce.model.fleet import beat_overdue
+from quiesce.sidekiq.keys import Keys
+from quiesce.sidekiq.versions import (
     BANDS,
     FIRST_UNSUPPORTED,
     OLDEST_SUPPORTED,
@@ -25,6 +24,7 @@ from quiesce.versions import (
     range_text,
     supported_versions_help,
 )
+from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
 from tests.support import FIXTURES
 
 

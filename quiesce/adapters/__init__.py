@@ -1,0 +1,1 @@
+"""The only modules that talk to the outside: Redis, Fly, PostgreSQL, Prometheus."""

@@ -1,0 +1,1 @@
+"""Redis: connection setup and error classification, and the Sidekiq store."""

@@ -1,0 +1,1 @@
+"""The typer CLI: parse, call one run, render, exit."""

@@ -1,0 +1,544 @@
+"""``quiesce doctor``: deploy settings that lose jobs or stall deploys, each with its fix.
+
+Pure: the caller reads fly.toml (``parse_fly_toml``) and, when a Redis is given, the fleet
+snapshot and busy jobs; ``check_config`` and ``check_fleet`` only judge. Fly's defaults and
+limits are from flyctl (see ``docs/fly.md``): kill_timeout 5 s (max 300 s), kill_signal
+SIGINT, release_command_timeout 5m, strategy rolling; the release command runs without a
+shell (``init.cmd = shlex.split(release_command)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from quiesce.errors import ConfigError
+from quiesce.model.fleet import FleetSnapshot, ProcessRecord
+from quiesce.views.fleet import count
+
+SIDEKIQ_SHUTDOWN_TIMEOUT_S = 25.0
+"""Sidekiq's ``-t``/``:timeout:`` default: how long shutdown waits for running jobs."""
+SIDEKIQ_REQUEUE_MARGIN_S = 5.0
+"""After its timeout Sidekiq pushes unfinished jobs back to Redis: Fly must not kill it then."""
+FLY_KILL_TIMEOUT_S = 5.0
+FLY_KILL_TIMEOUT_MAX_S = 300.0
+FLY_KILL_SIGNAL = "SIGINT"
+FLY_RELEASE_COMMAND_TIMEOUT_S = 300.0
+QUIET_TIMEOUT_S = 30.0
+"""``quiesce quiet --timeout`` default."""
+RELEASE_MARGIN_S = 30.0
+"""Beyond quiet's --timeout: connecting, reading the fleet, the report (and retries)."""
+SHUTDOWN_SIGNALS = frozenset({"SIGTERM", "SIGINT"})
+"""What Sidekiq traps as shutdown (quiet, wait -t, push back, exit)."""
+_SIGNAL_EFFECT = {
+    "SIGTSTP": "only quiets Sidekiq; it never exits, so Fly kills it at kill_timeout",
+    "SIGKILL": "kills Sidekiq at once, mid-job",
+    "SIGQUIT": "is not trapped by Sidekiq: Ruby dies at once, mid-job",
+    "SIGUSR1": "quiets Sidekiq 5 and is ignored by 6+: it never exits, Fly kills it",
+    "SIGUSR2": "only reopens logs (or nothing): Sidekiq never exits, Fly kills it",
+    "SIGHUP": "is not a Sidekiq shutdown signal",
+}
+_SHELL_OPERATORS = frozenset({"&&", "||", ";", "|", ">", "<", "&"})
+_VALUE_OPTIONS = frozenset(
+    {
+        "-r",
+        "--redis-url",
+        "--namespace",
+        "--tls-ca-cert",
+        "--tls-cert",
+        "--tls-key",
+        "--connect-timeout",
+        "--read-timeout",
+    }
+)
+"""Connection options that take a value (they may come before the command)."""
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_RELEASE_LABEL = re.compile(r"registry\.fly\.io/|:deployment-|^release[:=-]|^v\d+$")
+
+
+class Level(enum.StrEnum):
+    ERROR = "error"
+    """Loses jobs or stalls deploys: doctor exits non-zero."""
+    WARNING = "warning"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finding:
+    level: Level
+    code: str
+    message: str
+    fix: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.level.value}: {self.message}; fix: {self.fix}"
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "level": self.level.value,
+            "code": self.code,
+            "message": self.message,
+            "fix": self.fix,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QuiesceCall:
+    """One ``quiesce ...`` invocation found in a release_command or a process command."""
+
+    argv: tuple[str, ...]
+    """From the word after ``quiesce`` on."""
+    command: str | None
+    """The subcommand (``quiet``), ``None`` when only options were given."""
+    global_flags: tuple[str, ...]
+    """Option names before the subcommand."""
+    flags: tuple[str, ...]
+    """Option names after the subcommand (``--timeout=30`` counts as ``--timeout``)."""
+
+    def value(self, flag: str) -> str | None:
+        """The value of the last ``flag VALUE`` or ``flag=VALUE``, if any."""
+        found = None
+        for i, word in enumerate(self.argv):
+            if word.startswith(f"{flag}="):
+                found = word.split("=", 1)[1]
+            elif word == flag and i + 1 < len(self.argv):
+                found = self.argv[i + 1]
+        return found
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BusyJob:
+    identity: str
+    hostname: str
+    job_class: str
+    queue: str
+    run_at: float
+    """Epoch seconds on the process's clock."""
+
+
+# -- reading --------------------------------------------------------------------------------
+def parse_fly_toml(text: str, *, name: str = "fly.toml") -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name} is not valid TOML: {exc}") from exc
+
+
+def parse_duration(value: object) -> float | None:
+    """Seconds from a fly.toml duration (``30``, ``"30s"``, ``"5m"``, ``"1h30m"``);
+    ``None`` for no limit (``"none"``, ``0``). Raises ``ValueError`` for anything else."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        return float(value) if value > 0 else None
+    if not isinstance(value, str):
+        raise ValueError(f"not a duration: {value!r}")
+    text = value.strip().lower()
+    if text in ("none", "0", ""):
+        return None
+    if text.isdigit():
+        return float(text)
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {value!r}")
+    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    return seconds if seconds > 0 else None
+
+
+def quiesce_calls(command: str) -> list[QuiesceCall]:
+    """Every ``quiesce`` invocation in ``command`` (also inside ``sh -c '... && ...'``)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return []
+    if len(words) >= 3 and os.path.basename(words[0]) in ("sh", "bash") and "-c" in words:
+        inner = words[words.index("-c") + 1 :]
+        return quiesce_calls(inner[0]) if inner else []
+    calls = []
+    segment: list[str] = []
+    for word in [*words, "&&"]:
+        if word not in _SHELL_OPERATORS:
+            segment.append(word)
+            continue
+        for i, w in enumerate(segment):
+            if os.path.basename(w) == "quiesce":
+                calls.append(_call(tuple(segment[i + 1 :])))
+                break
+        segment = []
+    return calls
+
+
+def _call(argv: tuple[str, ...]) -> QuiesceCall:
+    command = None
+    global_flags: list[str] = []
+    flags: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+            continue
+        if word.startswith("-"):
+            name = word.split("=", 1)[0]
+            (flags if command else global_flags).append(name)
+            skip = command is None and name in _VALUE_OPTIONS and "=" not in word
+        elif command is None:
+            command = word
+    return QuiesceCall(argv, command, tuple(global_flags), tuple(flags))
+
+
+def parse_busy(identity: str, hostname: str, raw: str) -> BusyJob | None:
+    """One ``<identity>:work`` entry (``{"queue", "payload", "run_at"}``; payload a job
+    object up to 6.0.1, its JSON string after). ``None`` when unreadable."""
+    try:
+        entry = json.loads(raw)
+        payload = entry.get("payload")
+        if isinstance(payload, str):
+            payload = json.loads(payload)
+        run_at = float(entry["run_at"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if run_at > 1e11:  # milliseconds: no Sidekiq writes them here today, but never misread
+        run_at /= 1000.0
+    job = payload if isinstance(payload, dict) else {}
+    job_class = str(job.get("wrapped") or job.get("class") or "?")
+    return BusyJob(identity, hostname, job_class, str(entry.get("queue", "?")), run_at)
+
+
+# -- judging fly.toml -------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deploy:
+    """What the checks read from fly.toml, with Fly's defaults filled in."""
+
+    kill_timeout_s: float
+    kill_timeout_given: bool
+    kill_signal: str
+    strategy: str
+    release_command: str | None
+    release_command_timeout_s: float | None
+    processes: Mapping[str, str]
+    worker_groups: tuple[str, ...]
+    sidekiq_timeout_s: float
+    sidekiq_timeout_from: str
+
+
+def read_deploy(
+    config: Mapping[str, Any],
+    *,
+    sidekiq_timeout_s: float | None = None,
+    groups: Sequence[str] = (),
+) -> Deploy:
+    deploy = config.get("deploy") or {}
+    processes = {str(k): str(v) for k, v in (config.get("processes") or {}).items()}
+    workers = tuple(groups) or tuple(
+        name for name, cmd in processes.items() if re.search(r"\bsidekiq\b", cmd)
+    )
+    timeout_from = "--sidekiq-timeout"
+    if sidekiq_timeout_s is None:
+        sidekiq_timeout_s, timeout_from = SIDEKIQ_SHUTDOWN_TIMEOUT_S, "Sidekiq's default"
+        for name in workers:
+            match = re.search(r"(?:^|\s)(?:-t|--timeout)[=\s]+(\d+)", processes.get(name, ""))
+            if match:
+                sidekiq_timeout_s, timeout_from = float(match.group(1)), f"-t in [processes] {name}"
+    try:
+        kill = parse_duration(config.get("kill_timeout", FLY_KILL_TIMEOUT_S))
+        release_timeout = parse_duration(
+            deploy.get("release_command_timeout", f"{FLY_RELEASE_COMMAND_TIMEOUT_S:g}s")
+        )
+    except ValueError as exc:
+        raise ConfigError(f"fly.toml: {exc}") from exc
+    signal_name = str(config.get("kill_signal", FLY_KILL_SIGNAL)).upper()
+    return Deploy(
+        kill_timeout_s=kill if kill is not None else FLY_KILL_TIMEOUT_S,
+        kill_timeout_given="kill_timeout" in config,
+        kill_signal=signal_name if signal_name.startswith("SIG") else f"SIG{signal_name}",
+        strategy=str(deploy.get("strategy", "rolling")).lower(),
+        release_command=deploy.get("release_command"),
+        release_command_timeout_s=release_timeout,
+        processes=processes,
+        worker_groups=workers,
+        sidekiq_timeout_s=sidekiq_timeout_s,
+        sidekiq_timeout_from=timeout_from,
+    )
+
+
+def check_config(d: Deploy, config: Mapping[str, Any]) -> list[Finding]:
+    findings = [*_kill_checks(d), *_release_checks(d), *_group_checks(d)]
+    if d.strategy == "bluegreen":
+        findings += _bluegreen_checks(d, config)
+    return findings
+
+
+def _kill_checks(d: Deploy) -> list[Finding]:
+    out = []
+    need = d.sidekiq_timeout_s + SIDEKIQ_REQUEUE_MARGIN_S
+    shown = f"{d.kill_timeout_s:g} s" + ("" if d.kill_timeout_given else " (Fly's default)")
+    if d.kill_timeout_s > FLY_KILL_TIMEOUT_MAX_S:
+        out.append(
+            Finding(
+                Level.ERROR,
+                "kill-timeout-too-long",
+                f"kill_timeout is {shown}, above Fly's maximum of 300 s",
+                "set kill_timeout = 300 or less",
+            )
+        )
+    elif d.kill_timeout_s < need:
+        fix = (
+            f"set kill_timeout = {need:g} (Sidekiq's {d.sidekiq_timeout_s:g} s + "
+            f"{SIDEKIQ_REQUEUE_MARGIN_S:g} s to push unfinished jobs back)"
+            if need <= FLY_KILL_TIMEOUT_MAX_S
+            else f"lower Sidekiq's -t to {FLY_KILL_TIMEOUT_MAX_S - SIDEKIQ_REQUEUE_MARGIN_S:g} "
+            "and set kill_timeout = 300 (Fly's maximum)"
+        )
+        out.append(
+            Finding(
+                Level.ERROR,
+                "kill-timeout-short",
+                f"kill_timeout is {shown} but Sidekiq's shutdown timeout is "
+                f"{d.sidekiq_timeout_s:g} s ({d.sidekiq_timeout_from}): Fly kills workers "
+                "mid-job before Sidekiq can push unfinished jobs back",
+                fix,
+            )
+        )
+    if d.kill_signal not in SHUTDOWN_SIGNALS:
+        effect = _SIGNAL_EFFECT.get(d.kill_signal, "is not a Sidekiq shutdown signal")
+        out.append(
+            Finding(
+                Level.ERROR,
+                "kill-signal",
+                f"kill_signal = {d.kill_signal} {effect}",
+                'set kill_signal = "SIGTERM" (Sidekiq shuts down on TERM or INT)',
+            )
+        )
+    return out
+
+
+def _release_checks(d: Deploy) -> list[Finding]:
+    example = 'release_command = "quiesce quiet --strategy immediate --timeout 60"'
+    if not d.release_command:
+        return [
+            Finding(
+                Level.WARNING,
+                "no-release-command",
+                "[deploy] has no release_command: Sidekiq is not quieted before Machines "
+                "are replaced, so old code keeps taking jobs after migrations",
+                f"add {example} under [deploy]",
+            )
+        ]
+    out = []
+    words = shlex.split(d.release_command) if _splits(d.release_command) else []
+    if words and os.path.basename(words[0]) not in ("sh", "bash"):
+        operators = sorted(_SHELL_OPERATORS.intersection(words))
+        if operators:
+            out.append(
+                Finding(
+                    Level.ERROR,
+                    "release-command-shell",
+                    f"release_command uses {' '.join(operators)} but Fly runs it without a "
+                    f"shell: {os.path.basename(words[0])} gets them as arguments",
+                    "wrap it: release_command = \"sh -c '... && quiesce quiet ...'\" (or a script)",
+                )
+            )
+    quiets = [c for c in quiesce_calls(d.release_command) if c.command == "quiet"]
+    if not quiets:
+        return [
+            *out,
+            Finding(
+                Level.WARNING,
+                "release-command-no-quiet",
+                "release_command does not run `quiesce quiet`: Sidekiq keeps taking jobs with "
+                "the old code while the deploy runs",
+                f"use {example}",
+            ),
+        ]
+    call = quiets[-1]
+    wait_s = 0.0 if "--no-wait" in call.flags else _seconds(call.value("--timeout"))
+    limit = d.release_command_timeout_s
+    if limit is not None and limit < wait_s + RELEASE_MARGIN_S:
+        need = wait_s + RELEASE_MARGIN_S
+        out.append(
+            Finding(
+                Level.ERROR,
+                "release-command-timeout",
+                f"release_command_timeout is {limit:g} s but quiet waits up to {wait_s:g} s "
+                f"(--timeout) plus about {RELEASE_MARGIN_S:g} s to connect and report: flyctl "
+                "fails the deploy before quiet's verdict",
+                f'set release_command_timeout = "{_minutes(need)}" under [deploy], or lower '
+                "quiet's --timeout",
+            )
+        )
+    return out
+
+
+def _group_checks(d: Deploy) -> list[Finding]:
+    if d.worker_groups:
+        return [
+            Finding(
+                Level.ERROR,
+                "unknown-group",
+                f"--group {name} is not in [processes]",
+                f"use one of: {', '.join(d.processes) or '(no [processes] table)'}",
+            )
+            for name in d.worker_groups
+            if d.processes and name not in d.processes
+        ]
+    return [
+        Finding(
+            Level.WARNING,
+            "no-sidekiq-group",
+            "no [processes] entry runs sidekiq: doctor cannot tell which group is the worker",
+            'add worker = "bundle exec sidekiq" under [processes], or name it with --group',
+        )
+    ]
+
+
+def _bluegreen_checks(d: Deploy, config: Mapping[str, Any]) -> list[Finding]:
+    checked = _checked_groups(config, tuple(d.processes) or ("app",))
+    if not checked:
+        return [
+            Finding(
+                Level.ERROR,
+                "bluegreen-no-checks",
+                "strategy is bluegreen but no Machine has checks: flyctl refuses the deploy",
+                "add a [checks.<name>] (or [[http_service.checks]]) block",
+            )
+        ]
+    return [
+        Finding(
+            Level.WARNING,
+            "bluegreen-worker-no-checks",
+            f"bluegreen: process group {name} has no checks: flyctl counts its new Machines "
+            "ready once started, so a crashing Sidekiq still replaces the old (quiet) Machines",
+            f'add [checks.sidekiq] with processes = ["{name}"] (e.g. type = "http", '
+            "port = 7433 with the sidekiq_alive gem)",
+        )
+        for name in d.worker_groups
+        if name not in checked
+    ]
+
+
+def _checked_groups(config: Mapping[str, Any], groups: Sequence[str]) -> set[str]:
+    """Process groups some check covers: top-level [checks], [http_service] and [[services]]
+    checks (a block without ``processes`` covers every group)."""
+    found: set[str] = set()
+
+    def cover(block: Mapping[str, Any]) -> None:
+        found.update(block.get("processes") or groups)
+
+    for check in (config.get("checks") or {}).values():
+        if isinstance(check, Mapping):
+            cover(check)
+    http = config.get("http_service")
+    if isinstance(http, Mapping) and http.get("checks"):
+        cover(http)
+    for service in config.get("services") or ():
+        if isinstance(service, Mapping) and any(
+            service.get(k) for k in ("checks", "http_checks", "tcp_checks")
+        ):
+            cover(service)
+    return found
+
+
+def _splits(command: str) -> bool:
+    try:
+        shlex.split(command)
+    except ValueError:
+        return False
+    return True
+
+
+def _seconds(value: str | None) -> float:
+    try:
+        return float(value) if value is not None else QUIET_TIMEOUT_S
+    except ValueError:
+        return QUIET_TIMEOUT_S
+
+
+def _minutes(seconds: float) -> str:
+    minutes = -(-int(seconds) // 60)
+    return f"{minutes}m"
+
+
+# -- judging the live fleet -------------------------------------------------------------------
+def check_fleet(
+    d: Deploy,
+    snapshot: FleetSnapshot,
+    busy: Iterable[BusyJob],
+    *,
+    releases: Sequence[str] = (),
+) -> list[Finding]:
+    """Embedded processes, processes without a release label, the longest job running now
+    against kill_timeout. ``releases``: labels that count as release labels, beside the
+    latest deploy record's and anything shaped like a Fly image ref."""
+    live = [p for p in snapshot.processes if p.alive and p.problem is None]
+    out = []
+    embedded = [p for p in live if p.embedded]
+    if embedded:
+        out.append(
+            Finding(
+                Level.WARNING,
+                "embedded",
+                f"{_processes_on(embedded)} run embedded Sidekiq (configure_embed): they "
+                "ignore quiet, so they keep taking jobs with the old code until Fly stops them",
+                'run Sidekiq as its own process group (worker = "bundle exec sidekiq")',
+            )
+        )
+    known = set(releases)
+    if snapshot.latest_deploy is not None and snapshot.latest_deploy.release:
+        known.add(snapshot.latest_deploy.release)
+    unlabelled = [
+        p
+        for p in live
+        if not p.embedded and not any(lb in known or _RELEASE_LABEL.search(lb) for lb in p.labels)
+    ]
+    if unlabelled:
+        out.append(
+            Finding(
+                Level.WARNING,
+                "no-release-label",
+                f"{_processes_on(unlabelled)} carry no release label: rejoin can tell new "
+                "processes from old only by start time",
+                'label them: Sidekiq.configure_server { |c| c[:labels] << ENV["FLY_IMAGE_REF"] '
+                "} (or :labels: in sidekiq.yml)",
+            )
+        )
+    longest = max(busy, key=lambda j: snapshot.taken_at - j.run_at, default=None)
+    if longest is not None:
+        running_s = snapshot.taken_at - longest.run_at
+        if running_s > d.kill_timeout_s:
+            out.append(
+                Finding(
+                    Level.WARNING,
+                    "job-longer-than-kill-timeout",
+                    f"{longest.job_class} on {longest.hostname} (queue {longest.queue}) has run "
+                    f"{running_s:.0f} s, longer than kill_timeout {d.kill_timeout_s:g} s: a "
+                    "deploy now interrupts it, and its retry starts over",
+                    f"raise kill_timeout (max {FLY_KILL_TIMEOUT_MAX_S:g}) and Sidekiq's -t, or "
+                    "make the job resumable (Sidekiq::IterableJob, smaller batches)",
+                )
+            )
+    return out
+
+
+def _processes_on(processes: Sequence[ProcessRecord]) -> str:
+    machines = sorted({p.machine for p in processes})
+    shown = ", ".join(machines[:3]) + (", ..." if len(machines) > 3 else "")
+    return (
+        f"{count(len(processes), 'process', 'processes')} on "
+        f"{count(len(machines), 'Machine')} ({shown})"
+    )
+
+
+def summary(findings: Sequence[Finding]) -> str:
+    errors = sum(f.level is Level.ERROR for f in findings)
+    warnings = len(findings) - errors
+    if not findings:
+        return "doctor: no problems found"
+    return f"doctor: {count(errors, 'error')}, {count(warnings, 'warning')}"

@@ -1,0 +1,174 @@
+"""Which processes ``quiesce quiet`` signals, and why the others are left alone (pure)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import fnmatch
+
+from quiesce.model.fleet import FleetSnapshot, ProcessRecord, ProcessState
+
+
+class Outcome(enum.StrEnum):
+    CONFIRMED = "confirmed"
+    ALREADY_QUIET = "already_quiet"
+    VANISHED = "vanished"
+    """Exited during the wait: fine for a deploy."""
+    EMBEDDED = "embedded"
+    """Skipped: Sidekiq ignores remote signals in embedded mode (7.0.3+)."""
+    DEAD = "dead"
+    """A leftover member of ``processes`` whose hash already expired: nothing to signal."""
+    STALLED = "stalled"
+    """Its own heartbeat is overdue (its version's interval plus a margin): hung or gone."""
+    UNREADABLE = "unreadable"
+    NOT_CONFIRMED = "not_confirmed"
+    """Heartbeating, but the signal was not confirmed before the deadline."""
+    SIGNAL_FAILED = "signal_failed"
+    """Redis refused this process's push (e.g. its signal list is not a list)."""
+    NOT_SIGNALLED = "not_signalled"
+    """The push never went in (Redis unreachable until the deadline)."""
+    LOST = "lost"
+    """Left the registry with its hash (Redis lost its data, or the process died) and did
+    not come back before the deadline: not a clean exit, so not counted as gone."""
+    SIGNALLED = "signalled"
+    """``--no-wait``: pushed, not checked."""
+    PLANNED = "planned"
+    """``--dry-run``: would be signalled."""
+    PENDING = "pending"
+    DRAINED = "drained"
+    """``--until drained``: quiet, and no job running any more."""
+    STILL_BUSY = "still_busy"
+    """``--until drained``: took the signal, but jobs were still running at the deadline."""
+
+
+FAILED_OUTCOMES = frozenset(
+    {
+        Outcome.STALLED,
+        Outcome.UNREADABLE,
+        Outcome.NOT_CONFIRMED,
+        Outcome.SIGNAL_FAILED,
+        Outcome.NOT_SIGNALLED,
+        Outcome.LOST,
+        Outcome.STILL_BUSY,
+    }
+)
+"""Outcomes that make ``quiesce quiet`` exit non-zero (the process may still take jobs)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Filters:
+    """Repeat a filter to accept any of its values; different filters must all match."""
+
+    hostnames: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+    identities: tuple[str, ...] = ()
+    exclude_hostnames: tuple[str, ...] = ()
+    """Globs: a process whose hostname matches any of them is left alone."""
+    exclude_tags: tuple[str, ...] = ()
+    exclude_labels: tuple[str, ...] = ()
+    exclude_queues: tuple[str, ...] = ()
+    """A process listening on any of these queues is left alone."""
+
+    @property
+    def active(self) -> bool:
+        return bool(
+            self.hostnames
+            or self.tags
+            or self.labels
+            or self.queues
+            or self.identities
+            or self.excludes
+        )
+
+    @property
+    def excludes(self) -> bool:
+        return bool(
+            self.exclude_hostnames
+            or self.exclude_tags
+            or self.exclude_labels
+            or self.exclude_queues
+        )
+
+    @property
+    def needs_info(self) -> bool:
+        """Tag, label and queue live in the ``info`` JSON; hostname and identity do not."""
+        return bool(self.tags or self.labels or self.queues)
+
+    def excluded_by(self, proc: ProcessRecord) -> str | None:
+        """The first filter that leaves ``proc`` out, as its option (``--exclude-tag
+        critical``), or None when the process is selected."""
+        if not self.matches(proc):
+            return "not matching --hostname/--tag/--label/--queue/--identity"
+        for glob in self.exclude_hostnames:
+            if fnmatch.fnmatchcase(proc.hostname, glob):
+                return f"--exclude-hostname {glob}"
+        if proc.problem is not None:
+            return None  # tag, labels and queues unknown: never excluded on a guess
+        for tag in self.exclude_tags:
+            if proc.tag == tag:
+                return f"--exclude-tag {tag}"
+        for label in self.exclude_labels:
+            if label in proc.labels:
+                return f"--exclude-label {label}"
+        for queue in self.exclude_queues:
+            if queue in proc.queues:
+                return f"--exclude-queue {queue}"
+        return None
+
+    def selects(self, proc: ProcessRecord) -> bool:
+        return self.excluded_by(proc) is None
+
+    def matches(self, proc: ProcessRecord) -> bool:
+        """The inclusion filters only (``excluded_by`` applies the exclusions too)."""
+        if self.identities and proc.identity not in self.identities:
+            return False
+        if self.hostnames and not any(
+            fnmatch.fnmatchcase(proc.hostname, g) for g in self.hostnames
+        ):
+            return False
+        if proc.problem is not None and self.needs_info:
+            return False
+        if self.tags and proc.tag not in self.tags:
+            return False
+        if self.labels and not set(self.labels) & set(proc.labels):
+            return False
+        return not self.queues or bool(set(self.queues) & set(proc.queues))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QuietPlan:
+    targets: tuple[ProcessRecord, ...]
+    skipped: tuple[tuple[ProcessRecord, Outcome], ...]
+    excluded: int
+    """Processes the filters left out."""
+    excluded_by: tuple[tuple[str, int], ...] = ()
+    """Per filter (as its option), how many processes it left out, in option order."""
+
+
+_SKIP_BY_STATE = {
+    ProcessState.DEAD: Outcome.DEAD,
+    ProcessState.UNREADABLE: Outcome.UNREADABLE,
+    ProcessState.EMBEDDED: Outcome.EMBEDDED,
+    ProcessState.QUIET: Outcome.ALREADY_QUIET,
+}
+
+
+def plan_quiet(snapshot: FleetSnapshot, filters: Filters) -> QuietPlan:
+    targets: list[ProcessRecord] = []
+    skipped: list[tuple[ProcessRecord, Outcome]] = []
+    excluded = 0
+    by_filter: dict[str, int] = {}
+    for proc in sorted(snapshot.processes, key=lambda p: (p.machine, p.pid or 0, p.identity)):
+        reason = filters.excluded_by(proc)
+        if reason is not None:
+            excluded += 1
+            by_filter[reason] = by_filter.get(reason, 0) + 1
+            continue
+        skip = _SKIP_BY_STATE.get(proc.state)
+        if skip is None:
+            targets.append(proc)  # running or stalled: push, then confirm or report it
+        else:
+            skipped.append((proc, skip))
+    return QuietPlan(tuple(targets), tuple(skipped), excluded, tuple(by_filter.items()))

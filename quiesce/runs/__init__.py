@@ -1,0 +1,1 @@
+"""Orchestration: each command's loop over adapters and model."""

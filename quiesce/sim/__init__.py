@@ -1,0 +1,1 @@
+"""Simulated Sidekiq fleets, an embedded Redis and the demo."""

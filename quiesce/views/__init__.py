@@ -1,0 +1,1 @@
+"""Text and JSON renderings of the model. Pure: model and text only."""
