@@ -65,7 +65,8 @@ except ModuleNotFoundError:  # the system python, not the checkout's .venv
 
 from quiesce.adapters.redis.store import SidekiqStore  # noqa: E402
 from quiesce.model.quiet import Outcome  # noqa: E402
-from quiesce.runs.quiet import QuietOptions, quiet_fleet  # noqa: E402
+from quiesce.model.report import QuietOptions  # noqa: E402
+from quiesce.runs.quiet import quiet_fleet  # noqa: E402
 from quiesce.settings import build_settings  # noqa: E402
 from quiesce.sidekiq import keys as k  # noqa: E402
 from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes  # noqa: E402

@@ -41,7 +41,8 @@ except ModuleNotFoundError:  # the system python, not the checkout's .venv
 
 from quiesce.adapters.fly import FlyClient, FlyConfig  # noqa: E402
 from quiesce.adapters.redis.store import SidekiqStore  # noqa: E402
-from quiesce.runs.quiet import QuietOptions, quiet_fleet  # noqa: E402
+from quiesce.model.report import QuietOptions  # noqa: E402
+from quiesce.runs.quiet import quiet_fleet  # noqa: E402
 from quiesce.runs.rejoin import RejoinOptions, RejoinWatch  # noqa: E402
 from quiesce.settings import build_settings  # noqa: E402
 from quiesce.sim.simulator import SimulatedFleet, make_processes  # noqa: E402

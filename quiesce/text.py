@@ -34,3 +34,41 @@ def safe(text: str) -> str:
     (``\\x1b``, ``\\n``, ``\\xff`` for an undecodable byte, ``\\u202e``); printable text,
     including non-ASCII letters, is unchanged."""
     return _UNSAFE.sub(_escape, text)
+
+
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``1 process``, ``2 processes``: the one way quiesce counts things in text."""
+    return f"{n} {noun if n == 1 else many or noun + 's'}"
+
+
+def duration(seconds: float | None) -> str:
+    """The one way quiesce shows a length of time: ``31s``, ``1m14s``, ``1h02m``, ``2d03h``;
+    ``-`` when unknown. Whole seconds: every figure it shows is a heartbeat apart at best."""
+    if seconds is None:
+        return "-"
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``5m``, ``1h30m`` or ``500ms`` (Go's and fly.toml's
+    spellings; a bare number is seconds): the one parser for every ``--timeout``-like
+    option and for fly.toml. Raises ``ValueError`` naming the text for anything else
+    (``nan``, ``inf``, ``-5``, ``5 m``)."""
+    value = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", value):
+        return float(value)
+    parts = _DURATION_PART.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise ValueError(f"{text!r} is not a duration (e.g. 90, 90s, 5m, 1h30m)")
+    return sum(float(n) * _UNITS[u] for n, u in parts)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from quiesce.errors import ConfigError
-from quiesce.model.fleet import FleetSnapshot, ProcessRecord, SidekiqVersion
+from quiesce.model.fleet import ProcessRecord, SidekiqVersion
 from quiesce.model.quiet import Filters, Outcome, plan_quiet
 from quiesce.model.record import (
     DeployRecord,
@@ -18,6 +18,7 @@ from quiesce.model.record import (
     parse_deploy_record,
     quiet_since,
 )
+from quiesce.model.snapshot import FleetSnapshot
 from quiesce.model.verdict import (
     Target,
     Until,

@@ -15,8 +15,9 @@ from quiesce.errors import ExitCode
 from quiesce.model.drain import Grace, advice
 from quiesce.model.fleet import ProcessRecord, SidekiqVersion
 from quiesce.model.quiet import Filters, Outcome
+from quiesce.model.report import Event, Progress, QuietOptions
 from quiesce.model.verdict import Target, Until, Verdict, assess, finalize
-from quiesce.runs.quiet import Event, Progress, QuietOptions, quiet_fleet
+from quiesce.runs.quiet import quiet_fleet
 from quiesce.sidekiq.rows import PollRow
 from quiesce.sidekiq.work import RunningJob
 from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes

@@ -7,16 +7,10 @@ import dataclasses
 import pytest
 
 from quiesce.model.decode import decode_snapshot
-from quiesce.model.fleet import (
-    FleetSnapshot,
-    ProcessRecord,
-    ProcessState,
-    SidekiqVersion,
-    is_quieting,
-    mark_quieting,
-)
+from quiesce.model.fleet import ProcessRecord, ProcessState, SidekiqVersion
 from quiesce.model.gate import check_expect
 from quiesce.model.record import DeployRecord, OutcomeEntry
+from quiesce.model.snapshot import FleetSnapshot, is_quieting, mark_quieting
 from quiesce.sidekiq.rows import RawSnapshot
 from tests.test_decode import load, raw_row
 

@@ -399,7 +399,8 @@ def test_fleet_past_one_sscan_page_is_read_whole(
 
 def test_machines_per_rejoin_state_after_a_quiet(redis_url: str, store: SidekiqStore) -> None:
     """The rejoin report, from the same snapshot: quieted Machines wait to be replaced."""
-    from quiesce.runs.quiet import QuietOptions, quiet_fleet
+    from quiesce.model.report import QuietOptions
+    from quiesce.runs.quiet import quiet_fleet
     from tests.support import simulated_fleet
 
     sim = simulated_fleet(redis_url, make_processes(3, seed=5), beat_interval_s=0.3)

@@ -9,10 +9,10 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from quiesce.adapters.postgres import PostgresStats
 from quiesce.cli.app import app
 from quiesce.errors import ConnectionLimit, ExitCode
 from quiesce.model.capacity import (
+    PostgresStats,
     clients_by_library,
     pool_overhead,
     pool_size,
@@ -20,8 +20,9 @@ from quiesce.model.capacity import (
     project_redis,
     refusals,
 )
-from quiesce.model.fleet import FleetSnapshot, ProcessRecord, ServerInfo, SidekiqVersion
+from quiesce.model.fleet import ProcessRecord, ServerInfo, SidekiqVersion
 from quiesce.model.preflight import BlueGreenPreflight, projections
+from quiesce.model.snapshot import FleetSnapshot
 from quiesce.sidekiq import keys as k
 from quiesce.sim.simulator import make_processes
 from tests.support import RedisServer, simulated_fleet

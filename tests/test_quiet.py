@@ -12,8 +12,9 @@ import redis
 from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.errors import ExitCode
 from quiesce.model.quiet import Filters, Outcome
+from quiesce.model.report import QuietOptions
 from quiesce.model.verdict import Until
-from quiesce.runs.quiet import QuietOptions, quiet_fleet
+from quiesce.runs.quiet import quiet_fleet
 from quiesce.runs.read import read_fleet
 from quiesce.settings import Settings, build_settings
 from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes

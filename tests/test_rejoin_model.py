@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from quiesce.model.fleet import FleetSnapshot, ProcessRecord, SidekiqVersion
+from quiesce.model.fleet import ProcessRecord, SidekiqVersion
 from quiesce.model.machines import FlyMachine
 from quiesce.model.record import DeployRecord, FleetEntry, OutcomeEntry
 from quiesce.model.recover import stranded
@@ -16,6 +16,7 @@ from quiesce.model.rejoin import (
     release_label,
     snapshot_rejoin,
 )
+from quiesce.model.snapshot import FleetSnapshot
 from quiesce.views.rejoin import rejoin_json, rejoin_text
 
 T0 = 1_800_000_000.0

@@ -16,8 +16,9 @@ import pytest
 from quiesce.errors import ExitCode, RedisRefused, RedisUnavailable
 from quiesce.model.quiet import Outcome
 from quiesce.model.record import parse_deploy_record
+from quiesce.model.report import QuietOptions, QuietReport
 from quiesce.model.verdict import Until
-from quiesce.runs.quiet import QuietOptions, QuietReport, quiet_fleet
+from quiesce.runs.quiet import quiet_fleet
 from quiesce.sidekiq.keys import PROCESS_FIELDS, Keys
 from quiesce.sidekiq.rows import (
     EmptyFleetHints,

@@ -22,7 +22,8 @@ import redis
 from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.errors import ExitCode, RedisRefused
 from quiesce.model.quiet import Outcome
-from quiesce.runs.quiet import QuietOptions, QuietReport, quiet_fleet
+from quiesce.model.report import QuietOptions, QuietReport
+from quiesce.runs.quiet import quiet_fleet
 from quiesce.settings import build_settings
 from quiesce.sim.simulator import SimulatedFleet, make_processes
 from tests.support import RedisServer, simulated_fleet

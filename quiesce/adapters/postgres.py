@@ -7,20 +7,18 @@ connection says ``application_name=quiesce`` and is left out of the counts.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import urllib.parse
 from typing import Any
 
 from quiesce.errors import ConfigError, QuiesceError
+from quiesce.model.capacity import PostgresStats
 from quiesce.settings import mask_url
 
 log = logging.getLogger(__name__)
 
 APPLICATION_NAME = "quiesce"
-MAX_APPLICATIONS = 50
-"""``quiesce_postgres_backends`` keeps this many application names; the rest are ``other``."""
 
 _QUERY = """
 select coalesce(application_name, ''), count(*)::int,
@@ -37,28 +35,6 @@ select null, 0, current_setting('max_connections')::int,
 
 class PostgresUnavailable(QuiesceError):
     """PostgreSQL could not be read (refused, unreachable, timed out)."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PostgresStats:
-    backends: dict[str, int]
-    """Client backends by ``application_name`` ("" when unset), ours excluded."""
-    max_connections: int
-    reserved: int
-    """``superuser_reserved_connections``: ordinary users get ``max_connections - reserved``."""
-
-    @property
-    def total(self) -> int:
-        return sum(self.backends.values())
-
-
-def bounded(backends: dict[str, int], limit: int = MAX_APPLICATIONS) -> dict[str, int]:
-    if len(backends) <= limit:
-        return backends
-    ranked = sorted(backends.items(), key=lambda kv: (-kv[1], kv[0]))
-    kept = dict(ranked[: limit - 1])
-    kept["other"] = sum(n for _, n in ranked[limit - 1 :])
-    return kept
 
 
 class PostgresReader:

@@ -31,8 +31,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from quiesce import __version__
-from quiesce.adapters.postgres import PostgresStats
 from quiesce.errors import QuiesceError
+from quiesce.model.capacity import PostgresStats
 from quiesce.model.decode import decode_snapshot
 from quiesce.model.metrics import Family, ScrapeData, families
 from quiesce.settings import Settings

@@ -39,8 +39,8 @@ from quiesce.text import safe
 if TYPE_CHECKING:
     from quiesce.adapters.redis.store import SidekiqStore
     from quiesce.model.doctor import Deploy, Finding
-    from quiesce.model.fleet import FleetSnapshot
-    from quiesce.runs.quiet import Event
+    from quiesce.model.report import Event
+    from quiesce.model.snapshot import FleetSnapshot
 
 
 def _exit_codes_help() -> str:
@@ -500,14 +500,14 @@ class _ProgressLine:
         self.draining = until == "drained"
 
     def __call__(self, event: Event) -> None:
-        from quiesce.runs.quiet import Notice, Progress, Pushed
-        from quiesce.views.fleet import count
+        from quiesce.model.report import Notice, Progress, Pushed
+        from quiesce.text import plural
 
         if isinstance(event, Pushed):
             self.clear()
             typer.echo(
-                f"signalled TSTP to {count(event.targets, 'process', 'processes')} on "
-                f"{count(event.machines, 'machine')} ({self.how})"
+                f"signalled TSTP to {plural(event.targets, 'process', 'processes')} on "
+                f"{plural(event.machines, 'machine')} ({self.how})"
             )
             sys.stdout.flush()
             self.header_shown = True
@@ -695,7 +695,8 @@ def quiet(
     allows. Records the deploy under quiesce:deploy:* (14 days) and writes Sidekiq's
     deploy mark for the release label (--no-mark to skip).
     """
-    from quiesce.runs.quiet import QuietOptions, quiet_fleet
+    from quiesce.model.report import QuietOptions
+    from quiesce.runs.quiet import quiet_fleet
     from quiesce.views.fleet import report_json, report_text
 
     options = QuietOptions(
@@ -934,7 +935,7 @@ def simulate(
     from quiesce.adapters.redis.store import connect
     from quiesce.runs.read import read_fleet
     from quiesce.sim.simulator import SimulatedFleet, make_processes
-    from quiesce.views.fleet import count
+    from quiesce.text import plural
 
     with _guard(), _stores(settings := _settings(ctx), first_only=True) as stores:
         store = stores[0]
@@ -945,7 +946,7 @@ def simulate(
         ]
         if others and not force:
             raise ConfigError(
-                f"{count(len(others), 'other Sidekiq process', 'other Sidekiq processes')} "
+                f"{plural(len(others), 'other Sidekiq process', 'other Sidekiq processes')} "
                 f"registered in {store.label}; refusing to mix simulated ones in (use --force)"
             )
         fleet = SimulatedFleet(
@@ -956,7 +957,7 @@ def simulate(
             keys=store.keys,
             beat_interval_s=beat_interval,
         )
-        machines = count(-(-processes // per_machine), "machine")
+        machines = plural(-(-processes // per_machine), "machine")
         typer.echo(
             safe(
                 f"simulating {processes} Sidekiq {sidekiq_version} "
@@ -1202,9 +1203,10 @@ def recover(
     failures) or --stop sends TERM so the supervisor starts a new process. Never touches
     a Machine that still runs a non-quiet process.
     """
-    from quiesce.model.recover import RecoverReport, restart_all, stop_all, stranded
+    from quiesce.model.recover import RecoverReport, stranded
     from quiesce.model.rejoin import RejoinFilters
     from quiesce.runs.read import read_fleet
+    from quiesce.runs.recover import restart_all, stop_all
     from quiesce.views.rejoin import recover_json, recover_text
 
     with _guard():

@@ -160,3 +160,29 @@ def project_postgres(backends: int, max_connections: int | None) -> Projection:
 
 def refusals(projections: Iterable[Projection], max_ratio: float) -> list[Projection]:
     return [p for p in projections if p.exceeds(max_ratio)]
+
+
+MAX_APPLICATIONS = 50
+"""``quiesce_postgres_backends`` keeps this many application names; the rest are ``other``."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PostgresStats:
+    backends: dict[str, int]
+    """Client backends by ``application_name`` ("" when unset), ours excluded."""
+    max_connections: int
+    reserved: int
+    """``superuser_reserved_connections``: ordinary users get ``max_connections - reserved``."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.backends.values())
+
+
+def bounded(backends: dict[str, int], limit: int = MAX_APPLICATIONS) -> dict[str, int]:
+    if len(backends) <= limit:
+        return backends
+    ranked = sorted(backends.items(), key=lambda kv: (-kv[1], kv[0]))
+    kept = dict(ranked[: limit - 1])
+    kept["other"] = sum(n for _, n in ranked[limit - 1 :])
+    return kept

@@ -14,15 +14,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeGuard
 
-from quiesce.model.fleet import (
-    FleetSnapshot,
-    ProcessRecord,
-    ServerInfo,
-    SidekiqVersion,
-    mark_quieting,
-    split_identity,
-)
+from quiesce.model.fleet import ProcessRecord, ServerInfo, SidekiqVersion, split_identity
 from quiesce.model.record import has_surrogates, parse_deploy_record
+from quiesce.model.snapshot import FleetSnapshot, mark_quieting
 from quiesce.sidekiq.keys import HEARTBEAT_TTL_S
 from quiesce.sidekiq.rows import RawProcess, RawSnapshot
 from quiesce.sidekiq.versions import (

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import os
+import posixpath
 import re
 import shlex
 import tomllib
@@ -20,8 +20,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from quiesce.errors import ConfigError
-from quiesce.model.fleet import FleetSnapshot, ProcessRecord
-from quiesce.views.fleet import count
+from quiesce.model.fleet import ProcessRecord
+from quiesce.model.snapshot import FleetSnapshot
+from quiesce.text import plural
 
 SIDEKIQ_SHUTDOWN_TIMEOUT_S = 25.0
 """Sidekiq's ``-t``/``:timeout:`` default: how long shutdown waits for running jobs."""
@@ -159,7 +160,7 @@ def quiesce_calls(command: str) -> list[QuiesceCall]:
         words = shlex.split(command)
     except ValueError:
         return []
-    if len(words) >= 3 and os.path.basename(words[0]) in ("sh", "bash") and "-c" in words:
+    if len(words) >= 3 and posixpath.basename(words[0]) in ("sh", "bash") and "-c" in words:
         inner = words[words.index("-c") + 1 :]
         return quiesce_calls(inner[0]) if inner else []
     calls = []
@@ -169,7 +170,7 @@ def quiesce_calls(command: str) -> list[QuiesceCall]:
             segment.append(word)
             continue
         for i, w in enumerate(segment):
-            if os.path.basename(w) == "quiesce":
+            if posixpath.basename(w) == "quiesce":
                 calls.append(_call(tuple(segment[i + 1 :])))
                 break
         segment = []
@@ -334,7 +335,7 @@ def _release_checks(d: Deploy) -> list[Finding]:
         ]
     out = []
     words = shlex.split(d.release_command) if _splits(d.release_command) else []
-    if words and os.path.basename(words[0]) not in ("sh", "bash"):
+    if words and posixpath.basename(words[0]) not in ("sh", "bash"):
         operators = sorted(_SHELL_OPERATORS.intersection(words))
         if operators:
             out.append(
@@ -342,7 +343,7 @@ def _release_checks(d: Deploy) -> list[Finding]:
                     Level.ERROR,
                     "release-command-shell",
                     f"release_command uses {' '.join(operators)} but Fly runs it without a "
-                    f"shell: {os.path.basename(words[0])} gets them as arguments",
+                    f"shell: {posixpath.basename(words[0])} gets them as arguments",
                     "wrap it: release_command = \"sh -c '... && quiesce quiet ...'\" (or a script)",
                 )
             )
@@ -531,8 +532,8 @@ def _processes_on(processes: Sequence[ProcessRecord]) -> str:
     machines = sorted({p.machine for p in processes})
     shown = ", ".join(machines[:3]) + (", ..." if len(machines) > 3 else "")
     return (
-        f"{count(len(processes), 'process', 'processes')} on "
-        f"{count(len(machines), 'Machine')} ({shown})"
+        f"{plural(len(processes), 'process', 'processes')} on "
+        f"{plural(len(machines), 'Machine')} ({shown})"
     )
 
 
@@ -541,4 +542,4 @@ def summary(findings: Sequence[Finding]) -> str:
     warnings = len(findings) - errors
     if not findings:
         return "doctor: no problems found"
-    return f"doctor: {count(errors, 'error')}, {count(warnings, 'warning')}"
+    return f"doctor: {plural(errors, 'error')}, {plural(warnings, 'warning')}"

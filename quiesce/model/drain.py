@@ -17,9 +17,11 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from quiesce.model.fleet import FleetSnapshot, ProcessRecord
+from quiesce.model.fleet import ProcessRecord
 from quiesce.model.quiet import Outcome, QuietPlan
+from quiesce.model.snapshot import FleetSnapshot
 from quiesce.sidekiq.work import NO_WORK, RunningJob, WorkRead, band_of, decode_work, longest_first
+from quiesce.text import duration
 
 SIDEKIQ_DEFAULT_TIMEOUT_S = 25.0
 """Sidekiq's ``:timeout`` (``-t``) when not configured: how long TERM waits for jobs."""
@@ -136,12 +138,8 @@ class Grace:
         return min(self.kill_timeout_s, self.sidekiq_s)
 
 
-def _s(seconds: float) -> str:
-    return f"{seconds:.0f}s"
-
-
 def _job(job: RunningJob) -> str:
-    runtime = "?" if job.runtime_s is None else _s(job.runtime_s)
+    runtime = duration(job.runtime_s)
     return f"{job.job_class} (jid {job.jid or '?'}, queue {job.queue}, running {runtime})"
 
 
@@ -155,16 +153,17 @@ def advice(
     """
     lines: list[str] = []
     t_text = (
-        f"Sidekiq's -t {_s(grace.sidekiq_s)}"
+        f"Sidekiq's -t {duration(grace.sidekiq_s)}"
         if grace.sidekiq_timeout_s is not None
-        else f"Sidekiq's -t (default {_s(SIDEKIQ_DEFAULT_TIMEOUT_S)}, if unchanged)"
+        else f"Sidekiq's -t (default {duration(SIDEKIQ_DEFAULT_TIMEOUT_S)}, if unchanged)"
     )
     k = grace.kill_timeout_s
     if k is not None and k < grace.sidekiq_s + KILL_MARGIN_S:
         lines.append(
-            f"kill_timeout {_s(k)} leaves no room for {t_text}: Fly kills the Machine before "
+            f"kill_timeout {duration(k)} leaves no room for {t_text}: Fly kills the Machine before "
             "Sidekiq can push unfinished jobs back to Redis. Set kill_timeout in fly.toml to at "
-            f"least {_s(grace.sidekiq_s + KILL_MARGIN_S)} (-t plus {_s(KILL_MARGIN_S)})."
+            f"least {duration(grace.sidekiq_s + KILL_MARGIN_S)} "
+            f"(-t plus {duration(KILL_MARGIN_S)})."
         )
     top = longest(jobs)
     if not jobs:
@@ -172,7 +171,7 @@ def advice(
     if timed_out:
         lines.append(
             f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} still running: when their "
-            f"Machines stop, each gets {_s(grace.seconds)} more, then is killed mid-run and "
+            f"Machines stop, each gets {duration(grace.seconds)} more, then is killed mid-run and "
             "starts again from scratch later (side effects may happen twice):"
         )
         lines.extend(f"  {_job(j)} on {j.machine}" for j in jobs[:20])
@@ -184,15 +183,15 @@ def advice(
     if top.runtime_s > grace.seconds or timed_out:
         wait = max(need * 2, int(drain_timeout_s or 0) + 60)
         lines.append(
-            f"the longest, {_job(top)}, has run {_s(top.runtime_s)}, longer than the "
-            f"{_s(grace.seconds)} a stopping Machine gives it. Either drain before deploying "
+            f"the longest, {_job(top)}, has run {duration(top.runtime_s)}, longer than the "
+            f"{duration(grace.seconds)} a stopping Machine gives it. Either drain before deploying "
             f"(quiesce quiet --until drained --timeout {wait}, with release_command_timeout "
             f"above it), or let shutdown wait: Sidekiq's -t above the longest job (>= {need}s) "
-            f"and kill_timeout in fly.toml at -t + {_s(KILL_MARGIN_S)}."
+            f"and kill_timeout in fly.toml at -t + {duration(KILL_MARGIN_S)}."
         )
     else:
         lines.append(
-            f"the longest running job, {_job(top)}, fits in the {_s(grace.seconds)} a "
+            f"the longest running job, {_job(top)}, fits in the {duration(grace.seconds)} a "
             "stopping Machine gives it, if it finishes soon"
         )
     return lines

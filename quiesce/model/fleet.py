@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from quiesce.sidekiq.keys import SIGNAL_TTL_S
-from quiesce.sidekiq.versions import QUIET_SIGNAL
-
-if TYPE_CHECKING:  # deploy.py reads ProcessRecord too: no import cycle at run time
-    from quiesce.model.record import DeployRecord
+if TYPE_CHECKING:
     from quiesce.sidekiq.work import WorkRead
 
 BEAT_MARGIN_S = 5.0
@@ -123,46 +118,6 @@ def beat_overdue(beat_age_s: float | None, interval_s: float) -> bool:
     return beat_age_s is not None and beat_age_s > interval_s + BEAT_MARGIN_S
 
 
-def is_quieting(proc: ProcessRecord, deploy: DeployRecord | None, taken_at: float) -> bool:
-    """A live, readable, not yet quiet process whose TSTP from ``deploy`` was popped.
-
-    ``quiesce quiet --until delivered`` confirms on the beat that pops TSTP, one beat
-    before Sidekiq reports ``quiet = "true"``. Either the record says ``confirmed``, or
-    its entry has ``pushed_at`` and the last beat (``taken_at - beat_age_s``, Redis clock)
-    came after the push, while the signal list was alive (60 s), with no TSTP pending.
-    Past that window a process that still is not quiet is no longer "quieting".
-    """
-    if deploy is None or not proc.alive or proc.problem is not None:
-        return False
-    if proc.embedded or proc.quiet or proc.beat_age_s is None:
-        return False
-    entry = deploy.outcomes.get(proc.identity)
-    if entry is None:
-        return False
-    anchor = entry.pushed_at if entry.pushed_at is not None else entry.confirmed_at
-    last_beat = taken_at - proc.beat_age_s
-    if anchor is None or last_beat >= anchor + SIGNAL_TTL_S:
-        return False
-    if entry.outcome == "confirmed":
-        return True
-    return (
-        entry.pushed_at is not None
-        and last_beat >= entry.pushed_at - BEAT_CLOCK_SLACK_S
-        and QUIET_SIGNAL not in proc.pending_signals
-    )
-
-
-def mark_quieting(
-    processes: Iterable[ProcessRecord], deploy: DeployRecord | None, taken_at: float
-) -> tuple[ProcessRecord, ...]:
-    """``processes`` with ``quieting`` set from ``deploy`` (``taken_at``: their server's clock)."""
-    out = []
-    for proc in processes:
-        flag = is_quieting(proc, deploy, taken_at)
-        out.append(proc if flag == proc.quieting else dataclasses.replace(proc, quieting=flag))
-    return tuple(out)
-
-
 def split_identity(identity: str) -> tuple[str, int | None]:
     """``host:pid:nonce`` split from the right: hostnames may contain ``:``, pid and nonce not."""
     parts = identity.rsplit(":", 2)
@@ -181,49 +136,3 @@ class ServerInfo:
     maxclients: int | None
     run_id: str | None = None
     """``INFO server`` ``run_id``: changes when Redis restarts (and loses unsaved data)."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class FleetSnapshot:
-    processes: tuple[ProcessRecord, ...]
-    taken_at: float
-    """Epoch seconds on the Redis clock when the snapshot was read."""
-    servers: tuple[ServerInfo, ...] = ()
-    latest_deploy: DeployRecord | None = None
-    deploy_problem: str | None = None
-    """Why a stored deploy record was ignored or partly dropped (one line), if it was."""
-
-    @classmethod
-    def merge(cls, parts: Sequence[FleetSnapshot]) -> FleetSnapshot:
-        """One view over several Redis servers (apps that shard Sidekiq).
-
-        The newest deploy record of any server is the latest; every server's processes
-        are judged against it on that server's own clock (``taken_at``).
-        """
-        deploys = [p.latest_deploy for p in parts if p.latest_deploy is not None]
-        latest = max(deploys, key=lambda d: d.started_at, default=None)
-        problems = [p.deploy_problem for p in parts if p.deploy_problem]
-        return cls(
-            processes=tuple(
-                proc
-                for part in parts
-                for proc in mark_quieting(part.processes, latest, part.taken_at)
-            ),
-            taken_at=max((p.taken_at for p in parts), default=0.0),
-            servers=tuple(s for part in parts for s in part.servers),
-            latest_deploy=latest,
-            deploy_problem="; ".join(problems) or None,
-        )
-
-    def by_machine(self) -> dict[str, list[ProcessRecord]]:
-        machines: dict[str, list[ProcessRecord]] = {}
-        for proc in sorted(self.processes, key=lambda p: (p.machine, p.pid or 0, p.identity)):
-            machines.setdefault(proc.machine, []).append(proc)
-        return machines
-
-
-def count_states(processes: Iterable[ProcessRecord]) -> dict[ProcessState, int]:
-    counts = dict.fromkeys(ProcessState, 0)
-    for proc in processes:
-        counts[proc.state] += 1
-    return counts

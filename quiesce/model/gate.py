@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 
 from quiesce.model.decode import printable
-from quiesce.model.fleet import FleetSnapshot, ProcessState
+from quiesce.model.fleet import ProcessState
+from quiesce.model.snapshot import FleetSnapshot
 
 SHOWN = 5
 """Offending processes named in the message; the rest are counted."""

@@ -14,12 +14,18 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 
-from quiesce.adapters.postgres import PostgresStats, bounded
-from quiesce.model.capacity import clients_by_library, pool_size, sidekiq_pools
-from quiesce.model.fleet import BEAT_MARGIN_S, FleetSnapshot, ProcessRecord, ProcessState
+from quiesce.model.capacity import (
+    PostgresStats,
+    bounded,
+    clients_by_library,
+    pool_size,
+    sidekiq_pools,
+)
+from quiesce.model.fleet import BEAT_MARGIN_S, ProcessRecord, ProcessState
 from quiesce.model.queues import PauseReason, QueuesView, view_queues
 from quiesce.model.record import DeployRecord
 from quiesce.model.rejoin import snapshot_rejoin
+from quiesce.model.snapshot import FleetSnapshot
 from quiesce.sidekiq.queue_rows import RawQueues
 
 GENERATION_SLACK_S = 5.0

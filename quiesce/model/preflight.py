@@ -13,10 +13,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from quiesce.adapters.postgres import PostgresStats
 from quiesce.errors import ConnectionLimit, QuiesceError
-from quiesce.model.capacity import Projection, project_postgres, project_redis, refusals
-from quiesce.model.fleet import FleetSnapshot
+from quiesce.model.capacity import (
+    PostgresStats,
+    Projection,
+    project_postgres,
+    project_redis,
+    refusals,
+)
+from quiesce.model.snapshot import FleetSnapshot
 
 
 def projections(fleet: FleetSnapshot, postgres: PostgresStats | None = None) -> list[Projection]:

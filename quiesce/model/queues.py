@@ -16,7 +16,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from quiesce.model.fleet import FleetSnapshot, ProcessRecord, ProcessState
+from quiesce.model.fleet import ProcessRecord, ProcessState
+from quiesce.model.snapshot import FleetSnapshot
 from quiesce.sidekiq.queue_rows import RawQueues
 from quiesce.sidekiq.versions import JobTimeUnits
 

@@ -6,7 +6,8 @@ import dataclasses
 import enum
 import fnmatch
 
-from quiesce.model.fleet import FleetSnapshot, ProcessRecord, ProcessState
+from quiesce.model.fleet import ProcessRecord, ProcessState
+from quiesce.model.snapshot import FleetSnapshot
 
 
 class Outcome(enum.StrEnum):

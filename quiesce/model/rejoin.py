@@ -32,9 +32,10 @@ import enum
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 
-from quiesce.model.fleet import FleetSnapshot, ProcessRecord, ProcessState, is_quieting
+from quiesce.model.fleet import ProcessRecord, ProcessState
 from quiesce.model.machines import FlyMachine
 from quiesce.model.record import DeployRecord, FleetEntry
+from quiesce.model.snapshot import FleetSnapshot, is_quieting
 
 SKEW_TOLERANCE_S = 2.0
 """Slack after the per-process clock correction (beat timing and rounding)."""

@@ -21,7 +21,6 @@ already quiet are waited for without a new signal, and a timeout lists the jobs 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 import time
@@ -37,9 +36,19 @@ from quiesce.errors import (
     RedisUnavailable,
 )
 from quiesce.model.drain import Grace, advice, drain_plan, longest
-from quiesce.model.fleet import FleetSnapshot, ProcessRecord
+from quiesce.model.fleet import ProcessRecord
 from quiesce.model.quiet import FAILED_OUTCOMES, Filters, Outcome, QuietPlan, plan_quiet
 from quiesce.model.record import DeployRecord, OutcomeEntry, mark_stamp, new_deploy_id
+from quiesce.model.report import (
+    Event,
+    Notice,
+    ProcessOutcome,
+    Progress,
+    Pushed,
+    QuietOptions,
+    QuietReport,
+)
+from quiesce.model.snapshot import FleetSnapshot
 from quiesce.model.verdict import (
     Target,
     Until,
@@ -54,7 +63,7 @@ from quiesce.model.verdict import (
 from quiesce.runs.read import FleetReader, empty_fleet_notes, observe
 from quiesce.sidekiq import keys as k
 from quiesce.sidekiq.rows import Poll, Push
-from quiesce.sidekiq.work import RunningJob, longest_first, work_suffixes
+from quiesce.sidekiq.work import longest_first, work_suffixes
 
 log = logging.getLogger(__name__)
 
@@ -90,126 +99,6 @@ class FleetStore(FleetReader, Protocol):
     ) -> None: ...
 
     def mark_deploy(self, label: str, datecode: str, stamp: str) -> bool: ...
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class QuietOptions:
-    filters: Filters = dataclasses.field(default_factory=Filters)
-    until: Until = Until.DELIVERED
-    timeout_s: float = 30.0
-    wait: bool = True
-    dry_run: bool = False
-    release: str | None = None
-    strategy: str = "unknown"
-    mark: bool = True
-    allow_newer: bool = False
-    default_url: str | None = None
-    """Set when no URL was given and the default was used (said when the fleet is empty)."""
-    kill_timeout_s: float | None = None
-    """The app's Fly ``kill_timeout`` (``--kill-timeout``): running jobs are compared with it."""
-    sidekiq_timeout_s: float | None = None
-    """Sidekiq's shutdown timeout ``-t`` (``--sidekiq-timeout``), when known."""
-
-    @property
-    def reads_jobs(self) -> bool:
-        return self.until is Until.DRAINED or self.kill_timeout_s is not None
-
-    before_push: Callable[[FleetSnapshot], None] | None = None
-    """Called with the snapshot before any signal (the bluegreen preflight); may raise."""
-
-
-# -- what the run tells its caller while it runs ------------------------------------
-@dataclasses.dataclass(frozen=True, slots=True)
-class Pushed:
-    targets: int
-    machines: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Progress:
-    confirmed: int
-    vanished: int
-    pending: int
-    elapsed_s: float
-    remaining_s: float
-    drained: int = 0
-    jobs: int = 0
-    """``--until drained``: jobs still running on the targets not yet drained."""
-    longest_s: float | None = None
-    """``--until drained``: the longest of those jobs' runtime."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Notice:
-    """Something the operator must know now (a restart, a short timeout)."""
-
-    text: str
-
-
-Event = Pushed | Progress | Notice
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ProcessOutcome:
-    process: ProcessRecord
-    outcome: Outcome
-    pushes: int = 0
-    confirmed_after_s: float | None = None
-    reason: str | None = None
-    jobs: tuple[RunningJob, ...] = ()
-    """``--until drained``: the jobs running at the last poll (the ones a still-busy
-    process keeps running)."""
-    busy: int | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class QuietReport:
-    deploy_id: str | None
-    options: QuietOptions
-    snapshot: FleetSnapshot
-    entries: tuple[ProcessOutcome, ...]
-    excluded: int
-    elapsed_s: float
-    marks: tuple[str, ...] = ()
-    round_trips: int = 0
-    notes: tuple[str, ...] = ()
-    """Restarts seen, warnings, hints: printed with the report."""
-    error: QuiesceError | None = None
-    """What ended the run early after signals went out (the report is still whole)."""
-    record_saved: bool = True
-    excluded_by: tuple[tuple[str, int], ...] = ()
-    """Per filter, how many processes it left out (``plan.QuietPlan.excluded_by``)."""
-    advice: tuple[str, ...] = ()
-    """What stopping the Machines will do to running jobs, and what to change."""
-
-    @property
-    def failures(self) -> tuple[ProcessOutcome, ...]:
-        return tuple(e for e in self.entries if e.outcome in FAILED_OUTCOMES)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and not self.failures
-
-    @property
-    def exit_code(self) -> ExitCode:
-        if self.error is not None:
-            return self.error.exit_code
-        return ExitCode.NOT_CONFIRMED if self.failures else ExitCode.OK
-
-    def count(self, outcome: Outcome) -> int:
-        return sum(1 for e in self.entries if e.outcome is outcome)
-
-    @property
-    def quieted_machines(self) -> tuple[str, ...]:
-        """Machines with a process that took the signal: they stay quiet until restarted."""
-        took = {
-            Outcome.CONFIRMED,
-            Outcome.SIGNALLED,
-            Outcome.ALREADY_QUIET,
-            Outcome.DRAINED,
-            Outcome.STILL_BUSY,
-        }
-        return tuple(sorted({e.process.machine for e in self.entries if e.outcome in took}))
 
 
 class QuietRun:

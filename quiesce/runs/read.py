@@ -15,7 +15,7 @@ from typing import Protocol
 
 from quiesce.errors import ConfigError, QuiesceError
 from quiesce.model.decode import decode_snapshot
-from quiesce.model.fleet import FleetSnapshot
+from quiesce.model.snapshot import FleetSnapshot
 from quiesce.sidekiq import keys as k
 from quiesce.sidekiq.rows import EmptyFleetHints, RawSnapshot
 

@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from quiesce.errors import ConfigError, FlyRefused, FlyUnavailable, RedisUnavailable
-from quiesce.model.fleet import FleetSnapshot
 from quiesce.model.machines import FlyMachine
 from quiesce.model.record import DeployRecord
 from quiesce.model.rejoin import RejoinFilters, RejoinReport, rejoin_report
+from quiesce.model.snapshot import FleetSnapshot
 from quiesce.runs.read import FleetReader, read_fleet
 
 FLY_LIST_INTERVAL_S = 5.0

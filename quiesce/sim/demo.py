@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import redis
 
     from quiesce.model.rejoin import RejoinReport
-    from quiesce.runs.quiet import Event
+    from quiesce.model.report import Event
     from quiesce.settings import Settings
     from quiesce.sim.embedded_redis import Kind
 
@@ -520,7 +520,8 @@ def run_demo(
     before this returns, on an exception (Ctrl-C: ``KeyboardInterrupt``) too.
     """
     from quiesce.adapters.redis.store import connect, open_stores
-    from quiesce.runs.quiet import QuietOptions, quiet_fleet
+    from quiesce.model.report import QuietOptions
+    from quiesce.runs.quiet import quiet_fleet
     from quiesce.runs.read import read_fleet
     from quiesce.runs.rejoin import RejoinOptions, RejoinWatch
     from quiesce.settings import build_settings

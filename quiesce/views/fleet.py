@@ -9,35 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from quiesce.model.fleet import FleetSnapshot, ProcessRecord, ProcessState, count_states
+from quiesce.model.fleet import ProcessRecord, ProcessState
 from quiesce.model.quiet import FAILED_OUTCOMES, Outcome
 from quiesce.model.record import DeployRecord, quiet_since
-from quiesce.runs.quiet import ProcessOutcome, QuietReport
-from quiesce.text import safe
+from quiesce.model.report import ProcessOutcome, QuietReport
+from quiesce.model.snapshot import FleetSnapshot, count_states
+from quiesce.text import duration, plural, safe
+from quiesce.views import JSON_VERSION
 from quiesce.views.jobs import excluded_text, job_json, job_line
-
-JSON_VERSION = 1
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def count(n: int, noun: str, plural: str | None = None) -> str:
-    """``1 process``, ``2 processes``."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _processes(n: int) -> str:
-    return count(n, "process", "processes")
+    return plural(n, "process", "processes")
 
 
 def _text(lines: Iterable[str]) -> str:
@@ -164,7 +147,7 @@ def summary_line(processes: Iterable[ProcessRecord]) -> str:
     s = _summary(processes)
     states = ", ".join(f"{s[st.value]} {st.value}" for st in ProcessState if s[st.value])
     return safe(
-        f"{_processes(s['processes'])} on {count(s['machines'], 'machine')}: "
+        f"{_processes(s['processes'])} on {plural(s['machines'], 'machine')}: "
         f"{states or 'none'}; {s['busy']}/{s['concurrency']} threads busy"
     )
 
@@ -222,7 +205,7 @@ def _deploy_lines(snapshot: FleetSnapshot) -> list[str]:
         failure = f": {deploy.failure}" if deploy.failure else ""
         lines.append(
             f"latest deploy: {deploy.deploy_id} release {deploy.release or '-'} "
-            f"({deploy.strategy}), {_age(snapshot.taken_at - deploy.started_at)} ago, "
+            f"({deploy.strategy}), {duration(snapshot.taken_at - deploy.started_at)} ago, "
             f"{state}{failure}"
         )
     if snapshot.deploy_problem:
@@ -233,7 +216,7 @@ def _deploy_lines(snapshot: FleetSnapshot) -> list[str]:
 def _machine_row(machine: str, procs: list[ProcessRecord]) -> str:
     live = [p for p in procs if p.alive]
     busy = f"{sum(p.busy or 0 for p in live)}/{sum(p.concurrency or 0 for p in live)}"
-    oldest = _age(_oldest_beat(live))
+    oldest = duration(_oldest_beat(live))
     return f"{safe(machine)[:16]:<16} {len(procs):>5} {busy:>9} {oldest:>11}  {_states(procs)}"
 
 
@@ -245,8 +228,9 @@ def _status_row(p: ProcessRecord, snapshot: FleetSnapshot, multi_redis: bool) ->
     signals = safe(",".join(p.pending_signals)) or "-"
     row = (
         f"  {p.pid if p.pid is not None else '?':>6} {nonce:<12} {_version(p):<9} {tag[:18]:<18} "
-        f"{p.state.value:<10} {busy:>7} {_age(p.beat_age_s):>5} "
-        f"{_age(quiet_for(p, snapshot)) if p.quiet else '':>6} {signals:<8} {_mib(p.rss_kib):>7}"
+        f"{p.state.value:<10} {busy:>7} {duration(p.beat_age_s):>5} "
+        f"{duration(quiet_for(p, snapshot)) if p.quiet else '':>6} {signals:<8} "
+        f"{_mib(p.rss_kib):>7}"
     )
     if p.problem:
         row += f"  ({p.problem})"
@@ -334,14 +318,14 @@ def report_text(
     elif o.dry_run:
         lines.append(
             f"dry run: would signal TSTP to {_processes(len(targets))} on "
-            f"{count(machines, 'machine')}"
+            f"{plural(machines, 'machine')}"
         )
     elif not targets:
         lines.append("nothing to signal: every live process is already quiet or was skipped")
     elif not live:
         how = f"until {o.until.value}, timeout {o.timeout_s:g}s" if o.wait else "no wait"
         lines.append(
-            f"signalled TSTP to {_processes(len(targets))} on {count(machines, 'machine')} ({how})"
+            f"signalled TSTP to {_processes(len(targets))} on {plural(machines, 'machine')} ({how})"
         )
     if not live or not report.snapshot.processes:
         lines.extend(f"note: {n}" for n in report.notes)
@@ -392,7 +376,7 @@ def _failure_lines(report: QuietReport, best_effort: bool) -> list[str]:
     if quieted and report.deploy_id:
         shown = " ".join(quieted[:10]) + (" ..." if len(quieted) > 10 else "")
         lines.append(
-            f"{count(len(quieted), 'machine')} took the signal and stay quiet until "
+            f"{plural(len(quieted), 'machine')} took the signal and stay quiet until "
             f"their processes restart (Sidekiq cannot be unquieted): finish the deploy, or "
             f"restart them: fly machine restart {shown}"
         )

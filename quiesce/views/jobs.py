@@ -12,23 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from quiesce.model.drain import longest, running_jobs
-from quiesce.model.fleet import FleetSnapshot, ProcessRecord
+from quiesce.model.fleet import ProcessRecord
 from quiesce.model.quiet import Filters
+from quiesce.model.snapshot import FleetSnapshot
 from quiesce.sidekiq.work import RunningJob, longest_first
-from quiesce.text import safe
+from quiesce.text import duration, safe
 
 ARGS_CHARS = 80
 """Arguments are cut to this many characters in text output (JSON carries them whole)."""
-
-
-def runtime_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m{seconds % 60:02.0f}s"
-    return f"{seconds / 3600:.1f}h"
 
 
 def job_json(job: RunningJob, *, args: bool = False) -> dict[str, Any]:
@@ -50,7 +41,7 @@ def job_json(job: RunningJob, *, args: bool = False) -> dict[str, Any]:
 
 def job_line(job: RunningJob, *, args: bool = False, machine: bool = False) -> str:
     text = (
-        f"    {runtime_text(job.runtime_s):>7}  {safe(job.job_class)[:40]:<40} "
+        f"    {duration(job.runtime_s):>7}  {safe(job.job_class)[:40]:<40} "
         f"{safe(job.queue)[:16]:<16} {safe(job.jid or '?')}"
     )
     if machine:
@@ -100,7 +91,7 @@ def jobs_summary(snapshot: FleetSnapshot) -> str:
     quiet = running_jobs(snapshot, quiet_only=True)
     every = running_jobs(snapshot)
     top = longest(quiet)
-    longest_text = f" (longest {runtime_text(top.runtime_s)}: {top.job_class})" if top else ""
+    longest_text = f" (longest {duration(top.runtime_s)}: {top.job_class})" if top else ""
     return safe(f"jobs running on quiet processes: {len(quiet)}{longest_text}; {len(every)} in all")
 
 

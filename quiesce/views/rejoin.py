@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from quiesce.model.rejoin import MachineRejoin, RejoinReport
-from quiesce.text import safe
-from quiesce.views.fleet import JSON_VERSION, _age, count
+from quiesce.text import duration, plural, safe
+from quiesce.views import JSON_VERSION
 
 if TYPE_CHECKING:
     from quiesce.model.recover import RecoverReport
@@ -23,18 +23,6 @@ def _text(lines: Iterable[str]) -> str:
     return "\n".join(safe(line) for line in lines)
 
 
-def _dur(seconds: float | None) -> str:
-    """Pauses to the second: ``31s``, ``1m14s``, ``1h02m`` (``render._age`` rounds to minutes)."""
-    if seconds is None:
-        return "-"
-    s = round(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -42,13 +30,13 @@ def _round(value: float | None) -> float | None:
 def counts_line(report: RejoinReport) -> str:
     counts = report.counts()
     states = ", ".join(f"{n} {s.value}" for s, n in counts.items() if n) or "no Machines"
-    return f"{report.back} of {count(report.expected, 'expected Machine')} back; {states}"
+    return f"{report.back} of {plural(report.expected, 'expected Machine')} back; {states}"
 
 
 def progress_line(report: RejoinReport, remaining_s: float, width: int = 20) -> str:
     done = report.back / report.expected if report.expected else 1.0
     bar = "#" * round(done * width) + "-" * (width - round(done * width))
-    return f"[{bar}] {counts_line(report)}; {_age(max(0.0, remaining_s))} left"
+    return f"[{bar}] {counts_line(report)}; {duration(max(0.0, remaining_s))} left"
 
 
 def _machine_line(m: MachineRejoin) -> str:
@@ -61,7 +49,7 @@ def _machine_line(m: MachineRejoin) -> str:
 def rejoin_text(report: RejoinReport, *, show_all: bool = False) -> str:
     lines = [
         f"deploy {report.deploy_id} release {report.release or '-'} ({report.strategy}): "
-        f"quieted {_age(report.since_quiet_s)} ago",
+        f"quieted {duration(report.since_quiet_s)} ago",
         counts_line(report),
     ]
     for g in report.groups:
@@ -76,9 +64,9 @@ def rejoin_text(report: RejoinReport, *, show_all: bool = False) -> str:
     first, last, longest = report.first_rejoin_s, report.last_rejoin_s, report.longest_pause
     if first is not None and last is not None:
         lines.append(
-            f"first rejoin {_dur(first)} after the quiet, last {_dur(last)}"
+            f"first rejoin {duration(first)} after the quiet, last {duration(last)}"
             + (
-                f"; longest pause {_dur(longest.paused_s)} ({longest.machine})"
+                f"; longest pause {duration(longest.paused_s)} ({longest.machine})"
                 if longest is not None
                 else ""
             )
@@ -160,8 +148,8 @@ def recover_text(report: RecoverReport) -> str:
     lines = []
     for c in report.candidates:
         what = (
-            f"{count(len(c.identities), 'quiet process', 'quiet processes')}, "
-            f"quiet {_age(c.quiet_for_s)}, no new process"
+            f"{plural(len(c.identities), 'quiet process', 'quiet processes')}, "
+            f"quiet {duration(c.quiet_for_s)}, no new process"
         )
         if report.applied:
             lines.append(f"{c.machine}: {report.results.get(c.machine, 'not done')} ({what})")
