@@ -135,7 +135,7 @@ def load_fixture_keys(client: redis.Redis, keys: dict[str, dict[str, Any]]) -> N
             client.expire(key, ttl)
 
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 def simulated_fleet(url: str, processes: Sequence[Any], *, namespace: str = "", **kw: Any) -> Any:
