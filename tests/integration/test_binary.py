@@ -18,7 +18,7 @@ from quiesce import __version__
 from quiesce.sim.simulator import make_processes
 from tests.support import simulated_fleet
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _binary() -> Path | None:

@@ -522,7 +522,7 @@ def test_bin_quiesce_uses_the_checkout_venv(tmp_path: object) -> None:
     import shutil
     import subprocess
 
-    root = pathlib.Path(__file__).resolve().parent.parent
+    root = pathlib.Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [str(root / "bin" / "quiesce"), "--version"], capture_output=True, text=True, check=False
     )

@@ -22,8 +22,8 @@ from quiesce.model.doctor import (
     read_deploy,
 )
 from quiesce.sim.simulator import make_processes
+from tests.integration.test_cli import run
 from tests.support import simulated_fleet
-from tests.test_cli import run
 
 GOOD = """
 kill_signal = "SIGTERM"
@@ -49,7 +49,7 @@ def test_a_good_config_has_no_findings() -> None:
 
 
 def test_fly_toml_example_is_clean() -> None:
-    text = (Path(__file__).resolve().parent.parent / "fly.toml.example").read_text()
+    text = (Path(__file__).resolve().parents[2] / "fly.toml.example").read_text()
     assert findings(text) == {}
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from quiesce.model.doctor import QuiesceCall, quiesce_calls
-from tests.test_cli import run
+from tests.integration.test_cli import run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FLY_TOMLS = ["fly.toml.example", "examples/fly.exporter.toml"]
 WORKFLOWS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "examples").rglob("*.yml"))
 NOT_YET = {"rejoin": "issue 7", "recover": "issue 7", "exporter": "issue 8"}

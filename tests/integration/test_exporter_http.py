@@ -34,7 +34,7 @@ from quiesce.settings import build_settings
 from quiesce.sim.simulator import make_processes
 from tests.support import FIXTURES, free_port, load_fixture_keys, simulated_fleet
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "quiesce-alerts.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "quiesce-alerts.test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "quiesce-dashboard.json"

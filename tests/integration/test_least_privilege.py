@@ -28,7 +28,7 @@ from quiesce.errors import ExitCode
 from quiesce.sim.simulator import SimulatedFleet, make_processes
 from tests.support import RedisServer, free_port, simulated_fleet
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ACL_FILE = ROOT / "deploy" / "redis-acl.txt"
 PLACEHOLDER = ">CHANGE-ME"
 PASSWORD = "aclQ9pw"

@@ -24,7 +24,7 @@ from quiesce.settings import build_settings
 from quiesce.sim.simulator import make_processes
 from tests.support import RedisServer, RoundTripProxy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SIZES = (10, 300)
 
 STATUS_MAX = 3

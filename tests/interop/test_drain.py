@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from tests.test_interop_sidekiq import (
+from tests.interop.test_sidekiq import (
     BEAT_S,
     Sidekiq,
     _boot,

@@ -4,7 +4,7 @@ Sidekiq uses ``DYNO`` as its hostname, so ``DYNO=<fake machine id>`` makes it re
 Machine id as Fly's hostname does. The process is quieted by ``quiesce quiet``, stopped
 (TERM, as flyctl's update stops a Machine), and a new one is started with the same
 ``DYNO`` while ``quiesce rejoin --wait`` runs: it reports that Machine rejoined.
-Uses the helpers of tests/test_interop_sidekiq.py (a missing binary fails, never skips).
+Uses the helpers of tests/interop/test_sidekiq.py (a missing binary fails, never skips).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from quiesce.errors import ExitCode
-from tests import test_interop_sidekiq as interop
-from tests.test_interop_sidekiq import Sidekiq, _boot, _quiesce, start_sidekiq
+from tests.interop import test_sidekiq as interop
+from tests.interop.test_sidekiq import Sidekiq, _boot, _quiesce, start_sidekiq
 
 __all__ = ["start_sidekiq"]  # the fixture
 

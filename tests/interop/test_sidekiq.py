@@ -39,7 +39,7 @@ from tests.support import RedisServer, crash, restart, run_id
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 
-APP = Path(__file__).parent / "interop" / "app.rb"
+APP = Path(__file__).parent / "app.rb"
 RELEASE = "interop-test"
 SLEEP_S = 12
 """Long enough to be running when TSTP is popped (<= 10 s after the job starts)."""
