@@ -932,7 +932,7 @@ def simulate(
     Writes fake processes (tag quiesce-sim) into the Redis: never point it at production.
     It refuses to start when other live Sidekiq processes are registered, unless --force.
     """
-    from quiesce.adapters.redis.store import connect
+    from quiesce.adapters.redis.connect import connect
     from quiesce.runs.read import read_fleet
     from quiesce.sim.simulator import SimulatedFleet, make_processes
     from quiesce.text import plural

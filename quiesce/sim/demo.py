@@ -519,7 +519,8 @@ def run_demo(
     ``quiet_live`` whether it printed the push line. Everything started here is stopped
     before this returns, on an exception (Ctrl-C: ``KeyboardInterrupt``) too.
     """
-    from quiesce.adapters.redis.store import connect, open_stores
+    from quiesce.adapters.redis.connect import connect
+    from quiesce.adapters.redis.store import open_stores
     from quiesce.model.report import QuietOptions
     from quiesce.runs.quiet import quiet_fleet
     from quiesce.runs.read import read_fleet
