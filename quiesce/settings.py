@@ -13,6 +13,9 @@ from quiesce.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 MAX_TIMEOUT_S = 86_400.0
+EXPORTER_PORT = 10437
+"""The exporter's port. No other Sidekiq exporter uses it (9292, 9359, 9394, 9168, 9726, 7433,
+9090 are taken, and the 9100-9999 range is allocated): see docs/metrics.md."""
 """Upper bound of every timeout and interval option (a day): beyond it the OS rejects
 socket and sleep timeouts, and a deploy step would never end."""
 _SCHEMES = ("redis", "rediss", "unix")

@@ -35,15 +35,13 @@ from quiesce.errors import QuiesceError
 from quiesce.model.capacity import PostgresStats
 from quiesce.model.decode import decode_snapshot
 from quiesce.model.metrics import Family, ScrapeData, families
-from quiesce.settings import Settings
+from quiesce.settings import EXPORTER_PORT, Settings
 from quiesce.sidekiq.queue_rows import RawQueues
 from quiesce.sidekiq.rows import RawSnapshot
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 10437
-"""No other Sidekiq exporter uses it (9292, 9359, 9394, 9168, 9726, 7433, 9090 are taken,
-and the 9100-9999 range is allocated): see the README."""
+DEFAULT_PORT = EXPORTER_PORT
 
 DEFAULT_TIMEOUT_S = 10.0
 """Prometheus' default scrape timeout, used when a scrape does not send its own."""

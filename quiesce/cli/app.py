@@ -33,7 +33,7 @@ from quiesce import __version__
 from quiesce.errors import ConfigError, ExitCode, QuiesceError
 from quiesce.model.quiet import Filters
 from quiesce.model.verdict import Until
-from quiesce.settings import MAX_TIMEOUT_S, Settings, Tls, build_settings
+from quiesce.settings import EXPORTER_PORT, MAX_TIMEOUT_S, Settings, Tls, build_settings
 from quiesce.text import safe
 
 if TYPE_CHECKING:
@@ -883,7 +883,7 @@ def status(
 
 
 SIM_TAG = "quiesce-sim"
-EXPORTER_LISTEN = "0.0.0.0:10437"
+EXPORTER_LISTEN = f"0.0.0.0:{EXPORTER_PORT}"
 """``quiesce exporter``'s default address (``quiesce.adapters.prometheus.DEFAULT_PORT``)."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from quiesce.errors import ConfigError
 from quiesce.model.fleet import ProcessRecord
+from quiesce.model.report import DEFAULT_QUIET_TIMEOUT_S
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.text import plural
 
@@ -32,7 +33,7 @@ FLY_KILL_TIMEOUT_S = 5.0
 FLY_KILL_TIMEOUT_MAX_S = 300.0
 FLY_KILL_SIGNAL = "SIGINT"
 FLY_RELEASE_COMMAND_TIMEOUT_S = 300.0
-QUIET_TIMEOUT_S = 30.0
+QUIET_TIMEOUT_S = DEFAULT_QUIET_TIMEOUT_S
 """``quiesce quiet --timeout`` default."""
 RELEASE_MARGIN_S = 30.0
 """Beyond quiet's --timeout: connecting, reading the fleet, the report (and retries)."""

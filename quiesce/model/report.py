@@ -13,12 +13,15 @@ from quiesce.model.snapshot import FleetSnapshot
 from quiesce.model.verdict import Until
 from quiesce.sidekiq.work import RunningJob
 
+DEFAULT_QUIET_TIMEOUT_S = 30.0
+"""How long ``quiet`` waits for confirmations: three Sidekiq 7+ heartbeats."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class QuietOptions:
     filters: Filters = dataclasses.field(default_factory=Filters)
     until: Until = Until.DELIVERED
-    timeout_s: float = 30.0
+    timeout_s: float = DEFAULT_QUIET_TIMEOUT_S
     wait: bool = True
     dry_run: bool = False
     release: str | None = None

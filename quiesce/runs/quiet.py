@@ -63,12 +63,10 @@ from quiesce.model.verdict import (
 from quiesce.runs.read import FleetReader, empty_fleet_notes, observe
 from quiesce.sidekiq import keys as k
 from quiesce.sidekiq.rows import Poll, Push
+from quiesce.sidekiq.versions import QUIET_SIGNAL
 from quiesce.sidekiq.work import longest_first, work_suffixes
 
 log = logging.getLogger(__name__)
-
-QUIET_SIGNAL = "TSTP"
-"""Sidekiq's quiet signal from 5.0 on (USR1 before; USR1 kills 6.x+ processes outright)."""
 
 POLL_INTERVAL_S = 0.4
 """Keeps the command within 0.5 s of the last confirmation."""

@@ -321,7 +321,7 @@ def test_advice_compares_the_longest_job_with_the_grace() -> None:
     long = advice(
         [job(95, "ExportJob"), job(3)], Grace(60, 30), timed_out=False, drain_timeout_s=30
     )
-    assert "ExportJob" in long[0] and "has run 95s, longer than the 30s" in long[0]
+    assert "ExportJob" in long[0] and "has run 1m35s, longer than the 30s" in long[0]
     assert "Sidekiq's -t above the longest job (>= 95s)" in long[0]
 
 
