@@ -2,7 +2,7 @@
 
     QuiesceError                    exit 1 (unexpected; a bug if you see it)
     ├── ConfigError                 exit 2: bad option, bad URL, missing file, no such db
-    ├── Interrupted                 exit 130: Ctrl-C or TERM (quiesce.runs.quiet)
+    ├── Interrupted                 exit 130: Ctrl-C or TERM during a wait
     ├── RedisProblem                (carries the masked URL)
     │   ├── RedisUnavailable        exit 4: refused, unreachable, timed out, went away
     │   ├── RedisRefused            exit 5: wrong password, TLS mismatch, ACL, maxmemory
@@ -10,7 +10,8 @@
     ├── FlyProblem                  exit 8: the Fly Machines API failed or refused us
     │   ├── FlyUnavailable          timed out, 5xx or 429 after the bounded retries
     │   └── FlyRefused              401/403 (bad token), 404 (wrong app or Machine)
-    └── ConnectionLimit             exit 9: bluegreen preflight (quiesce.model.preflight)
+    ├── ConnectionLimit             exit 9: bluegreen preflight (quiesce.model.preflight)
+    └── PostgresUnavailable         unreadable PostgreSQL: the preflight refuses (exit 9)
 
 ``quiesce rejoin`` exits 7 (``NOT_WHOLE``) when the fleet is not whole: a verdict, not
 an exception.
@@ -79,6 +80,10 @@ class ConfigError(QuiesceError):
     exit_code = ExitCode.USAGE
 
 
+class Interrupted(QuiesceError):
+    exit_code = ExitCode.INTERRUPTED
+
+
 class RedisProblem(QuiesceError):
     def __init__(self, message: str, *, url: str) -> None:
         super().__init__(f"{message} ({url})")
@@ -120,3 +125,7 @@ class ConnectionLimit(QuiesceError):
     """The bluegreen preflight refused the deploy: nothing was signalled."""
 
     exit_code = ExitCode.CONNECTION_LIMIT
+
+
+class PostgresUnavailable(QuiesceError):
+    """PostgreSQL could not be read (refused, unreachable, timed out)."""

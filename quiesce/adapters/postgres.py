@@ -12,7 +12,7 @@ import re
 import urllib.parse
 from typing import Any
 
-from quiesce.errors import ConfigError, QuiesceError
+from quiesce.errors import ConfigError, PostgresUnavailable
 from quiesce.model.capacity import PostgresStats
 from quiesce.settings import mask_url
 
@@ -31,10 +31,6 @@ union all
 select null, 0, current_setting('max_connections')::int,
        current_setting('superuser_reserved_connections')::int
 """
-
-
-class PostgresUnavailable(QuiesceError):
-    """PostgreSQL could not be read (refused, unreachable, timed out)."""
 
 
 class PostgresReader:

@@ -30,7 +30,7 @@ from typing import Protocol
 from quiesce import __version__
 from quiesce.errors import (
     ConfigError,
-    ExitCode,
+    Interrupted,
     QuiesceError,
     RedisProblem,
     RedisUnavailable,
@@ -281,10 +281,6 @@ class QuietRun:
             self.targets[label] = [finalize(t) for t in targets]
         if self.unreachable and self.error is None:
             self.error = next(iter(self.unreachable.values()))
-
-
-class Interrupted(QuiesceError):
-    exit_code = ExitCode.INTERRUPTED
 
 
 def _why_again(before: Target, after: Target) -> str:

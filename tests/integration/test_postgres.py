@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import redis
 
-from quiesce.adapters.postgres import PostgresReader, PostgresUnavailable
+from quiesce.adapters.postgres import PostgresReader
 from quiesce.adapters.prometheus import QuiesceCollector
 from quiesce.adapters.redis.store import SidekiqStore
+from quiesce.errors import PostgresUnavailable
 from quiesce.settings import build_settings
 from quiesce.sim.simulator import make_processes
 from tests.support import free_port, simulated_fleet

@@ -139,7 +139,7 @@ def test_ratio_needs_bluegreen_and_other_strategies_print_nothing(redis_url: str
 
 
 def test_unreadable_postgres_refuses_only_when_a_ratio_is_asked() -> None:
-    from quiesce.adapters.postgres import PostgresUnavailable
+    from quiesce.errors import PostgresUnavailable
 
     def broken() -> PostgresStats:
         raise PostgresUnavailable("cannot read PostgreSQL (postgresql://x): refused")
