@@ -12,18 +12,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import math
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from quiesce.model.fleet import ProcessRecord, ProcessState
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.sidekiq.queue_rows import RawQueues
-from quiesce.sidekiq.versions import JobTimeUnits
-
-MS_THRESHOLD = 1e11
-"""An integer at or above this is epoch milliseconds (1e11 s is the year 5138; 1e11 ms
-is 1973): the rule Sidekiq 8's readers and the protocol doc (4.3) use for integers."""
+from quiesce.sidekiq.work import job_time
 
 CONSUMING_STATES = frozenset({ProcessState.RUNNING, ProcessState.EMBEDDED})
 """States that fetch jobs. Quiet, quieting (it popped TSTP: it stopped fetching),
@@ -36,33 +30,6 @@ class PauseReason(enum.StrEnum):
     worker at all)."""
     PRO_PAUSED = "pro_paused"
     """The queue is in Sidekiq Pro's ``paused`` set."""
-
-
-def job_time(value: Any) -> tuple[float, JobTimeUnits] | None:
-    """A job timestamp as epoch seconds, and the unit it was written in.
-
-    JSON floats are seconds (every version; Sidekiq 8 reads a float as "old format"),
-    integers are milliseconds from ``MS_THRESHOLD`` up and seconds below it, numeric
-    strings (Oj-written payloads) follow the same rules. Anything else: None.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                return None
-    if isinstance(value, int):
-        if value >= MS_THRESHOLD:
-            return value / 1000.0, JobTimeUnits.INT_MILLISECONDS
-        return float(value), JobTimeUnits.FLOAT_SECONDS
-    if isinstance(value, float) and math.isfinite(value):
-        return value, JobTimeUnits.FLOAT_SECONDS
-    return None
 
 
 def enqueued_at(job_json: str) -> float | None:

@@ -29,7 +29,7 @@ from quiesce.sidekiq.versions import (
 )
 
 MS_EPOCH_THRESHOLD = 100_000_000_000
-"""An epoch above this (year 5138 in seconds) is milliseconds: guards a mislabelled unit."""
+"""An epoch at or above this (year 5138 in seconds) is milliseconds."""
 
 MAX_ENTRY_CHARS = 1_000_000
 """A work entry longer than this is not decoded (a job's args can be huge; this bounds it)."""
@@ -102,17 +102,36 @@ def work_suffixes(version_text: str | None, inferred: bool) -> tuple[str, ...]:
     return tuple(dict.fromkeys(b.work_key_suffix for b in span)) or both
 
 
-def epoch_seconds(value: object, units: JobTimeUnits | None) -> float | None:
-    """A job timestamp in seconds: ``units`` says milliseconds (8.x), or the value is too
-    large to be seconds."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
+def job_time(value: object, units: JobTimeUnits | None = None) -> tuple[float, JobTimeUnits] | None:
+    """The one reading of a Sidekiq job timestamp (``enqueued_at``, ``created_at``,
+    ``run_at``): epoch seconds, and the unit it was written in.
+
+    Milliseconds when ``units`` says so (8.x) or when the number is at or above
+    ``MS_EPOCH_THRESHOLD`` (1e11 s is the year 5138; 1e11 ms is 1973): the rule Sidekiq 8's
+    readers and the protocol doc (4.3) use. Numeric strings (Oj-written payloads) follow
+    the same rules. Zero, negatives, non-finite numbers and anything else: None.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, int | float):
         return None
     number = float(value)
     if not math.isfinite(number) or number <= 0:
         return None
-    if units is JobTimeUnits.INT_MILLISECONDS or number > MS_EPOCH_THRESHOLD:
-        return number / 1000.0
-    return number
+    if units is JobTimeUnits.INT_MILLISECONDS or number >= MS_EPOCH_THRESHOLD:
+        return number / 1000.0, JobTimeUnits.INT_MILLISECONDS
+    return number, JobTimeUnits.FLOAT_SECONDS
+
+
+def epoch_seconds(value: object, units: JobTimeUnits | None) -> float | None:
+    """``job_time`` without the unit."""
+    parsed = job_time(value, units)
+    return None if parsed is None else parsed[0]
 
 
 class _Bad(Exception):

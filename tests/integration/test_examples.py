@@ -16,6 +16,8 @@ from tests.integration.test_cli import run
 ROOT = Path(__file__).resolve().parents[2]
 FLY_TOMLS = ["fly.toml.example", "examples/fly.exporter.toml"]
 WORKFLOWS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "examples").rglob("*.yml"))
+
+
 def _toml_calls(name: str) -> list[tuple[str, QuiesceCall]]:
     config = tomllib.loads((ROOT / name).read_text())
     image = str((config.get("build") or {}).get("image", ""))

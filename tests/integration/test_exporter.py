@@ -16,12 +16,11 @@ from prometheus_client.registry import CollectorRegistry
 
 from quiesce.adapters.prometheus import QuiesceCollector, make_registry
 from quiesce.adapters.redis.store import SidekiqStore
-from quiesce.model.queues import job_time
 from quiesce.model.record import DeployRecord
 from quiesce.runs.read import read_fleet
 from quiesce.settings import build_settings
 from quiesce.sidekiq import keys as k
-from quiesce.sidekiq.versions import JobTimeUnits
+from quiesce.sidekiq.work import job_time
 from quiesce.sim.simulator import make_processes
 from tests.support import (
     FIXTURES,
@@ -160,18 +159,7 @@ def test_due_jobs_while_running_are_not_paused(
     assert value(reg, "quiesce_paused_jobs", kind="scheduled") == 0
 
 
-# -- latency units ---------------------------------------------------------------------
-def test_job_time_units() -> None:
-    assert job_time(1795675490.4255874) == (1795675490.4255874, JobTimeUnits.FLOAT_SECONDS)
-    assert job_time(1795675535418) == (1795675535.418, JobTimeUnits.INT_MILLISECONDS)
-    assert job_time(1795675535) == (1795675535.0, JobTimeUnits.FLOAT_SECONDS)
-    assert job_time("1795675535418") == (1795675535.418, JobTimeUnits.INT_MILLISECONDS)
-    assert job_time("1795675490.5") == (1795675490.5, JobTimeUnits.FLOAT_SECONDS)
-    bad: object
-    for bad in (None, True, "soon", float("nan"), [], {}):
-        assert job_time(bad) is None
-
-
+# -- latency -------------------------------------------------------------------------
 def test_latency_from_ms_seconds_and_created_at(raw: redis.Redis, store: SidekiqStore) -> None:
     now = redis_time(raw)
     jobs = {

@@ -13,7 +13,7 @@ from quiesce.model.drain import queue_jobs, running_jobs
 from quiesce.sidekiq.keys import WORK_SUFFIXES
 from quiesce.sidekiq.rows import RawSnapshot
 from quiesce.sidekiq.versions import JobTimeUnits
-from quiesce.sidekiq.work import decode_work, epoch_seconds, work_suffixes
+from quiesce.sidekiq.work import decode_work, epoch_seconds, job_time, work_suffixes
 from tests.unit.model.test_decode import load, raw_row
 
 VERSIONS = ("6.4.1", "7.3.10", "8.1.7")
@@ -168,7 +168,7 @@ def test_epoch_units() -> None:
     assert epoch_seconds(1795675475.5, JobTimeUnits.FLOAT_SECONDS) == 1795675475.5
     assert epoch_seconds(1795675475506, JobTimeUnits.FLOAT_SECONDS) == 1795675475.506
     assert epoch_seconds(True, None) is None
-    assert epoch_seconds("1", None) is None
+    assert epoch_seconds("soon", None) is None  # numeric strings (Oj) are read: job_time
     assert epoch_seconds(float("nan"), None) is None
 
 
@@ -186,3 +186,22 @@ def test_running_jobs_and_queue_view_for_the_exporter() -> None:
     )
     runtimes = [j.runtime_s or 0.0 for j in running_jobs(quiet)]
     assert runtimes == sorted(runtimes, reverse=True)
+
+
+def test_job_time_units() -> None:
+    assert job_time(1795675490.4255874) == (1795675490.4255874, JobTimeUnits.FLOAT_SECONDS)
+    assert job_time(1795675535418) == (1795675535.418, JobTimeUnits.INT_MILLISECONDS)
+    assert job_time(1795675535) == (1795675535.0, JobTimeUnits.FLOAT_SECONDS)
+    assert job_time("1795675535418") == (1795675535.418, JobTimeUnits.INT_MILLISECONDS)
+    assert job_time("1795675490.5") == (1795675490.5, JobTimeUnits.FLOAT_SECONDS)
+    bad: object
+    for bad in (None, True, "soon", float("nan"), [], {}):
+        assert job_time(bad) is None
+
+
+def test_job_time_refuses_zero_and_negatives_and_honours_declared_milliseconds() -> None:
+    assert job_time(0) is None and job_time(-5) is None
+    assert job_time(1_700_000_000, JobTimeUnits.INT_MILLISECONDS) == (
+        1_700_000.0,
+        JobTimeUnits.INT_MILLISECONDS,
+    )
