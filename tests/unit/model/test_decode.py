@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,6 +18,7 @@ from quiesce.model.fleet import ProcessState
 from quiesce.sidekiq.keys import PROCESS_FIELDS
 from quiesce.sidekiq.rows import RawProcess, RawSnapshot
 from tests.support import FIXTURES
+from tests.support.captures import load, raw_row
 
 VERSIONS = ("6.4.1", "7.3.10", "8.1.7")
 SCENARIOS = (
@@ -30,24 +30,6 @@ SCENARIOS = (
     "after-quiet-enqueue",
     "after-term",
 )
-
-
-def load(version: str, scenario: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(
-        (FIXTURES / f"sidekiq-{version}" / f"{scenario}.json").read_text()
-    )
-    return data
-
-
-def raw_row(capture: dict[str, Any]) -> RawProcess:
-    """The row quiesce's snapshot pipeline would read for the captured process."""
-    identity = capture["identity"]
-    keys = capture["keys"]
-    spec = keys.get(identity)
-    fields = {f: (spec["value"].get(f) if spec else None) for f in PROCESS_FIELDS}
-    ttl = spec["ttl"] if spec else -2
-    signals = keys.get(f"{identity}-signals", {}).get("value", [])
-    return RawProcess(identity, fields, pttl_ms=ttl * 1000 if ttl >= 0 else ttl, signals=signals)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

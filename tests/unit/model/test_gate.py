@@ -12,7 +12,7 @@ from quiesce.model.gate import check_expect
 from quiesce.model.record import DeployRecord, OutcomeEntry
 from quiesce.model.snapshot import FleetSnapshot, is_quieting, mark_quieting
 from quiesce.sidekiq.rows import RawSnapshot
-from tests.unit.model.test_decode import load, raw_row
+from tests.support.captures import load, raw_row
 
 V7 = SidekiqVersion("7.3.10", inferred=False, beat_interval_s=10.0)
 NOW = 2000.0

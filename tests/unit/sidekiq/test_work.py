@@ -14,7 +14,7 @@ from quiesce.sidekiq.keys import WORK_SUFFIXES
 from quiesce.sidekiq.rows import RawSnapshot
 from quiesce.sidekiq.versions import JobTimeUnits
 from quiesce.sidekiq.work import decode_work, epoch_seconds, job_time, work_suffixes
-from tests.unit.model.test_decode import load, raw_row
+from tests.support.captures import load, raw_row
 
 VERSIONS = ("6.4.1", "7.3.10", "8.1.7")
 WORK_KEY = {"6.4.1": ":workers", "7.3.10": ":work", "8.1.7": ":work"}
