@@ -9,92 +9,50 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import functools
-import inspect
 import json
 import logging
-import math
 import os
 import signal
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-# typer vendors click; usage errors are its classes (typer re-exports only BadParameter).
-from typer._click.core import Context as ClickContext
-from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
-from typer.core import TyperGroup
-
 from quiesce import __version__
-from quiesce.errors import ConfigError, ExitCode, QuiesceError
+from quiesce.cli.guard import guard, open_stores, output
+from quiesce.cli.options import (
+    AppContext,
+    app_context,
+    configure_logging,
+    connection_options,
+    connection_params,
+    finite_seconds,
+    with_params,
+)
+from quiesce.cli.progress import QuietProgress, RejoinProgress
+from quiesce.cli.usage import Group, exit_codes_help, usage_error
+from quiesce.errors import ConfigError, ExitCode
 from quiesce.model.quiet import Filters
 from quiesce.model.verdict import Until
-from quiesce.settings import EXPORTER_PORT, MAX_TIMEOUT_S, Settings, Tls, build_settings
+from quiesce.settings import EXPORTER_PORT, MAX_TIMEOUT_S, Settings, Tls
 from quiesce.text import safe
 
 if TYPE_CHECKING:
     from quiesce.adapters.redis.store import SidekiqStore
     from quiesce.model.doctor import Deploy, Finding
-    from quiesce.model.report import Event
     from quiesce.model.snapshot import FleetSnapshot
 
 
-def _exit_codes_help() -> str:
-    codes = sorted(ExitCode, key=lambda c: (c is ExitCode.INTERNAL, c.value))
-    # \b: click keeps the block's line breaks instead of rewrapping it.
-    lines = (
-        textwrap.fill(
-            c.description, 78, initial_indent=f"  {c.value:>3}  ", subsequent_indent=" " * 7
-        )
-        for c in codes
-    )
-    return "\b\nExit status:\n" + "\n".join(lines)
-
-
-class _UsageFailure(ClickException):
-    """A usage error shown as quiesce shows every failure: one line, exit 2."""
-
-    exit_code = int(ExitCode.USAGE)
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        typer.echo(f"quiesce: error: {safe(self.format_message())}", err=True)
-
-
-@contextlib.contextmanager
-def _one_line_usage() -> Iterator[None]:
-    try:
-        yield
-    except NoArgsIsHelpError:  # `quiesce` alone prints the help
-        raise
-    except UsageError as exc:
-        raise _UsageFailure(exc.format_message()) from None
-
-
-class _Group(TyperGroup):
-    """Click prints a usage error as a usage block, a hint and the message; quiesce's
-    callers (deploy logs) get the message alone, like every other failure."""
-
-    def make_context(self, *args: Any, **kwargs: Any) -> ClickContext:
-        with _one_line_usage():
-            return super().make_context(*args, **kwargs)
-
-    def invoke(self, ctx: ClickContext) -> Any:
-        with _one_line_usage():
-            return super().invoke(ctx)
-
-
 app = typer.Typer(
-    cls=_Group,
+    cls=Group,
     help=(
         "Quiet a Sidekiq fleet before a deploy and prove it went quiet. Talks Sidekiq's "
         "Redis protocol directly: no Ruby, a constant number of Redis round trips "
         "however large the fleet.\n\n"
         "Connection options (--redis-url, --namespace, --tls-*, --*-timeout, -v) go before "
-        "or after the command; after it, they win.\n\n" + _exit_codes_help()
+        "or after the command; after it, they win.\n\n" + exit_codes_help()
     ),
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
@@ -111,24 +69,12 @@ F = TypeVar("F", bound=Callable[..., None])
 # -- option validation: every refusal is one line and exit 2 ------------------------------
 
 
-def _finite(value: float | None, *, zero_ok: bool) -> float | None:
-    """The one check for seconds: click's FloatRange lets nan through (every comparison
-    with nan is false), and inf or 1e308 would reach socket and sleep calls."""
-    if value is None:
-        return None
-    if not math.isfinite(value):
-        raise typer.BadParameter(f"{value} is not a finite number")
-    if value < 0 or (value == 0 and not zero_ok):
-        raise typer.BadParameter(f"{value:g} must be {'0 or more' if zero_ok else 'above 0'}")
-    return value
-
-
 def _positive_seconds(value: float | None) -> float | None:
-    return _finite(value, zero_ok=False)
+    return finite_seconds(value, zero_ok=False)
 
 
 def _seconds(value: float | None) -> float | None:
-    return _finite(value, zero_ok=True)
+    return finite_seconds(value, zero_ok=True)
 
 
 def _sidekiq_version(value: str) -> str:
@@ -140,297 +86,6 @@ def _sidekiq_version(value: str) -> str:
     return value
 
 
-# -- connection options, accepted before and after the command ----------------------------
-
-_URL_HELP = (
-    "Sidekiq's Redis (redis://, rediss://, unix://). Repeat it, or separate URLs "
-    "with commas, when Sidekiq is sharded over several servers. Default: $REDIS_URL "
-    "(or the variable $REDIS_PROVIDER names), else redis://127.0.0.1:6379/0."
-)
-_NAMESPACE_HELP = "redis-namespace prefix (Sidekiq <= 6 only): keys get '<namespace>:'."
-_SKIP_VERIFY_HELP = (
-    "Do NOT verify the Redis server's TLS certificate or hostname (anyone on the path can "
-    "then pose as Redis). Prefer --tls-ca-cert with the server's CA. Warns on every run."
-)
-
-
-def _connection_params(*, top: bool) -> list[inspect.Parameter]:
-    """The same options on the app and on every command. Environment variables are read
-    once, by the app's copy: a command's copy is unset unless typed after the command."""
-
-    def env(name: str) -> str | None:
-        return name if top else None
-
-    def seconds(name: str, help: str, default: float) -> tuple[str, object, object]:
-        option = typer.Option(
-            help=help,
-            metavar="SECONDS",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_positive_seconds,
-            show_default=top,
-        )
-        return name, Annotated[float | None, option], default if top else None
-
-    default_str = "" if top else None
-    options: list[tuple[str, object, object]] = [
-        (
-            "redis_url",
-            Annotated[
-                list[str] | None,
-                typer.Option(
-                    "--redis-url", "-r", metavar="URL", help=_URL_HELP, show_default=False
-                ),
-            ],
-            None,
-        ),
-        (
-            "namespace",
-            Annotated[
-                str | None,
-                typer.Option(
-                    envvar=env("QUIESCE_NAMESPACE"), metavar="PREFIX", help=_NAMESPACE_HELP
-                ),
-            ],
-            default_str,
-        ),
-        (
-            "tls_ca_cert",
-            Annotated[
-                str | None,
-                typer.Option(
-                    envvar=env("REDIS_TLS_CA_CERT"), metavar="PATH", help="CA bundle for rediss://."
-                ),
-            ],
-            None,
-        ),
-        (
-            "tls_cert",
-            Annotated[
-                str | None,
-                typer.Option(
-                    envvar=env("REDIS_TLS_CERT"),
-                    metavar="PATH",
-                    help="Client certificate (mutual TLS).",
-                ),
-            ],
-            None,
-        ),
-        (
-            "tls_key",
-            Annotated[
-                str | None,
-                typer.Option(
-                    envvar=env("REDIS_TLS_KEY"), metavar="PATH", help="Client key (mutual TLS)."
-                ),
-            ],
-            None,
-        ),
-        (
-            "tls_skip_verify",
-            Annotated[
-                bool,
-                typer.Option(
-                    "--tls-skip-verify", envvar=env("REDIS_TLS_SKIP_VERIFY"), help=_SKIP_VERIFY_HELP
-                ),
-            ],
-            False,
-        ),
-        (
-            # The old name, kept working (hidden): "insecure" did not say what is skipped.
-            "tls_insecure",
-            Annotated[
-                bool,
-                typer.Option("--tls-insecure", envvar=env("REDIS_TLS_INSECURE"), hidden=True),
-            ],
-            False,
-        ),
-        seconds("connect_timeout", "Seconds to wait for a Redis connection.", 3.0),
-        seconds("read_timeout", "Seconds to wait for a Redis reply.", 5.0),
-        (
-            "verbose",
-            Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")],
-            False,
-        ),
-    ]
-    return [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
-        for name, kind, default in options
-    ]
-
-
-CONNECTION_OPTIONS = tuple(p.name for p in _connection_params(top=False))
-
-
-def _with_params(
-    params: list[inspect.Parameter], *, like: Callable[..., None] | None = None
-) -> Callable[[F], F]:
-    """Adds ``params`` to the signature typer reads options from (``like``'s, else the
-    function's own), in place of a ``**kwargs`` that receives them."""
-
-    def decorate(fn: F) -> F:
-        sig = inspect.signature(like or fn, eval_str=True)
-        kept = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        fn.__signature__ = sig.replace(parameters=[*kept, *params])  # type: ignore[attr-defined]
-        fn.__annotations__ = {p.name: p.annotation for p in (*kept, *params)}
-        return fn
-
-    return decorate
-
-
-def _connection_options(fn: Callable[..., None]) -> Callable[..., None]:
-    """A command that also takes the connection options: values typed after the command
-    win over those before it (``quiesce status -r URL``, as kubectl and flyctl allow)."""
-
-    @functools.wraps(fn)
-    def command(**kwargs: Any) -> None:
-        given = {name: kwargs.pop(name) for name in CONNECTION_OPTIONS}
-        ctx = kwargs["ctx"]
-        ctx.obj = _app_context(ctx).override(**given)
-        if given["verbose"]:
-            _configure_logging(verbose=True)
-        fn(**kwargs)
-
-    return _with_params(_connection_params(top=False), like=fn)(command)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AppContext:
-    """Connection options, turned into ``Settings`` inside each command's error guard (so
-    ``quiet --best-effort`` covers a bad URL too)."""
-
-    urls: tuple[str, ...] = dataclasses.field(repr=False)  # they may hold a password
-    namespace: str
-    tls: Tls
-    connect_timeout_s: float
-    read_timeout_s: float
-
-    def settings(self) -> Settings:
-        return build_settings(
-            urls=self.urls,
-            namespace=self.namespace,
-            tls=self.tls,
-            connect_timeout_s=self.connect_timeout_s,
-            read_timeout_s=self.read_timeout_s,
-        )
-
-    def override(
-        self,
-        *,
-        redis_url: list[str] | None,
-        namespace: str | None,
-        tls_ca_cert: str | None,
-        tls_cert: str | None,
-        tls_key: str | None,
-        tls_skip_verify: bool,
-        tls_insecure: bool,
-        connect_timeout: float | None,
-        read_timeout: float | None,
-        verbose: bool,
-    ) -> AppContext:
-        """Options given after the command (``None``/unset: keep the app-level value)."""
-        tls = self.tls
-        return AppContext(
-            urls=self.urls if redis_url is None else tuple(redis_url),
-            namespace=self.namespace if namespace is None else namespace,
-            tls=Tls(
-                tls.ca_cert if tls_ca_cert is None else tls_ca_cert,
-                tls.cert if tls_cert is None else tls_cert,
-                tls.key if tls_key is None else tls_key,
-                tls.insecure or tls_skip_verify or tls_insecure,
-            ),
-            connect_timeout_s=(
-                self.connect_timeout_s if connect_timeout is None else connect_timeout
-            ),
-            read_timeout_s=self.read_timeout_s if read_timeout is None else read_timeout,
-        )
-
-
-def _app_context(ctx: typer.Context) -> AppContext:
-    obj = ctx.obj
-    assert isinstance(obj, AppContext)
-    return obj
-
-
-class _SafeFormatter(logging.Formatter):
-    """-v logs quote identities and Redis replies: escaped like every other output."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return "\n".join(safe(line) for line in super().format(record).splitlines())
-
-
-def _configure_logging(*, verbose: bool) -> None:
-    root = logging.getLogger()
-    if not any(isinstance(h.formatter, _SafeFormatter) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_SafeFormatter("quiesce: %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
-
-
-# -- failures ---------------------------------------------------------------------------
-
-
-def _fail(exc: BaseException, *, best_effort: bool = False) -> NoReturn:
-    if isinstance(exc, QuiesceError):
-        code, kind = exc.exit_code, "error"
-    else:
-        code, kind = ExitCode.INTERNAL, f"internal error ({type(exc).__name__})"
-    typer.echo(safe(f"quiesce: {kind}: {exc}"), err=True)
-    if best_effort:
-        typer.echo("quiesce: --best-effort: exiting 0 anyway", err=True)
-        raise typer.Exit(0)
-    raise typer.Exit(int(code))
-
-
-def _broken_pipe(*, best_effort: bool = False) -> NoReturn:
-    """The reader went away (``quiesce status | head -1``): stop without a word, with the
-    status a Unix tool killed by SIGPIPE has. Python would fail again flushing stdout at
-    exit, so stdout now points at /dev/null."""
-    with contextlib.suppress(OSError, ValueError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    raise typer.Exit(0 if best_effort else int(ExitCode.BROKEN_PIPE))
-
-
-@contextlib.contextmanager
-def _output(*, best_effort: bool = False) -> Iterator[None]:
-    try:
-        yield
-    except BrokenPipeError:
-        _broken_pipe(best_effort=best_effort)
-
-
-@contextlib.contextmanager
-def _guard(*, best_effort: bool = False) -> Iterator[None]:
-    """Every failure becomes one line on stderr and a documented exit code."""
-    try:
-        yield
-    except (typer.Exit, typer.Abort):
-        raise
-    except KeyboardInterrupt:
-        typer.echo("quiesce: interrupted", err=True)
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-    except BrokenPipeError:
-        _broken_pipe(best_effort=best_effort)
-    except Exception as exc:
-        log.debug("failure", exc_info=True)
-        _fail(exc, best_effort=best_effort)
-
-
-@contextlib.contextmanager
-def _stores(settings: Settings, *, first_only: bool = False) -> Iterator[list[SidekiqStore]]:
-    from quiesce.adapters.redis.store import open_stores
-
-    if first_only:
-        settings = dataclasses.replace(settings, redis=settings.redis[:1])
-    stores = open_stores(settings)
-    try:
-        yield stores
-    finally:
-        for store in stores:
-            store.close()
-
-
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"quiesce {__version__}")
@@ -438,7 +93,7 @@ def _version_callback(value: bool) -> None:
 
 
 @app.callback()
-@_with_params(_connection_params(top=True))
+@with_params(connection_params(top=True))
 def main_options(
     ctx: typer.Context,
     version: Annotated[
@@ -448,7 +103,7 @@ def main_options(
     **connection: Any,
 ) -> None:
     """Connection options go before or after the command: quiesce -r URL status."""
-    _configure_logging(verbose=connection["verbose"])
+    configure_logging(verbose=connection["verbose"])
     ctx.obj = AppContext(
         urls=tuple(connection["redis_url"] or ()),
         namespace=connection["namespace"],
@@ -464,7 +119,7 @@ def main_options(
 
 
 def _settings(ctx: typer.Context) -> Settings:
-    return _app_context(ctx).settings()
+    return app_context(ctx).settings()
 
 
 def _empty_fleet_notes(
@@ -485,67 +140,8 @@ def _release_label(explicit: str | None) -> str | None:
     return None
 
 
-class _ProgressLine:
-    """What the run says while it runs: the push first (stdout, so release logs read in
-    order), notices as they happen, then a live line on a terminal or a line every 5 s
-    in logs (Fly buffers release output)."""
-
-    def __init__(self, until: str, timeout_s: float, wait: bool) -> None:
-        # -v logs lines of their own: a live line would be cut into them.
-        self.tty = sys.stderr.isatty() and not log.isEnabledFor(logging.DEBUG)
-        self.last = 0.0
-        self.how = f"until {until}, timeout {timeout_s:g}s" if wait else "no wait"
-        self.header_shown = False
-        self.drawn = False
-        self.draining = until == "drained"
-
-    def __call__(self, event: Event) -> None:
-        from quiesce.model.report import Notice, Progress, Pushed
-        from quiesce.text import plural
-
-        if isinstance(event, Pushed):
-            self.clear()
-            typer.echo(
-                f"signalled TSTP to {plural(event.targets, 'process', 'processes')} on "
-                f"{plural(event.machines, 'machine')} ({self.how})"
-            )
-            sys.stdout.flush()
-            self.header_shown = True
-        elif isinstance(event, Notice):
-            self.clear()
-            print(safe(f"quiesce: {event.text}"), file=sys.stderr, flush=True)
-        elif isinstance(event, Progress):
-            text = (
-                f"waiting: {event.confirmed} confirmed, {event.vanished} exited, "
-                f"{event.pending} pending, {event.remaining_s:.0f}s left"
-            )
-            if self.draining:
-                longest = "" if event.longest_s is None else f", longest {event.longest_s:.0f}s"
-                text = (
-                    f"draining: {event.drained} drained, {event.vanished} exited, "
-                    f"{event.pending} busy or pending; {event.jobs} jobs running{longest}; "
-                    f"{event.remaining_s:.0f}s left"
-                )
-            if self.tty:
-                sys.stderr.write(f"\r\x1b[2K{text}")
-                sys.stderr.flush()
-                self.drawn = True
-            elif event.elapsed_s - self.last >= 5.0:
-                self.last = event.elapsed_s
-                print(text, file=sys.stderr, flush=True)
-
-    def clear(self) -> None:
-        if self.drawn:
-            sys.stderr.write("\r\x1b[2K")
-            sys.stderr.flush()
-            self.drawn = False
-
-    def close(self) -> None:
-        self.clear()
-
-
 @app.command()
-@_connection_options
+@connection_options
 def quiet(
     ctx: typer.Context,
     until: Annotated[
@@ -723,18 +319,18 @@ def quiet(
         sidekiq_timeout_s=sidekiq_timeout,
     )
     if until is Until.DRAINED and not wait:
-        raise _UsageFailure("--until drained waits for the jobs: it cannot be used with --no-wait")
-    progress = _ProgressLine(until.value, timeout, wait)
+        usage_error("--until drained waits for the jobs: it cannot be used with --no-wait")
+    progress = QuietProgress(until.value, timeout, wait)
     # A release command cut off by its timeout gets TERM: end the wait with a full report.
     signal.signal(signal.SIGTERM, _interrupt)
-    with _guard(best_effort=best_effort), _stores(settings := _settings(ctx)) as stores:
+    with guard(best_effort=best_effort), open_stores(settings := _settings(ctx)) as stores:
         options = dataclasses.replace(options, default_url=settings.default_url)
         options = _bluegreen(options, max_connections_ratio, postgres_url)
         try:
             report = quiet_fleet(stores, options, on_event=None if json_output else progress)
         finally:
             progress.close()
-    with _output(best_effort=best_effort):
+    with output(best_effort=best_effort):
         if json_output:
             typer.echo(json.dumps(report_json(report, best_effort), indent=2))
         else:
@@ -757,7 +353,7 @@ class Expect(enum.StrEnum):
 
 
 @app.command()
-@_connection_options
+@connection_options
 def status(
     ctx: typer.Context,
     json_output: Annotated[
@@ -848,7 +444,7 @@ def status(
         exclude_labels=tuple(exclude_label or ()),
         exclude_queues=tuple(exclude_queue or ()),
     )
-    with _guard(), _stores(_settings(ctx)) as stores:
+    with guard(), open_stores(_settings(ctx)) as stores:
         while True:
             snapshot = read_fleet(stores, allow_newer=allow_newer, jobs=jobs)
             notes = _empty_fleet_notes(stores, snapshot, ctx)
@@ -888,7 +484,7 @@ EXPORTER_LISTEN = f"0.0.0.0:{EXPORTER_PORT}"
 
 
 @app.command()
-@_connection_options
+@connection_options
 def simulate(
     ctx: typer.Context,
     processes: Annotated[
@@ -937,7 +533,7 @@ def simulate(
     from quiesce.sim.simulator import SimulatedFleet, make_processes
     from quiesce.text import plural
 
-    with _guard(), _stores(settings := _settings(ctx), first_only=True) as stores:
+    with guard(), open_stores(settings := _settings(ctx), first_only=True) as stores:
         store = stores[0]
         others = [
             p
@@ -1022,35 +618,6 @@ def _fly_client(app_name: str | None, *, use: bool = True) -> Iterator[tuple[Any
 _APP_HELP = "Fly app whose Machines to list. Default: $FLY_APP_NAME. Token: $FLY_API_TOKEN."
 
 
-class _RejoinProgress:
-    """A bar on a terminal, else a plain line when the counts change or every 30 s."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty() and not log.isEnabledFor(logging.DEBUG)
-        self.last_line = ""
-        self.last_at = -math.inf
-        self.drawn = False
-
-    def __call__(self, report: Any, remaining_s: float) -> None:
-        from quiesce.views.rejoin import counts_line, progress_line
-
-        if self.tty:
-            sys.stderr.write(f"\r\x1b[2K{progress_line(report, remaining_s)}")
-            sys.stderr.flush()
-            self.drawn = True
-            return
-        line = counts_line(report)
-        now = time.monotonic()
-        if line != self.last_line or now - self.last_at >= 30.0:
-            self.last_line, self.last_at = line, now
-            print(safe(f"rejoin: {line}; {remaining_s:.0f}s left"), file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.drawn:
-            sys.stderr.write("\r\x1b[2K")
-            sys.stderr.flush()
-
-
 def _bluegreen(options: Any, max_ratio: float | None, postgres_url: str | None) -> Any:
     """``quiet``'s options with the bluegreen preflight hooked in (only for bluegreen)."""
     if options.strategy != "bluegreen":
@@ -1070,7 +637,7 @@ def _bluegreen(options: Any, max_ratio: float | None, postgres_url: str | None) 
 
 
 @app.command()
-@_connection_options
+@connection_options
 def rejoin(
     ctx: typer.Context,
     wait: Annotated[
@@ -1135,11 +702,11 @@ def rejoin(
     from quiesce.runs.rejoin import RejoinOptions, RejoinWatch
     from quiesce.views.rejoin import rejoin_json, rejoin_text
 
-    with _guard():
+    with guard():
         timeout_s = _duration(timeout)
-        progress = _RejoinProgress()
+        progress = RejoinProgress()
         with (
-            _stores(_settings(ctx)) as stores,
+            open_stores(_settings(ctx)) as stores,
             _fly_client(app_name, use=fly) as (client, why),
         ):
             options = RejoinOptions(
@@ -1157,7 +724,7 @@ def rejoin(
                 report = watch.wait(None if json_output else progress) if wait else watch.poll(None)
             finally:
                 progress.close()
-    with _output():
+    with output():
         if json_output:
             typer.echo(json.dumps(rejoin_json(report), indent=2))
         else:
@@ -1166,7 +733,7 @@ def rejoin(
 
 
 @app.command()
-@_connection_options
+@connection_options
 def recover(
     ctx: typer.Context,
     after: Annotated[
@@ -1209,14 +776,14 @@ def recover(
     from quiesce.runs.recover import restart_all, stop_all
     from quiesce.views.rejoin import recover_json, recover_text
 
-    with _guard():
+    with guard():
         if restart and stop:
             raise ConfigError("choose one of --restart and --stop")
         if yes and not (restart or stop):
             raise ConfigError("--yes needs --restart or --stop")
         after_s = _duration(after)
         action = "restart" if restart else "stop" if stop else "none"
-        with _stores(_settings(ctx)) as stores:
+        with open_stores(_settings(ctx)) as stores:
             snapshot = read_fleet(stores)
             filters = RejoinFilters(tags=tuple(tag or ()), hostnames=tuple(hostname or ()))
             candidates, notes = stranded(
@@ -1239,7 +806,7 @@ def recover(
         report = RecoverReport(
             action, yes and bool(candidates), tuple(candidates), results, tuple(notes)
         )
-    with _output():
+    with output():
         if json_output:
             typer.echo(json.dumps(recover_json(report), indent=2))
         else:
@@ -1248,7 +815,7 @@ def recover(
 
 
 @app.command()
-@_connection_options
+@connection_options
 def exporter(
     ctx: typer.Context,
     listen: Annotated[
@@ -1291,7 +858,7 @@ def exporter(
     from quiesce.adapters.postgres import PostgresReader
     from quiesce.adapters.prometheus import ExporterServer, QuiesceCollector, parse_listen, serve
 
-    with _guard(), _stores(settings := _settings(ctx)) as stores:
+    with guard(), open_stores(settings := _settings(ctx)) as stores:
         if len(stores) > 1:
             raise ConfigError("the exporter reads one Redis: run one exporter per Redis URL")
         try:
@@ -1330,7 +897,7 @@ def exporter(
 
 
 @app.command()
-@_connection_options
+@connection_options
 def doctor(
     ctx: typer.Context,
     fly_toml: Annotated[
@@ -1373,7 +940,7 @@ def doctor(
     """
     from quiesce.model import doctor as dr
 
-    with _guard():
+    with guard():
         try:
             with open(fly_toml, "rb") as f:
                 text = f.read().decode("utf-8", "replace")
@@ -1387,7 +954,7 @@ def doctor(
         if fleet_checked:
             findings += _doctor_fleet(settings, deploy, tuple(release or ()))
     errors = sum(f.level is dr.Level.ERROR for f in findings)
-    with _output():
+    with output():
         if json_output:
             doc = {
                 "file": fly_toml,
@@ -1413,7 +980,7 @@ def _doctor_fleet(settings: Settings, deploy: Deploy, releases: tuple[str, ...])
     from quiesce.model import doctor as dr
     from quiesce.runs.read import read_fleet
 
-    with _stores(settings) as stores:
+    with open_stores(settings) as stores:
         snapshot = read_fleet(stores, allow_newer=True)
         live = [p for p in snapshot.processes if p.alive and p.problem is None]
         busy = []
@@ -1505,7 +1072,7 @@ def demo(
     """
     from quiesce.sim.demo import DemoOptions, run_demo
 
-    with _guard():
+    with guard():
         if fail_machine is not None and fail_machine > machines:
             raise ConfigError(f"--fail-machine {fail_machine}: there are {machines} Machines")
         options = DemoOptions(
@@ -1520,7 +1087,7 @@ def demo(
             seed=seed,
         )
         # The release command's own progress line, as `quiesce quiet` prints it.
-        progress = _ProgressLine("delivered", 30.0, True)
+        progress = QuietProgress("delivered", 30.0, True)
         signal.signal(signal.SIGTERM, _interrupt)
         try:
             code = run_demo(

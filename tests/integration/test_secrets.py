@@ -301,7 +301,7 @@ def test_wrong_password_and_unreachable_errors_never_show_them(guarded: RedisSer
 
 def test_repr_of_settings_targets_and_fly_objects_hides_the_secrets() -> None:
     from quiesce.adapters.fly import FlyClient, FlyConfig
-    from quiesce.cli.app import AppContext
+    from quiesce.cli.options import AppContext
     from quiesce.settings import Tls, build_settings
 
     url = f"rediss://default:{REDIS_PW}@127.0.0.1:6390/0"

@@ -1,0 +1,263 @@
+"""Options every command shares, declared once: the connection options (accepted before
+and after the command; after it, they win, as kubectl and flyctl allow) and -v.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+import math
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from quiesce.settings import MAX_TIMEOUT_S, Settings, Tls, build_settings
+from quiesce.text import safe
+
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def finite_seconds(value: float | None, *, zero_ok: bool) -> float | None:
+    """The one check for seconds: click's FloatRange lets nan through (every comparison
+    with nan is false), and inf or 1e308 would reach socket and sleep calls."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    if value < 0 or (value == 0 and not zero_ok):
+        raise typer.BadParameter(f"{value:g} must be {'0 or more' if zero_ok else 'above 0'}")
+    return value
+
+
+def positive_seconds(value: float | None) -> float | None:
+    return finite_seconds(value, zero_ok=False)
+
+
+class SafeFormatter(logging.Formatter):
+    """-v logs quote identities and Redis replies: escaped like every other output."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(safe(line) for line in super().format(record).splitlines())
+
+
+def configure_logging(*, verbose: bool) -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, SafeFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(SafeFormatter("quiesce: %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+# -- connection options, accepted before and after the command ----------------------------
+
+URL_HELP = (
+    "Sidekiq's Redis (redis://, rediss://, unix://). Repeat it, or separate URLs "
+    "with commas, when Sidekiq is sharded over several servers. Default: $REDIS_URL "
+    "(or the variable $REDIS_PROVIDER names), else redis://127.0.0.1:6379/0."
+)
+NAMESPACE_HELP = "redis-namespace prefix (Sidekiq <= 6 only): keys get '<namespace>:'."
+SKIP_VERIFY_HELP = (
+    "Do NOT verify the Redis server's TLS certificate or hostname (anyone on the path can "
+    "then pose as Redis). Prefer --tls-ca-cert with the server's CA. Warns on every run."
+)
+
+
+def connection_params(*, top: bool) -> list[inspect.Parameter]:
+    """The same options on the app and on every command. Environment variables are read
+    once, by the app's copy: a command's copy is unset unless typed after the command."""
+
+    def env(name: str) -> str | None:
+        return name if top else None
+
+    def seconds(name: str, help: str, default: float) -> tuple[str, object, object]:
+        option = typer.Option(
+            help=help,
+            metavar="SECONDS",
+            min=0,
+            max=MAX_TIMEOUT_S,
+            callback=positive_seconds,
+            show_default=top,
+        )
+        return name, Annotated[float | None, option], default if top else None
+
+    default_str = "" if top else None
+    options: list[tuple[str, object, object]] = [
+        (
+            "redis_url",
+            Annotated[
+                list[str] | None,
+                typer.Option("--redis-url", "-r", metavar="URL", help=URL_HELP, show_default=False),
+            ],
+            None,
+        ),
+        (
+            "namespace",
+            Annotated[
+                str | None,
+                typer.Option(
+                    envvar=env("QUIESCE_NAMESPACE"), metavar="PREFIX", help=NAMESPACE_HELP
+                ),
+            ],
+            default_str,
+        ),
+        (
+            "tls_ca_cert",
+            Annotated[
+                str | None,
+                typer.Option(
+                    envvar=env("REDIS_TLS_CA_CERT"), metavar="PATH", help="CA bundle for rediss://."
+                ),
+            ],
+            None,
+        ),
+        (
+            "tls_cert",
+            Annotated[
+                str | None,
+                typer.Option(
+                    envvar=env("REDIS_TLS_CERT"),
+                    metavar="PATH",
+                    help="Client certificate (mutual TLS).",
+                ),
+            ],
+            None,
+        ),
+        (
+            "tls_key",
+            Annotated[
+                str | None,
+                typer.Option(
+                    envvar=env("REDIS_TLS_KEY"), metavar="PATH", help="Client key (mutual TLS)."
+                ),
+            ],
+            None,
+        ),
+        (
+            "tls_skip_verify",
+            Annotated[
+                bool,
+                typer.Option(
+                    "--tls-skip-verify", envvar=env("REDIS_TLS_SKIP_VERIFY"), help=SKIP_VERIFY_HELP
+                ),
+            ],
+            False,
+        ),
+        (
+            # The old name, kept working (hidden): "insecure" did not say what is skipped.
+            "tls_insecure",
+            Annotated[
+                bool,
+                typer.Option("--tls-insecure", envvar=env("REDIS_TLS_INSECURE"), hidden=True),
+            ],
+            False,
+        ),
+        seconds("connect_timeout", "Seconds to wait for a Redis connection.", 3.0),
+        seconds("read_timeout", "Seconds to wait for a Redis reply.", 5.0),
+        (
+            "verbose",
+            Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")],
+            False,
+        ),
+    ]
+    return [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
+        for name, kind, default in options
+    ]
+
+
+CONNECTION_OPTIONS = tuple(p.name for p in connection_params(top=False))
+
+
+def with_params(
+    params: list[inspect.Parameter], *, like: Callable[..., None] | None = None
+) -> Callable[[F], F]:
+    """Adds ``params`` to the signature typer reads options from (``like``'s, else the
+    function's own), in place of a ``**kwargs`` that receives them."""
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(like or fn, eval_str=True)
+        kept = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        fn.__signature__ = sig.replace(parameters=[*kept, *params])  # type: ignore[attr-defined]
+        fn.__annotations__ = {p.name: p.annotation for p in (*kept, *params)}
+        return fn
+
+    return decorate
+
+
+def connection_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """A command that also takes the connection options: values typed after the command
+    win over those before it (``quiesce status -r URL``, as kubectl and flyctl allow)."""
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> None:
+        given = {name: kwargs.pop(name) for name in CONNECTION_OPTIONS}
+        ctx = kwargs["ctx"]
+        ctx.obj = app_context(ctx).override(**given)
+        if given["verbose"]:
+            configure_logging(verbose=True)
+        fn(**kwargs)
+
+    return with_params(connection_params(top=False), like=fn)(command)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppContext:
+    """Connection options, turned into ``Settings`` inside each command's error guard (so
+    ``quiet --best-effort`` covers a bad URL too)."""
+
+    urls: tuple[str, ...] = dataclasses.field(repr=False)  # they may hold a password
+    namespace: str
+    tls: Tls
+    connect_timeout_s: float
+    read_timeout_s: float
+
+    def settings(self) -> Settings:
+        return build_settings(
+            urls=self.urls,
+            namespace=self.namespace,
+            tls=self.tls,
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+        )
+
+    def override(
+        self,
+        *,
+        redis_url: list[str] | None,
+        namespace: str | None,
+        tls_ca_cert: str | None,
+        tls_cert: str | None,
+        tls_key: str | None,
+        tls_skip_verify: bool,
+        tls_insecure: bool,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+        verbose: bool,
+    ) -> AppContext:
+        """Options given after the command (``None``/unset: keep the app-level value)."""
+        tls = self.tls
+        return AppContext(
+            urls=self.urls if redis_url is None else tuple(redis_url),
+            namespace=self.namespace if namespace is None else namespace,
+            tls=Tls(
+                tls.ca_cert if tls_ca_cert is None else tls_ca_cert,
+                tls.cert if tls_cert is None else tls_cert,
+                tls.key if tls_key is None else tls_key,
+                tls.insecure or tls_skip_verify or tls_insecure,
+            ),
+            connect_timeout_s=(
+                self.connect_timeout_s if connect_timeout is None else connect_timeout
+            ),
+            read_timeout_s=self.read_timeout_s if read_timeout is None else read_timeout,
+        )
+
+
+def app_context(ctx: typer.Context) -> AppContext:
+    obj = ctx.obj
+    assert isinstance(obj, AppContext)
+    return obj
