@@ -1070,7 +1070,8 @@ def demo(
     and prints the rejoin report. Stops everything it started, on Ctrl-C too.
     Exit 0 when the fleet came back whole, 7 when not (--fail-machine).
     """
-    from quiesce.sim.demo import DemoOptions, run_demo
+    from quiesce.sim.demo import run_demo
+    from quiesce.sim.deploy import DemoOptions
 
     with guard():
         if fail_machine is not None and fail_machine > machines:
