@@ -8,9 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from typer.testing import CliRunner
 
-from quiesce.cli.app import app
 from quiesce.sim.simulator import SimulatedFleet, make_processes
 from tests.support import (
     FIXTURES,
@@ -20,23 +18,9 @@ from tests.support import (
     simulated_fleet,
     ttl_changes,
 )
+from tests.support.cli import assert_one_line_error, run
 
-runner = CliRunner()
 PASSWORD = "s3cret-hunter2"
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def assert_one_line_error(stderr: str, *needles: str) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("quiesce: error: "), stderr
-    assert "Traceback" not in stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture
@@ -310,11 +294,19 @@ def test_status_watch_refreshes_until_interrupted(redis_url: str, fleet: Simulat
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.5)
+    # Wait for two refreshes (a loaded machine may take seconds to start Python), then ^C.
+    assert proc.stdout is not None
+    seen, deadline, head = 0, time.monotonic() + 60, []
+    while seen < 2 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        head.append(line)
+        seen += "6 processes on 3 machines" in line
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 130, err
-    assert out.count("6 processes on 3 machines") >= 2
+    assert seen >= 2, "".join(head) + out
     assert err.strip() == "quiesce: interrupted"
 
 

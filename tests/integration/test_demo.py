@@ -22,7 +22,7 @@ import pytest
 
 import quiesce.adapters
 from quiesce.errors import ExitCode
-from tests.integration.test_cli import run
+from tests.support.cli import run
 
 LIMIT_S = 120.0
 """Upper bound for one demo run (a failure, never a measurement)."""

@@ -22,8 +22,8 @@ from quiesce.model.doctor import (
     read_deploy,
 )
 from quiesce.sim.simulator import make_processes
-from tests.integration.test_cli import run
 from tests.support import simulated_fleet
+from tests.support.cli import run
 
 GOOD = """
 kill_signal = "SIGTERM"

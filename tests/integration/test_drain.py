@@ -21,9 +21,9 @@ from quiesce.runs.quiet import quiet_fleet
 from quiesce.sidekiq.rows import PollRow
 from quiesce.sidekiq.work import RunningJob
 from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
-from tests.integration.test_cli import run
-from tests.integration.test_quiet import store_for
 from tests.support import simulated_fleet
+from tests.support.cli import run
+from tests.support.stores import store_for
 
 FleetFactory = Callable[..., SimulatedFleet]
 BEAT_S = 0.3

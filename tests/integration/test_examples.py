@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from quiesce.model.doctor import QuiesceCall, quiesce_calls
-from tests.integration.test_cli import run
+from tests.support.cli import run
 
 ROOT = Path(__file__).resolve().parents[2]
 FLY_TOMLS = ["fly.toml.example", "examples/fly.exporter.toml"]

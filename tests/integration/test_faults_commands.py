@@ -24,9 +24,9 @@ from quiesce.errors import ExitCode
 from quiesce.runs.rejoin import RejoinOptions, RejoinWatch
 from quiesce.settings import build_settings
 from quiesce.sim.simulator import make_processes
-from tests.integration.test_cli import run
 from tests.integration.test_rejoin_cli import Fleets, _finish, _seen_waiting, _spawn_rejoin
 from tests.support import RedisServer, client_pause, crash, crash_and_restart, restart
+from tests.support.cli import run
 from tests.unit.adapters.test_fly import FakeFly, fake_fly, machine_json
 
 __all__ = ["fake_fly"]

@@ -16,19 +16,12 @@ from quiesce.model.report import QuietOptions
 from quiesce.model.verdict import Until
 from quiesce.runs.quiet import quiet_fleet
 from quiesce.runs.read import read_fleet
-from quiesce.settings import Settings, build_settings
+from quiesce.settings import build_settings
 from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
 from tests.support import RedisServer, simulated_fleet
+from tests.support.stores import store_for
 
 FleetFactory = Callable[..., SimulatedFleet]
-
-
-def settings_for(url: str, namespace: str = "") -> Settings:
-    return build_settings(urls=[url], environ={}, namespace=namespace)
-
-
-def store_for(url: str, namespace: str = "") -> SidekiqStore:
-    return SidekiqStore(settings_for(url, namespace).redis[0], settings_for(url, namespace))
 
 
 @pytest.fixture

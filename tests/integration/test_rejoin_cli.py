@@ -20,8 +20,8 @@ import redis
 
 from quiesce.errors import ExitCode
 from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
-from tests.integration.test_cli import run
 from tests.support import simulated_fleet
+from tests.support.cli import run
 from tests.unit.adapters.test_fly import FakeFly, fake_fly, machine_json
 
 __all__ = ["fake_fly"]  # the fixture, re-used from the Fly client tests

@@ -221,8 +221,8 @@ def test_every_command_keeps_the_redis_password_and_the_fly_token_out(
     guarded: RedisServer, fake_fly: Any, tmp_path: Path
 ) -> None:
     from quiesce.sim.simulator import make_processes
-    from tests.integration.test_least_privilege import FLY_TOML, scrape_exporter
     from tests.support import simulated_fleet
+    from tests.support.processes import FLY_TOML, scrape_exporter
     from tests.unit.adapters.test_fly import machine_json
 
     admin = guarded.client(password=REDIS_PW)

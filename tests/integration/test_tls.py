@@ -219,8 +219,8 @@ def one_error(code: int, err: str) -> str:
 def test_every_command_over_mutual_tls(mtls: RedisServer, pki: Pki, tmp_path: Path) -> None:
     """Verification on (the CA given, no skip), a client certificate, every command."""
     from quiesce.sim.simulator import make_processes
-    from tests.integration.test_least_privilege import FLY_TOML, cli, scrape_exporter
     from tests.support import simulated_fleet
+    from tests.support.processes import FLY_TOML, cli, scrape_exporter
 
     mtls.client().flushall()
     url = tls_url(mtls)

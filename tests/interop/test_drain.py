@@ -3,7 +3,7 @@
 private Redis, running ``SleepJob`` (tests/interop/app.rb: sleeps, then INCRs
 ``sample:slept``, the job's own proof that it finished).
 
-Like tests/test_interop_sidekiq.py, a missing ``sidekiq`` binary fails the test: CI must
+Like tests/interop/test_sidekiq.py, a missing ``sidekiq`` binary fails the test: CI must
 prove the interop ran.
 """
 
@@ -16,15 +16,14 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from tests.interop.test_sidekiq import (
+from tests.support.sidekiq import (
     BEAT_S,
     Sidekiq,
-    _boot,
-    _field,
-    _quiesce,
-    _text,
-    _wait_for,
-    start_sidekiq,  # noqa: F401 (the shared fixture, taken by name)
+    as_text,
+    boot_sidekiq,
+    hash_field,
+    run_quiesce,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
@@ -39,11 +38,11 @@ SHORT_TIMEOUT_S = 12
 
 def _running(sidekiq: Sidekiq, raw: redis.Redis, identity: str, seconds: int) -> str:
     jid = sidekiq.enqueue(f"puts SleepJob.perform_async({seconds})")
-    _wait_for(
+    wait_for(
         "busy=1 and the job in <identity>:workers",
         lambda: (
             True
-            if _field(raw, identity, "busy") == "1" and raw.hlen(f"{identity}:workers") == 1
+            if hash_field(raw, identity, "busy") == "1" and raw.hlen(f"{identity}:workers") == 1
             else None
         ),
         BEAT_S * 3,
@@ -53,19 +52,19 @@ def _running(sidekiq: Sidekiq, raw: redis.Redis, identity: str, seconds: int) ->
 
 
 def test_until_drained_returns_only_after_the_job_finished(
-    start_sidekiq: Callable[..., Sidekiq],  # noqa: F811 (the imported fixture)
+    start_sidekiq: Callable[..., Sidekiq],
     raw: redis.Redis,
     redis_url: str,
 ) -> None:
-    sidekiq, identity = _boot(start_sidekiq, raw)
+    sidekiq, identity = boot_sidekiq(start_sidekiq, raw)
     jid = _running(sidekiq, raw, identity, SHORT_JOB_S)
     assert raw.get("sample:slept") is None
 
-    result = _quiesce(
+    result = run_quiesce(
         redis_url, "quiet", "--until", "drained", "--timeout", str(DRAIN_TIMEOUT_S), "--json"
     )
     # Read before anything else: the job's own record that it finished.
-    slept = _text(raw.get("sample:slept"))
+    slept = as_text(raw.get("sample:slept"))
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{sidekiq.tail()}"
     assert slept == "1", f"quiesce returned before SleepJob finished\n{sidekiq.tail()}"
     report = json.loads(result.stdout)
@@ -74,18 +73,18 @@ def test_until_drained_returns_only_after_the_job_finished(
     assert report["until"] == "drained" and report["ok"] is True
     log = sidekiq.log_text()
     assert log.index("Received TSTP") < log.index(f"class=SleepJob jid={jid} elapsed=")
-    assert _field(raw, identity, "busy") == "0" and raw.hlen(f"{identity}:workers") == 0
+    assert hash_field(raw, identity, "busy") == "0" and raw.hlen(f"{identity}:workers") == 0
 
 
 def test_a_job_longer_than_the_timeout_exits_3_with_class_and_runtime(
-    start_sidekiq: Callable[..., Sidekiq],  # noqa: F811 (the imported fixture)
+    start_sidekiq: Callable[..., Sidekiq],
     raw: redis.Redis,
     redis_url: str,
 ) -> None:
-    sidekiq, identity = _boot(start_sidekiq, raw)
+    sidekiq, identity = boot_sidekiq(start_sidekiq, raw)
     jid = _running(sidekiq, raw, identity, LONG_JOB_S)
 
-    result = _quiesce(
+    result = run_quiesce(
         redis_url,
         "quiet", "--until", "drained", "--timeout", str(SHORT_TIMEOUT_S), "--kill-timeout", "5",
     )  # fmt: skip
@@ -99,4 +98,4 @@ def test_a_job_longer_than_the_timeout_exits_3_with_class_and_runtime(
     assert "outcomes: 1 still_busy" in out
     assert "killed mid-run" in out and "kill_timeout" in out
     assert raw.get("sample:slept") is None  # the job is indeed still running
-    assert _field(raw, identity, "quiet") == "true"
+    assert hash_field(raw, identity, "quiet") == "true"

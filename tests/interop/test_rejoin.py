@@ -17,10 +17,12 @@ import pytest
 import redis
 
 from quiesce.errors import ExitCode
-from tests.interop import test_sidekiq as interop
-from tests.interop.test_sidekiq import Sidekiq, _boot, _quiesce, start_sidekiq
-
-__all__ = ["start_sidekiq"]  # the fixture
+from tests.support import sidekiq as interop
+from tests.support.sidekiq import (
+    Sidekiq,
+    boot_sidekiq,
+    run_quiesce,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 
@@ -30,12 +32,12 @@ MACHINE = "3d8d413b29d089"
 @pytest.fixture
 def as_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every Sidekiq this test starts runs with ``DYNO=<MACHINE>``."""
-    plain = interop._ruby_env
-    monkeypatch.setattr(interop, "_ruby_env", lambda url: {**plain(url), "DYNO": MACHINE})
+    plain = interop.ruby_env
+    monkeypatch.setattr(interop, "ruby_env", lambda url: {**plain(url), "DYNO": MACHINE})
 
 
 def _rejoin_json(redis_url: str) -> tuple[int, dict[str, object]]:
-    done = _quiesce(redis_url, "rejoin", "--json")
+    done = run_quiesce(redis_url, "rejoin", "--json")
     return done.returncode, json.loads(done.stdout)
 
 
@@ -52,29 +54,29 @@ def test_real_sidekiq_quieted_stopped_restarted_is_reported_rejoined(
     raw: redis.Redis,
     redis_url: str,
 ) -> None:
-    old, old_identity = _boot(start_sidekiq, raw)
+    old, old_identity = boot_sidekiq(start_sidekiq, raw)
     assert old_identity.startswith(f"{MACHINE}:"), old_identity
 
-    done = _quiesce(redis_url, "quiet", "--until", "quiet", "--strategy", "immediate")
+    done = run_quiesce(redis_url, "quiet", "--until", "quiet", "--strategy", "immediate")
     assert done.returncode == 0, done.stdout + done.stderr
 
     code, report = _rejoin_json(redis_url)
     assert code == ExitCode.NOT_WHOLE
     assert _machine_state(report) == "quiet-idle"
 
-    waiting = interop._spawn_quiesce(
+    waiting = interop.spawn_quiesce(
         redis_url, "rejoin", "--wait", "--timeout", "120s", "--interval", "0.5"
     )
     try:
         old.stop()  # TERM: Sidekiq finishes, clears its heartbeat and exits
         assert old.proc.returncode == 0, old.tail()
-        _, new_identity = _boot(start_sidekiq, raw)
+        _, new_identity = boot_sidekiq(start_sidekiq, raw)
         assert new_identity.startswith(f"{MACHINE}:") and new_identity != old_identity
         out, err = waiting.communicate(timeout=interop.QUIESCE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         pytest.fail("rejoin --wait did not see the new process")
     finally:
-        interop._kill(waiting)
+        interop.kill_quiesce(waiting)
     assert waiting.returncode == 0, out + err
     assert "1 of 1 expected Machine back" in out and "fleet whole" in out
 
