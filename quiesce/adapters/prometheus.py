@@ -36,8 +36,7 @@ from quiesce.model.capacity import PostgresStats
 from quiesce.model.decode import decode_snapshot
 from quiesce.model.metrics import Family, ScrapeData, families
 from quiesce.settings import EXPORTER_PORT, Settings
-from quiesce.sidekiq.queue_rows import RawQueues
-from quiesce.sidekiq.rows import RawSnapshot
+from quiesce.sidekiq.rows import RawQueues, RawSnapshot
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from quiesce.model.queues import PauseReason, QueuesView, view_queues
 from quiesce.model.record import DeployRecord
 from quiesce.model.rejoin import snapshot_rejoin
 from quiesce.model.snapshot import FleetSnapshot
-from quiesce.sidekiq.queue_rows import RawQueues
+from quiesce.sidekiq.rows import RawQueues
 
 GENERATION_SLACK_S = 5.0
 """A process started this long before the deploy record still counts as new (its clock

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 
 from quiesce.model.fleet import ProcessRecord, ProcessState
 from quiesce.model.snapshot import FleetSnapshot
-from quiesce.sidekiq.queue_rows import RawQueues
+from quiesce.sidekiq.rows import RawQueues
 from quiesce.sidekiq.work import job_time
 
 CONSUMING_STATES = frozenset({ProcessState.RUNNING, ProcessState.EMBEDDED})

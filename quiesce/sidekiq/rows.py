@@ -102,3 +102,34 @@ class EmptyFleetHints:
     """Keys ending in ``:processes`` (a redis-namespace prefix not given)."""
     other_dbs: Mapping[int, int]
     """Other databases of this server and their key counts (``INFO keyspace``)."""
+
+
+# -- the exporter's queue read ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RawQueue:
+    """``LLEN`` and ``LINDEX -1`` (the oldest job) of one ``queue:<name>``."""
+
+    name: str
+    size: int | None
+    oldest: str | None
+    """The oldest job's JSON, None for an empty queue."""
+    error: str | None = None
+    """Redis answered this queue's commands with an error (e.g. the key is not a list)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RawQueues:
+    """What one queue read of one Redis server returns, before any derivation."""
+
+    time: float
+    """Epoch seconds on the Redis server's clock (``TIME``)."""
+    queues: tuple[RawQueue, ...]
+    schedule_due: int | None
+    """``ZCOUNT schedule -inf <now>``: scheduled jobs whose time has come (None: unreadable)."""
+    retry_due: int | None
+    paused: frozenset[str] | None
+    """Sidekiq Pro's ``paused`` set (empty without Pro; None: unreadable)."""
+    client_list: str | None
+    """``CLIENT LIST`` as Redis sent it; None where ``CLIENT`` is refused or renamed away."""

@@ -38,13 +38,14 @@ from quiesce.adapters.redis.connect import (
 from quiesce.adapters.retry import redis_retry
 from quiesce.settings import RedisTarget, Settings
 from quiesce.sidekiq import keys as k
-from quiesce.sidekiq.queue_rows import RawQueue, RawQueues
 from quiesce.sidekiq.rows import (
     EmptyFleetHints,
     Poll,
     PollRow,
     Push,
     RawProcess,
+    RawQueue,
+    RawQueues,
     RawSnapshot,
     ServerIdentity,
 )
