@@ -97,7 +97,10 @@ def parse_machine(data: Any) -> FlyMachine | None:
         state=_str(data.get("state")),
         region=_str(data.get("region")),
         instance_id=_str(data.get("instance_id")),
-        image_ref=_image(data.get("image_ref")),
+        # ``image_ref`` is what runs; ``config.image`` what the config asks for (the same
+        # once an update finished): the second only when the first is missing.
+        image_ref=_image(data.get("image_ref"))
+        or (_str(config.get("image")) if isinstance(config, Mapping) else ""),
         process_group=group,
         release_version=str(release) if isinstance(release, str | int) else "",
         updated_at=_time(data.get("updated_at")),

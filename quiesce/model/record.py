@@ -55,6 +55,7 @@ from quiesce.sidekiq.keys import DEPLOY_RECORD_TTL_S
 
 if TYPE_CHECKING:  # fleet.py reads DeployRecord too: no import cycle at run time
     from quiesce.model.fleet import ProcessRecord, ServerInfo
+    from quiesce.model.machines import FlyMachine
 
 SCHEMA_VERSION = 4
 CAP_IDENTITY = 1024
@@ -442,6 +443,10 @@ class MachineEntry:
             release_version=_opt(data, "v", _text, "a string") or "",
             state=_opt(data, "s", _text, "a string") or "",
         )
+
+    @classmethod
+    def from_machine(cls, m: FlyMachine) -> MachineEntry:
+        return cls(m.id, m.process_group, m.image_ref, m.release_version, m.state)
 
     def to_compact(self) -> dict[str, Any]:
         return {
