@@ -136,6 +136,14 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=10_000)
     parser.add_argument("--queues", type=int, default=10_000)
     parser.add_argument("--profile", metavar="COMMAND", help="e.g. 'status' or 'status --json'")
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Deploys in the ledger when the reads run (each a full record: every read "
+        "command reads the whole history). Default 1; the ledger keeps 20.",
+    )
     args = parser.parse_args()
     server: Any = importlib.import_module("tests.support").RedisServer()
     try:
@@ -151,6 +159,8 @@ def main() -> None:
                 measure(commands(url)[0][1])  # the deploy record the others read
             profile(url, args.profile)
             return
+        for _ in range(max(0, args.history - 1)):  # earlier deploys of the same scope
+            measure(commands(url)[0][1])
         print(f"{'command':<28}{'wall s':>8}{'CPU s':>8}{'peak RSS MB':>13}{'exit':>6}")
         for name, argv in commands(url):
             wall, cpu, rss, code = measure(argv)
@@ -160,12 +170,15 @@ def main() -> None:
             size = int(direct.strlen(k.Keys().latest_deploy))
             ttl = int(direct.ttl(k.Keys().latest_deploy))
             copies = len(list(direct.scan_iter(match="quiesce:deploy:*", count=1000)))
+            ledger = k.Keys().ledger("redis-ns:")
+            kept = [len(v) for v in direct.hvals(ledger)]
         finally:
             direct.close()
         print(
             f"deploy record: {size:,} bytes ({size / args.processes:.0f} per process),"
             f" {copies} keys, TTL {ttl / 86400:.0f} days"
         )
+        print(f"ledger: {len(kept)} records, {sum(kept):,} bytes (read by every command above)")
     finally:
         server.stop()
 
