@@ -486,6 +486,18 @@ def _scope(settings: Settings, app_name: str | None, filters: Filters | None) ->
     return scope_of(app_name or os.environ.get("FLY_APP_NAME"), settings.namespace, filters)
 
 
+def _scope_notes(snapshot: FleetSnapshot) -> list[str]:
+    """A command that found no deploy of its scope says whose the newest deploy is."""
+    other = snapshot.other_scope
+    if snapshot.latest_deploy is not None or other is None:
+        return []
+    hint = f" (--app {other.removeprefix('app:')})" if other.startswith("app:") else ""
+    return [
+        f"no deploy recorded for {snapshot.scope}; the newest deploy in this Redis is of "
+        f"{other}{hint}"
+    ]
+
+
 def _refuse_unmatched(snapshot: FleetSnapshot, filters: Filters) -> None:
     """Filters that leave nothing of a live fleet are a typo: exit 2, listing what exists."""
     from quiesce.model.quiet import unmatched_filters
@@ -943,7 +955,7 @@ def status(
                     typer.echo(excluded_text(excluded))
                 if jobs:
                     typer.echo("\n".join(jobs_text(snapshot, args=show_args)))
-                for note in notes:
+                for note in [*notes, *_scope_notes(snapshot)]:
                     typer.echo(safe(f"note: {note}"))
             if not watch:
                 break

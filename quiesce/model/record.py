@@ -787,6 +787,9 @@ class History:
     problems: tuple[str, ...] = ()
     legacy: bool = False
     """The history is the single pre-ledger record (``quiesce:deploy:latest``)."""
+    other_scope: str | None = None
+    """The scope of the newest deploy in this Redis when it is not the one asked for and
+    the asked scope has no history (a command run without ``--app``, say)."""
 
 
 def select_history(
@@ -834,8 +837,11 @@ def select_history(
         return History(tuple(records), tuple(drop), tuple(problems))
     record, problem = parse_deploy_record(legacy)
     problems.extend([problem] if problem else [])
-    if record is None or (scope is not None and record.version >= 4):
+    if record is None:
         return History((), tuple(drop), tuple(problems))
+    if scope is not None and record.version >= 4:
+        other = record.scope if record.scope != scope else None
+        return History((), tuple(drop), tuple(problems), other_scope=other)
     return History((record,), tuple(drop), tuple(problems), legacy=True)
 
 

@@ -95,3 +95,19 @@ def test_two_failed_deploys_in_a_row_stay_in_the_history(
         ("r2", DeployState.FAILED),
         ("r1", DeployState.FAILED),
     ]
+
+
+def test_status_without_the_app_says_whose_the_newest_deploy_is(
+    start_fleet: FleetFactory, redis_url: str
+) -> None:
+    start_fleet(make_processes(2, seed=9))
+    env = {"FLY_APP_NAME": "my-app"}
+    assert run_cli("-r", redis_url, "quiet", "--timeout", "10", env=env)[0] == 0
+    code, out, err = run_cli("-r", redis_url, "status")
+    assert code == 0, out + err
+    assert (
+        "note: no deploy recorded for redis-ns:; the newest deploy in this Redis is of "
+        "app:my-app (--app my-app)"
+    ) in out
+    code, out, err = run_cli("-r", redis_url, "status", "--app", "my-app")
+    assert code == 0 and "latest deploy:" in out and "no deploy recorded" not in out, out
