@@ -69,9 +69,11 @@ CAP_MACHINES = 10_000
 """Most Fly Machines a record stores (Fly's own limit per app is far below)."""
 LEDGER_SIZE = 20
 """Most records a scope's history keeps (newest first)."""
-LEDGER_MAX_CHARS = 16_000_000
-"""Most characters of records a scope's history keeps, the newest always: at 10,000
-processes a record is about 1 MB, and every ``status`` reads the whole history."""
+LEDGER_MAX_CHARS = 4_000_000
+"""Most characters of records a scope's history keeps, the newest always: every command
+reads the whole history, and at 10,000 processes a record is about 1 MB (so such a fleet
+keeps about 4; up to 2,000 processes keep 20). What the history is for survives the
+cut: a retried deploy copies "quiet since" forward into its own record."""
 T = TypeVar("T")
 
 
@@ -127,6 +129,11 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+def _plain_number(value: Any) -> bool:
+    """None, or a finite int or float (never a bool): the fast paths' check."""
+    return value is None or (type(value) in (int, float) and math.isfinite(value))
 
 
 def _integer(value: Any) -> int | None:
@@ -329,8 +336,25 @@ class OutcomeEntry:
 
     @classmethod
     def from_compact(cls, data: Mapping[str, Any]) -> OutcomeEntry:
-        """Schema 3 (``data`` already merged over ``outcomes_common``)."""
-        return cls.from_json(data, _OUTCOME_KEYS_COMPACT)
+        """Schema 3+ (``data`` already merged over ``outcomes_common``)."""
+        get = data.get
+        outcome, pushed_at, confirmed_at = get("o"), get("p"), get("c")
+        pushes, since = get("n"), get("d")
+        if (  # what quiesce writes: built directly (every read decodes 10,000 of these)
+            type(outcome) is str
+            and _plain_number(pushed_at)
+            and _plain_number(confirmed_at)
+            and type(pushes) in (int, type(None))
+            and type(since) in (str, type(None))
+        ):
+            return cls(
+                outcome,
+                None if pushed_at is None else float(pushed_at),
+                None if confirmed_at is None else float(confirmed_at),
+                pushes or 0,
+                since,
+            )
+        return cls.from_json(data, _OUTCOME_KEYS_COMPACT)  # names what is wrong
 
     def to_compact(self) -> dict[str, Any]:
         data: dict[str, Any] = {"o": self.outcome[:CAP_TEXT], "p": self.pushed_at, "n": self.pushes}
