@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -480,7 +481,7 @@ def quiet_fleet(
     if not plan.targets:
         # Nothing to signal (a retried deploy finds every process quiet; a first deploy
         # finds none): the record is still written, so later commands judge this deploy.
-        record = _with_fly(run, record, fly, live=False)
+        record = _with_fly(run, record, fly)
         _save_now(stores, record.finish(fleet.taken_at + (clock() - run.started)), fleet)
         marks = _mark(run, options, fleet.taken_at) if live else ()
         return report((), record.deploy_id, marks)
@@ -495,11 +496,12 @@ def quiet_fleet(
     run.on_event(Pushed(len(signalled), len({p.machine for p in signalled})))
     # Fly after the push: the signal matters more, and flyctl changes no Machine while
     # the release command runs, so the list is the same before and after.
-    record = _with_fly(run, record, fly)
+    fly_read = _FlyInBackground(run, fly)
     if options.wait:
         run.wait()
     elif run.unreachable:
         run.error = next(iter(run.unreachable.values()))
+    record = fly_read.apply(record)
     run.finish()
     entries = tuple(_outcome(t, options.wait) for t in run.all_targets())
     record = record.with_outcomes(
@@ -566,43 +568,85 @@ def _skipped_entry(proc: ProcessRecord, outcome: Outcome, fleet: FleetSnapshot) 
     return OutcomeEntry(outcome.value, confirmed_at=at, quiet_since_deploy=origin.deploy_id)
 
 
-def _with_fly(
-    run: QuietRun, record: DeployRecord, fly: FlyReader | None, *, live: bool = True
-) -> DeployRecord:
-    """The record with what Fly says: the app's Machines and the target release (the
-    release Machine's metadata). Any failure is one note and ``fly_checked`` false.
-    ``live``: notes are said as they happen (else only in the report, said once)."""
-    note = run.note if live else run.notes.append
-    options = run.options
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FlyView:
+    target: FlyTarget | None
+    machines: tuple[MachineEntry, ...] = ()
+    checked: bool = False
+    notes: tuple[str, ...] = ()
+
+
+def _read_fly(options: QuietOptions, fly: FlyReader | None, budget_s: float) -> _FlyView:
+    """What Fly says: the app's Machines and the target release (the release Machine's
+    metadata), within ``budget_s`` per call. Any failure is one note, ``checked`` false."""
     app = fly.app if fly is not None else options.fly_app
     target = None
     if app:
         target = FlyTarget(app, options.image_ref or "", None, options.release_machine)
     if fly is None:
-        note(
-            f"Fly not checked ({options.fly_missing or 'no Fly API client'}): the deploy "
-            "record has no Machine list, so rejoin cannot verify images (give the release "
-            "command FLY_API_TOKEN)"
+        return _FlyView(
+            target,
+            notes=(
+                f"Fly not checked ({options.fly_missing or 'no Fly API client'}): the deploy "
+                "record has no Machine list, so rejoin cannot verify images (give the "
+                "release command FLY_API_TOKEN)",
+            ),
         )
-        return record.with_fly(target, (), checked=False)
     try:
-        machines = fly.list_machines(budget_s=_fly_budget(run))
+        machines = fly.list_machines(budget_s=budget_s)
     except QuiesceError as exc:
-        note(f"Fly not checked: {exc}; the deploy record has no Machine list")
-        return record.with_fly(target, (), checked=False)
+        return _FlyView(
+            target, notes=(f"Fly not checked: {exc}; the deploy record has no Machine list",)
+        )
+    notes: tuple[str, ...] = ()
     if target is not None and options.release_machine:
         try:
-            own = fly.get_machine(options.release_machine, budget_s=_fly_budget(run))
+            own = fly.get_machine(options.release_machine, budget_s=budget_s)
         except QuiesceError as exc:
-            note(f"target release not recorded: {exc}")
+            notes = (f"target release not recorded: {exc}",)
         else:
             target = dataclasses.replace(target, release_version=own.release_version or None)
     entries = tuple(MachineEntry.from_machine(m) for m in machines)
-    return record.with_fly(target, entries, checked=True)
+    return _FlyView(target, entries, True, notes)
 
 
-def _fly_budget(run: QuietRun) -> float:
-    return min(FLY_BUDGET_S, max(0.0, run.deadline - run.clock()))
+class _FlyInBackground:
+    """The Fly read beside the wait, so a slow or hung Fly API never takes time from the
+    confirmations: started after the push, collected when the wait ends, and given up
+    (one note, ``fly_checked`` false) if it is still running at the wait's deadline."""
+
+    def __init__(self, run: QuietRun, fly: FlyReader | None) -> None:
+        self.run = run
+        self.fly = fly
+        self.view: _FlyView | None = None
+        self.thread = threading.Thread(target=self._read, name="quiesce-fly", daemon=True)
+        if fly is not None:
+            self.thread.start()
+
+    def _read(self) -> None:
+        self.view = _read_fly(self.run.options, self.fly, FLY_BUDGET_S)
+
+    def apply(self, record: DeployRecord) -> DeployRecord:
+        run = self.run
+        if self.fly is None:
+            view = _read_fly(run.options, None, 0.0)
+        else:
+            self.thread.join(min(FLY_BUDGET_S, max(0.0, run.deadline - run.clock())))
+            view = self.view or _FlyView(
+                _read_fly(run.options, None, 0.0).target,
+                notes=("Fly not checked: no answer from the Fly API by the deadline",),
+            )
+        for text in view.notes:
+            run.note(text)
+        return record.with_fly(view.target, view.machines, checked=view.checked)
+
+
+def _with_fly(run: QuietRun, record: DeployRecord, fly: FlyReader | None) -> DeployRecord:
+    """The record with what Fly says, read now (nothing was signalled: no wait to spare);
+    notes go into the report only."""
+    view = _read_fly(run.options, fly, min(FLY_BUDGET_S, max(0.0, run.deadline - run.clock())))
+    run.notes.extend(view.notes)
+    return record.with_fly(view.target, view.machines, checked=view.checked)
 
 
 def _save_now(stores: Sequence[FleetStore], record: DeployRecord, fleet: FleetSnapshot) -> None:

@@ -4,6 +4,7 @@ shapes. Fly failing never fails the quiet: the record says ``fly_checked: false`
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -59,6 +60,7 @@ def documented(request: httpx.Request) -> httpx.Response:
 
 
 def quiet(url: str, fly: Any, **options: Any) -> tuple[QuietReport, DeployRecord]:
+    options.setdefault("timeout_s", 10)
     settings = build_settings(urls=[url], environ={})
     store = SidekiqStore(settings.redis[0], settings)
     try:
@@ -66,7 +68,6 @@ def quiet(url: str, fly: Any, **options: Any) -> tuple[QuietReport, DeployRecord
             [store],
             QuietOptions(
                 scope=SCOPE,
-                timeout_s=10,
                 fly_app=APP,
                 image_ref=IMAGE_NEW,
                 release_machine=RELEASE_MACHINE,
@@ -153,3 +154,21 @@ def test_the_release_machine_unreadable_keeps_the_list(
     assert report.ok and record.fly_checked and len(record.machines) == 3
     assert record.target is not None and record.target.release_version is None
     assert any(n.startswith("target release not recorded") for n in report.notes)
+
+
+def test_a_hung_fly_api_takes_no_time_from_the_wait(fleet: SimulatedFleet, redis_url: str) -> None:
+    """The Machine list is read beside the wait: a Fly API that never answers in time
+    costs the confirmations nothing, and the record says Fly was not checked."""
+    release = threading.Event()
+
+    def hung(request: httpx.Request) -> httpx.Response:
+        release.wait(30)
+        return documented(request)
+
+    try:
+        report, record = quiet(redis_url, fly_client(hung), timeout_s=3)
+    finally:
+        release.set()
+    assert report.ok and {e.outcome.value for e in report.entries} == {"confirmed"}
+    assert not record.fly_checked
+    assert "Fly not checked: no answer from the Fly API by the deadline" in report.notes
