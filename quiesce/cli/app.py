@@ -752,8 +752,10 @@ def quiet(
     (repeat one to accept any of its values; different filters must all match).
     Embedded processes are skipped (Sidekiq ignores signals there), already-quiet ones
     are left alone. A signal that expires unconsumed is pushed again while the deadline
-    allows. Records the deploy under quiesce:deploy:* (14 days) and writes Sidekiq's
-    deploy mark for the release label (--no-mark to skip).
+    allows. Records the deploy in its scope's history, quiesce:deploy:ledger:<scope>
+    (14 days; the scope is --app / $FLY_APP_NAME, else the namespace and filters), with
+    $FLY_API_TOKEN what Fly lists for the app. Writes Sidekiq's deploy mark for the
+    release label (--no-mark to skip).
     """
     from quiesce.model.report import QuietOptions
     from quiesce.runs.quiet import quiet_fleet

@@ -343,13 +343,11 @@ def _why_again(before: Target, after: Target) -> str:
     return "the signal expired unconsumed"
 
 
-def _record_writes(keys: k.Keys, deploy_id: str, body: str) -> list[tuple[str, str, int]]:
-    """The record under its id and as ``latest`` (what quiesce before the ledger reads):
-    serialised once, written per server."""
-    return [
-        (keys.deploy_record(deploy_id), body, k.DEPLOY_RECORD_TTL_S),
-        (keys.latest_deploy, body, k.DEPLOY_RECORD_TTL_S),
-    ]
+def _record_writes(keys: k.Keys, body: str) -> list[tuple[str, str, int]]:
+    """The record as ``latest``, for quiesce before the ledger (serialised once, written
+    per server). The ledger holds it under its id: no ``quiesce:deploy:<id>`` copy any
+    more (nothing read it, and at 10,000 processes each held 1 MB for 14 days)."""
+    return [(keys.latest_deploy, body, k.DEPLOY_RECORD_TTL_S)]
 
 
 def _ledger_writes(
@@ -655,7 +653,7 @@ def _save_now(stores: Sequence[FleetStore], record: DeployRecord, fleet: FleetSn
     body = record.to_json()
     for store in stores:
         store.save_records(
-            _record_writes(store.keys, record.deploy_id, body),
+            _record_writes(store.keys, body),
             ledger=_ledger_writes(store.keys, record, body, fleet),
         )
 
@@ -670,7 +668,7 @@ def _first_push(run: QuietRun, record: DeployRecord, body: str, fleet: FleetSnap
             run.push(
                 store,
                 targets,
-                _record_writes(store.keys, record.deploy_id, body),
+                _record_writes(store.keys, body),
                 _ledger_writes(store.keys, record, body, fleet),
             )
         except RedisProblem as exc:
@@ -697,7 +695,7 @@ def _save(run: QuietRun, record: DeployRecord, body: str, fleet: FleetSnapshot) 
         try:
             # A deadline already past: one attempt, no retries (the wait's time is spent).
             store.save_records(
-                _record_writes(store.keys, record.deploy_id, body),
+                _record_writes(store.keys, body),
                 deadline=0.0,
                 ledger=_ledger_writes(store.keys, record, body, fleet),
             )
