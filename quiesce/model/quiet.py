@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import fnmatch
+import urllib.parse
+from collections.abc import Sequence
 
 from quiesce.model.fleet import ProcessRecord, ProcessState
+from quiesce.model.record import DeployRecord
 from quiesce.model.snapshot import FleetSnapshot
 
 
@@ -173,3 +176,113 @@ def plan_quiet(snapshot: FleetSnapshot, filters: Filters) -> QuietPlan:
         else:
             skipped.append((proc, skip))
     return QuietPlan(tuple(targets), tuple(skipped), excluded, tuple(by_filter.items()))
+
+
+_SCOPE_SAFE = "*?[]!-_.:/@+~^"
+
+
+def scope_of(app: str | None, namespace: str, filters: Filters | None = None) -> str:
+    """The canonical name of the fleet a command is about, stable across runs.
+
+    The Fly app when known (``app:<name>``: every process of the app, whatever filters
+    a command adds): two apps sharing a Redis never share a scope. Otherwise the
+    redis-namespace plus the filters that defined the fleet, each list sorted and
+    de-duplicated, values percent-escaped, in a fixed order: ``quiet --tag b --tag a``
+    and ``quiet --tag a --tag b`` are one scope.
+    """
+    app = (app or "").strip()
+    if app:
+        return f"app:{app}"
+    scope = f"redis-ns:{namespace.strip().rstrip(':')}"
+    if filters is None:
+        return scope
+    parts = [
+        ("hostname", filters.hostnames),
+        ("tag", filters.tags),
+        ("label", filters.labels),
+        ("queue", filters.queues),
+        ("identity", filters.identities),
+        ("exclude-hostname", filters.exclude_hostnames),
+        ("exclude-tag", filters.exclude_tags),
+        ("exclude-label", filters.exclude_labels),
+        ("exclude-queue", filters.exclude_queues),
+    ]
+    for name, values in parts:
+        if values:
+            shown = ",".join(urllib.parse.quote(v, safe=_SCOPE_SAFE) for v in sorted(set(values)))
+            scope += f"|{name}={shown}"
+    return scope
+
+
+# -- checks before anything is signalled -------------------------------------------------
+
+
+def unmatched_filters(processes: Sequence[ProcessRecord], filters: Filters) -> str | None:
+    """Filters that leave nothing of a live fleet are a typo, not an empty fleet: the
+    one-line reason (listing what exists), or None. Shared by every command that takes
+    filters (quiet, status, rejoin, recover)."""
+    live = [p for p in processes if p.alive]
+    if not live or not filters.active or any(filters.selects(p) for p in live):
+        return None
+    return f"the filters match none of the {len(live)} live processes; " + "; ".join(
+        existing_values(live)
+    )
+
+
+def existing_values(live: Sequence[ProcessRecord]) -> list[str]:
+    """The tags, labels and hostnames that do exist (a few of each)."""
+
+    def few(values: set[str]) -> str:
+        shown = sorted(v for v in values if v)[:8]
+        more = len(values) - len(shown)
+        return ", ".join(shown) + (f" (+{more} more)" if more > 0 else "") or "(none)"
+
+    return [
+        f"tags: {few({p.tag for p in live})}",
+        f"labels: {few({x for p in live for x in p.labels})}",
+        f"hostnames: {few({p.hostname for p in live})}",
+    ]
+
+
+_TARGETED = frozenset(
+    {
+        Outcome.CONFIRMED,
+        Outcome.ALREADY_QUIET,
+        Outcome.DRAINED,
+        Outcome.SIGNALLED,
+        Outcome.STILL_BUSY,
+        Outcome.VANISHED,
+        Outcome.NOT_CONFIRMED,
+        Outcome.PENDING,
+        Outcome.STALLED,
+        Outcome.SIGNAL_FAILED,
+        Outcome.NOT_SIGNALLED,
+        Outcome.LOST,
+    }
+)
+"""Outcomes of processes a deploy found live and meant to quiet."""
+
+
+def live_targets(plan: QuietPlan) -> int:
+    """The live processes of the scope this run is about: to signal, or already quiet."""
+    return len(plan.targets) + sum(1 for _, o in plan.skipped if o is Outcome.ALREADY_QUIET)
+
+
+def targeted(record: DeployRecord) -> int:
+    """How many live processes a recorded deploy meant to quiet."""
+    return sum(1 for e in record.outcomes.values() if e.outcome in _TARGETED)
+
+
+def shrink_warning(previous: DeployRecord | None, live: int) -> str | None:
+    """Far fewer live targets than the scope's previous deploy quieted (under half): said,
+    not refused -- fleets autoscale between deploys (``--min-processes`` refuses)."""
+    if previous is None:
+        return None
+    before = targeted(previous)
+    if before == 0 or live * 2 >= before:
+        return None
+    return (
+        f"only {live} live process{'es' if live != 1 else ''} to quiet, but the previous "
+        f"deploy of this scope ({previous.deploy_id}) quieted {before}: is the target right "
+        "(--namespace, database, filters)?"
+    )

@@ -21,8 +21,10 @@ already quiet are waited for without a new signal, and a timeout lists the jobs 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -37,8 +39,28 @@ from quiesce.errors import (
 )
 from quiesce.model.drain import Grace, advice, drain_plan, longest
 from quiesce.model.fleet import ProcessRecord
-from quiesce.model.quiet import FAILED_OUTCOMES, Filters, Outcome, QuietPlan, plan_quiet
-from quiesce.model.record import DeployRecord, OutcomeEntry, mark_stamp, new_deploy_id
+from quiesce.model.machines import FlyMachine
+from quiesce.model.quiet import (
+    FAILED_OUTCOMES,
+    Filters,
+    Outcome,
+    QuietPlan,
+    live_targets,
+    plan_quiet,
+    scope_of,
+    shrink_warning,
+    unmatched_filters,
+)
+from quiesce.model.record import (
+    LEDGER_SIZE,
+    DeployRecord,
+    FlyTarget,
+    MachineEntry,
+    OutcomeEntry,
+    mark_stamp,
+    new_deploy_id,
+    quiet_since_any,
+)
 from quiesce.model.report import (
     Event,
     Notice,
@@ -60,9 +82,9 @@ from quiesce.model.verdict import (
     server_lost_data,
     settle,
 )
-from quiesce.runs.read import FleetReader, empty_fleet_notes, observe
+from quiesce.runs.read import FleetReader, look_elsewhere, observe
 from quiesce.sidekiq import keys as k
-from quiesce.sidekiq.rows import Poll, Push
+from quiesce.sidekiq.rows import LedgerWrite, Poll, Push
 from quiesce.sidekiq.versions import QUIET_SIGNAL
 from quiesce.sidekiq.work import longest_first, work_suffixes
 
@@ -90,13 +112,35 @@ class FleetStore(FleetReader, Protocol):
         records: Sequence[tuple[str, str, int]] = (),
         *,
         deadline: float | None = None,
+        ledger: Sequence[LedgerWrite] = (),
     ) -> Push: ...
 
     def save_records(
-        self, records: Sequence[tuple[str, str, int]], *, deadline: float | None = None
+        self,
+        records: Sequence[tuple[str, str, int]],
+        *,
+        deadline: float | None = None,
+        ledger: Sequence[LedgerWrite] = (),
     ) -> None: ...
 
     def mark_deploy(self, label: str, datecode: str, stamp: str) -> bool: ...
+
+
+class FlyReader(Protocol):
+    """What the quiet needs of Fly; ``quiesce.adapters.fly.FlyClient`` implements it."""
+
+    app: str
+
+    def list_machines(
+        self, process_group: str | None = None, *, budget_s: float | None = None
+    ) -> list[FlyMachine]: ...
+
+    def get_machine(self, machine_id: str, *, budget_s: float | None = None) -> FlyMachine: ...
+
+
+FLY_BUDGET_S = 15.0
+"""Most time the quiet gives Fly (Machine list, then the release Machine), retries
+included: the signal is out already, and the wait must not lose much to a hung API."""
 
 
 class QuietRun:
@@ -150,6 +194,7 @@ class QuietRun:
         store: FleetStore,
         targets: Sequence[Target],
         records: Sequence[tuple[str, str, int]] = (),
+        ledger: Sequence[LedgerWrite] = (),
     ) -> bool:
         """Push TSTP to ``targets`` (and write ``records``) in one atomic round trip.
 
@@ -166,6 +211,7 @@ class QuietRun:
                 QUIET_SIGNAL,
                 records,
                 deadline=self.store_deadline(),
+                ledger=ledger,
             )
         except RedisUnavailable as exc:
             self._unreachable(store, exc)
@@ -291,36 +337,60 @@ def _why_again(before: Target, after: Target) -> str:
     return "the signal expired unconsumed"
 
 
-def _record_writes(keys: k.Keys, deploy_id: str, body: str) -> list[tuple[str, str, int]]:
-    """The record under its id and as ``latest``: serialised once, written per server."""
+def _record_writes(keys: k.Keys, body: str) -> list[tuple[str, str, int]]:
+    """The record as ``latest``, for quiesce before the ledger (serialised once, written
+    per server). The ledger holds it under its id: no ``quiesce:deploy:<id>`` copy any
+    more (nothing read it, and at 10,000 processes each held 1 MB for 14 days)."""
+    return [(keys.latest_deploy, body, k.DEPLOY_RECORD_TTL_S)]
+
+
+def _ledger_writes(
+    keys: k.Keys, record: DeployRecord, body: str, fleet: FleetSnapshot
+) -> list[LedgerWrite]:
+    """The record into its scope's history, dropping what the history no longer keeps:
+    with this one added, ``LEDGER_SIZE`` records at most."""
+    oldest = [r.deploy_id for r in fleet.history[LEDGER_SIZE - 1 :]]
+    drop = tuple(dict.fromkeys([*fleet.ledger_drop, *oldest]))
     return [
-        (keys.deploy_record(deploy_id), body, k.DEPLOY_RECORD_TTL_S),
-        (keys.latest_deploy, body, k.DEPLOY_RECORD_TTL_S),
+        LedgerWrite(keys.ledger(record.scope), record.deploy_id, body, k.DEPLOY_RECORD_TTL_S, drop)
     ]
 
 
 def _check_plan(plan: QuietPlan, fleet: FleetSnapshot, filters: Filters) -> None:
-    """Filters that leave nothing of a live fleet are a typo, not an empty fleet."""
-    live = [p for p in fleet.processes if p.alive]
-    if not live or plan.targets or plan.skipped or not filters.active:
-        return
-    raise ConfigError(
-        f"the filters match none of the {len(live)} live processes; "
-        + "; ".join(_existing_values(live))
-    )
+    problem = unmatched_filters(fleet.processes, filters)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
-def _existing_values(live: Sequence[ProcessRecord]) -> list[str]:
-    def few(values: set[str]) -> str:
-        shown = sorted(v for v in values if v)[:8]
-        more = len(values) - len(shown)
-        return ", ".join(shown) + (f" (+{more} more)" if more > 0 else "") or "(none)"
-
-    return [
-        f"tags: {few({p.tag for p in live})}",
-        f"labels: {few({x for p in live for x in p.labels})}",
-        f"hostnames: {few({p.hostname for p in live})}",
-    ]
+def _check_target(
+    run: QuietRun, plan: QuietPlan, fleet: FleetSnapshot, stores: Sequence[FleetStore]
+) -> None:
+    """Before anything is signalled or written: an empty target beside a live fleet it
+    does not read (another namespace or database) is a wrong target, exit 2; fewer live
+    targets than ``--min-processes`` too. Far fewer than the scope's last deploy is said."""
+    options = run.options
+    live = live_targets(plan)
+    if not any(p.alive for p in fleet.processes):
+        found = look_elsewhere(stores, default_url=options.default_url)
+        if found.fleets and not options.allow_empty:
+            read = ", ".join(f"{s.keys.processes} on {s.label}" for s in stores)
+            raise ConfigError(
+                f"no live Sidekiq process in {read}, but a live fleet is elsewhere: "
+                + "; ".join(found.fleets)
+                + "; check --namespace and the database in the Redis URL (nothing was "
+                "signalled or written; --allow-empty deploys anyway)"
+            )
+        run.notes.extend(f"a live Sidekiq fleet is elsewhere: {f}" for f in found.fleets)
+        run.notes.extend(found.notes)
+    if options.min_processes is not None and live < options.min_processes:
+        raise ConfigError(
+            f"--min-processes {options.min_processes}: only {live} live "
+            f"process{'es' if live != 1 else ''} to quiet (nothing was signalled or written)"
+        )
+    previous = None if fleet.legacy_history else fleet.latest_deploy
+    warning = shrink_warning(previous, live)
+    if warning is not None:
+        (run.note if plan.targets else run.notes.append)(warning)
 
 
 def quiet_fleet(
@@ -330,15 +400,26 @@ def quiet_fleet(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     on_event: Callable[[Event], None] | None = None,
+    fly: FlyReader | None = None,
 ) -> QuietReport:
+    """``fly``: the app's Machines API, when a token and the app are known (what it says
+    is recorded; when it fails the quiet goes on, ``fly_checked`` false)."""
     run = QuietRun(stores, options, clock, sleep, on_event)
+    scope = options.scope or scope_of(
+        None, stores[0].keys.namespace if stores else "", options.filters
+    )
     observed = observe(
-        stores, detail=False, allow_newer=options.allow_newer, jobs=options.reads_jobs
+        stores,
+        detail=False,
+        allow_newer=options.allow_newer,
+        jobs=options.reads_jobs,
+        scope=scope,
     )
     fleet = observed.fleet
     run.run_ids.update(observed.run_ids)
     plan = plan_quiet(fleet, options.filters)
     _check_plan(plan, fleet, options.filters)
+    _check_target(run, plan, fleet, stores)
     if options.until is Until.DRAINED:
         plan = drain_plan(plan)
     skipped = tuple(ProcessOutcome(p, o, reason=p.problem) for p, o in plan.skipped)
@@ -366,19 +447,12 @@ def quiet_fleet(
             advice=advice,
         )
 
-    if not any(p.alive for p in fleet.processes):
-        for text in empty_fleet_notes(stores, default_url=options.default_url):
-            run.notes.append(text)
-        return report((), None)
-    if options.before_push is not None:
+    live = any(p.alive for p in fleet.processes)
+    if live and options.before_push is not None:
         options.before_push(fleet)
     if options.dry_run:
         return report(tuple(ProcessOutcome(p, Outcome.PLANNED) for p in plan.targets), None)
-    if not plan.targets:
-        return report((), None)
 
-    run.preflight(plan.targets)
-    _warn_short_timeout(run, plan.targets)
     record = DeployRecord.start(
         deploy_id=new_deploy_id(fleet.taken_at, secrets.token_hex(3)),
         release=options.release,
@@ -389,22 +463,37 @@ def quiet_fleet(
         processes=fleet.processes,
         servers=fleet.servers,
         quiesce_version=__version__,
+        scope=scope,
     )
     # pushed_at stays unknown until the push returns: the final record has it exactly.
     record = record.with_outcomes(
-        {p.identity: OutcomeEntry(o.value) for p, o in plan.skipped}
+        {p.identity: _skipped_entry(p, o, fleet) for p, o in plan.skipped}
         | {p.identity: OutcomeEntry(Outcome.PENDING.value) for p in plan.targets}
     )
+    if not plan.targets:
+        # Nothing to signal (a retried deploy finds every process quiet; a first deploy
+        # finds none): the record is still written, so later commands judge this deploy.
+        record = _with_fly(run, record, fly)
+        _save_now(stores, record.finish(fleet.taken_at + (clock() - run.started)), fleet)
+        marks = _mark(run, options, fleet.taken_at) if live else ()
+        return report((), record.deploy_id, marks)
+
+    run.preflight(plan.targets)
+    _warn_short_timeout(run, plan.targets)
     for store in stores:
         run.targets[store.label] = [Target(p) for p in plan.targets if p.redis == store.label]
     body = record.to_json()
-    _first_push(run, record.deploy_id, body)
+    _first_push(run, record, body, fleet)
     signalled = [p for p in plan.targets if not p.quiet]
     run.on_event(Pushed(len(signalled), len({p.machine for p in signalled})))
+    # Fly after the push: the signal matters more, and flyctl changes no Machine while
+    # the release command runs, so the list is the same before and after.
+    fly_read = _FlyInBackground(run, fly)
     if options.wait:
         run.wait()
     elif run.unreachable:
         run.error = next(iter(run.unreachable.values()))
+    record = fly_read.apply(record)
     run.finish()
     entries = tuple(_outcome(t, options.wait) for t in run.all_targets())
     record = record.with_outcomes(
@@ -421,7 +510,7 @@ def quiet_fleet(
     failed = run.error is not None or any(e.outcome in FAILED_OUTCOMES for e in entries)
     failure = _failure_text(run.error, entries) if failed else None
     record = record.finish(fleet.taken_at + (clock() - run.started), failure=failure)
-    saved = _save(run, record.deploy_id, record.to_json())
+    saved = _save(run, record, record.to_json(), fleet)
     marks = () if failed else _mark(run, options, fleet.taken_at)
     return report(entries, record.deploy_id, marks, saved, _advice(options, plan, entries))
 
@@ -459,14 +548,125 @@ def _failure_text(error: QuiesceError | None, entries: Sequence[ProcessOutcome])
     return f"{n} process{'es' if n != 1 else ''} not confirmed quiet"
 
 
-def _first_push(run: QuietRun, deploy_id: str, body: str) -> None:
+def _skipped_entry(proc: ProcessRecord, outcome: Outcome, fleet: FleetSnapshot) -> OutcomeEntry:
+    """An already-quiet process carries the deploy of its scope that quieted it, and when:
+    "quiet since deploy X" outlives X's record."""
+    if outcome is not Outcome.ALREADY_QUIET:
+        return OutcomeEntry(outcome.value)
+    since = quiet_since_any(fleet.history, proc.identity)
+    if since is None:
+        return OutcomeEntry(outcome.value)
+    origin, at = since
+    return OutcomeEntry(outcome.value, confirmed_at=at, quiet_since_deploy=origin.deploy_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FlyView:
+    target: FlyTarget | None
+    machines: tuple[MachineEntry, ...] = ()
+    checked: bool = False
+    notes: tuple[str, ...] = ()
+
+
+def _read_fly(options: QuietOptions, fly: FlyReader | None, budget_s: float) -> _FlyView:
+    """What Fly says: the app's Machines and the target release (the release Machine's
+    metadata), within ``budget_s`` per call. Any failure is one note, ``checked`` false."""
+    app = fly.app if fly is not None else options.fly_app
+    target = None
+    if app:
+        target = FlyTarget(app, options.image_ref or "", None, options.release_machine)
+    if fly is None:
+        return _FlyView(
+            target,
+            notes=(
+                f"Fly not checked ({options.fly_missing or 'no Fly API client'}): the deploy "
+                "record has no Machine list, so rejoin cannot verify images (give the "
+                "release command FLY_API_TOKEN)",
+            ),
+        )
+    try:
+        machines = fly.list_machines(budget_s=budget_s)
+    except QuiesceError as exc:
+        return _FlyView(
+            target, notes=(f"Fly not checked: {exc}; the deploy record has no Machine list",)
+        )
+    notes: tuple[str, ...] = ()
+    if target is not None and options.release_machine:
+        try:
+            own = fly.get_machine(options.release_machine, budget_s=budget_s)
+        except QuiesceError as exc:
+            notes = (f"target release not recorded: {exc}",)
+        else:
+            target = dataclasses.replace(target, release_version=own.release_version or None)
+    entries = tuple(MachineEntry.from_machine(m) for m in machines)
+    return _FlyView(target, entries, True, notes)
+
+
+class _FlyInBackground:
+    """The Fly read beside the wait, so a slow or hung Fly API never takes time from the
+    confirmations: started after the push, collected when the wait ends, and given up
+    (one note, ``fly_checked`` false) if it is still running at the wait's deadline."""
+
+    def __init__(self, run: QuietRun, fly: FlyReader | None) -> None:
+        self.run = run
+        self.fly = fly
+        self.view: _FlyView | None = None
+        self.thread = threading.Thread(target=self._read, name="quiesce-fly", daemon=True)
+        if fly is not None:
+            self.thread.start()
+
+    def _read(self) -> None:
+        self.view = _read_fly(self.run.options, self.fly, FLY_BUDGET_S)
+
+    def apply(self, record: DeployRecord) -> DeployRecord:
+        run = self.run
+        if self.fly is None:
+            view = _read_fly(run.options, None, 0.0)
+        else:
+            # An interrupted or broken run reports at once: Fly is not waited for then.
+            wait_s = 0.0 if run.error is not None else run.deadline - run.clock()
+            self.thread.join(min(FLY_BUDGET_S, max(0.0, wait_s)))
+            view = self.view or _FlyView(
+                _read_fly(run.options, None, 0.0).target,
+                notes=("Fly not checked: no answer from the Fly API by the deadline",),
+            )
+        for text in view.notes:
+            run.note(text)
+        return record.with_fly(view.target, view.machines, checked=view.checked)
+
+
+def _with_fly(run: QuietRun, record: DeployRecord, fly: FlyReader | None) -> DeployRecord:
+    """The record with what Fly says, read now (nothing was signalled: no wait to spare);
+    notes go into the report only."""
+    view = _read_fly(run.options, fly, min(FLY_BUDGET_S, max(0.0, run.deadline - run.clock())))
+    run.notes.extend(view.notes)
+    return record.with_fly(view.target, view.machines, checked=view.checked)
+
+
+def _save_now(stores: Sequence[FleetStore], record: DeployRecord, fleet: FleetSnapshot) -> None:
+    """The record of a run that signalled nothing. Nothing is lost by failing here: an
+    exit 0 without its record would leave later commands judging by an older deploy."""
+    body = record.to_json()
+    for store in stores:
+        store.save_records(
+            _record_writes(store.keys, body),
+            ledger=_ledger_writes(store.keys, record, body, fleet),
+        )
+
+
+def _first_push(run: QuietRun, record: DeployRecord, body: str, fleet: FleetSnapshot) -> None:
     """Every server's atomic push, with the record. A refusal before any signal went
     out is an ordinary error; after some server took its pushes, it ends the run."""
     done_any = False
     for store in run.stores:
         targets = run.targets[store.label]
         try:
-            run.push(store, targets, _record_writes(store.keys, deploy_id, body))
+            run.push(
+                store,
+                targets,
+                _record_writes(store.keys, body),
+                _ledger_writes(store.keys, record, body, fleet),
+            )
         except RedisProblem as exc:
             if not done_any:
                 raise type(exc)(f"{exc.reason}; nothing was signalled", url=exc.url) from exc
@@ -480,7 +680,7 @@ def _first_push(run: QuietRun, deploy_id: str, body: str) -> None:
         done_any = True
 
 
-def _save(run: QuietRun, deploy_id: str, body: str) -> bool:
+def _save(run: QuietRun, record: DeployRecord, body: str, fleet: FleetSnapshot) -> bool:
     """Write the final record, once per server, never past the deadline plus one attempt;
     a server that was unreachable at the end is not waited for again."""
     saved = True
@@ -490,7 +690,11 @@ def _save(run: QuietRun, deploy_id: str, body: str) -> bool:
             continue
         try:
             # A deadline already past: one attempt, no retries (the wait's time is spent).
-            store.save_records(_record_writes(store.keys, deploy_id, body), deadline=0.0)
+            store.save_records(
+                _record_writes(store.keys, body),
+                deadline=0.0,
+                ledger=_ledger_writes(store.keys, record, body, fleet),
+            )
         except QuiesceError as exc:
             log.warning("could not save the deploy record on %s: %s", store.label, exc)
             saved = False

@@ -27,7 +27,9 @@ class FleetReader(Protocol):
     @property
     def label(self) -> str: ...
 
-    def read_fleet(self, *, detail: bool = True, jobs: bool = False) -> RawSnapshot: ...
+    def read_fleet(
+        self, *, detail: bool = True, jobs: bool = False, scope: str | None = None
+    ) -> RawSnapshot: ...
 
     def empty_fleet_hints(self) -> EmptyFleetHints: ...
 
@@ -45,13 +47,13 @@ def observe(
     detail: bool = True,
     allow_newer: bool = False,
     jobs: bool = False,
+    scope: str | None = None,
 ) -> Observed:
-    """``jobs``: also read every process's running jobs (same single pipeline)."""
+    """``jobs``: also read every process's running jobs (same single pipeline). ``scope``
+    (``quiet.scope_of``): whose deploy history to read; None reads only the pre-ledger
+    latest record, whichever scope wrote it."""
     with _no_cycle_collection():
-        raws = [
-            s.read_fleet(detail=detail, jobs=True) if jobs else s.read_fleet(detail=detail)
-            for s in stores
-        ]
+        raws = [s.read_fleet(detail=detail, jobs=jobs, scope=scope) for s in stores]
         refuse_duplicates(raws, [s.keys.namespace for s in stores])
         fleet = FleetSnapshot.merge([decode_snapshot(r, allow_newer=allow_newer) for r in raws])
     return Observed(fleet, {r.redis: r.run_id for r in raws})
@@ -77,8 +79,9 @@ def read_fleet(
     detail: bool = True,
     allow_newer: bool = False,
     jobs: bool = False,
+    scope: str | None = None,
 ) -> FleetSnapshot:
-    return observe(stores, detail=detail, allow_newer=allow_newer, jobs=jobs).fleet
+    return observe(stores, detail=detail, allow_newer=allow_newer, jobs=jobs, scope=scope).fleet
 
 
 def refuse_duplicates(raws: Sequence[RawSnapshot], namespaces: Sequence[str]) -> None:
@@ -96,9 +99,19 @@ def refuse_duplicates(raws: Sequence[RawSnapshot], namespaces: Sequence[str]) ->
         seen[key] = raw.redis
 
 
-def empty_fleet_notes(stores: Sequence[FleetReader], *, default_url: str | None) -> list[str]:
-    """Why no process may be registered: looked up only when the fleet is empty."""
-    notes = []
+@dataclasses.dataclass(frozen=True, slots=True)
+class Elsewhere:
+    """What an empty target may mean: ``fleets`` are live Sidekiq fleets on the same
+    servers that the target does not read (another namespace or database), each named
+    in one phrase; ``notes`` are softer hints."""
+
+    fleets: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def look_elsewhere(stores: Sequence[FleetReader], *, default_url: str | None) -> Elsewhere:
+    """Where Sidekiq might be when nothing is registered here (bounded lookups)."""
+    notes, fleets = [], []
     if default_url is not None:
         notes.append(f"no Redis URL given (--redis-url, REDIS_URL): used the default {default_url}")
     for store in stores:
@@ -106,10 +119,25 @@ def empty_fleet_notes(stores: Sequence[FleetReader], *, default_url: str | None)
             hints = store.empty_fleet_hints()
         except QuiesceError:
             continue  # the hints are a courtesy: a refused SCAN or INFO is not an error
+        beating = [f for f in hints.elsewhere if f.live > 0]
+        for found in beating:
+            where = found.key if found.same_db else f"db {found.db}: {found.key}"
+            fleets.append(
+                f"{store.label}: {where} ({found.live} of {found.sampled} sampled members beating)"
+            )
+        if beating:
+            continue
         if hints.namespaced:
-            found = ", ".join(hints.namespaced)
-            notes.append(f"{store.label} has {found}: is Sidekiq namespaced? (--namespace)")
+            found_keys = ", ".join(hints.namespaced)
+            notes.append(f"{store.label} has {found_keys}: is Sidekiq namespaced? (--namespace)")
         if hints.other_dbs:
             dbs = ", ".join(f"db {db} ({n} keys)" for db, n in sorted(hints.other_dbs.items()))
             notes.append(f"{store.label}: other databases hold keys: {dbs}; wrong database?")
-    return notes
+    return Elsewhere(tuple(fleets), tuple(notes))
+
+
+def empty_fleet_notes(stores: Sequence[FleetReader], *, default_url: str | None) -> list[str]:
+    """Why no process may be registered: looked up only when the fleet is empty."""
+    found = look_elsewhere(stores, default_url=default_url)
+    live = [f"a live Sidekiq fleet is elsewhere: {f}" for f in found.fleets]
+    return [*live, *found.notes]
