@@ -71,7 +71,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-@pytest.mark.parametrize("document", ["docs/deploy-ledger.md", "README.md"])
+@pytest.mark.parametrize("document", ["docs/deploy-ledger.md", "docs/after-deploy.md"])
 def test_the_documented_snippet_labels_sidekiq_6_4(
     document: str, redis_url: str, raw: redis.Redis, tmp_path: Path
 ) -> None:
