@@ -76,6 +76,9 @@ class ProcessRecord:
     """Names still queued in ``<identity>-signals``, oldest first (the next one popped)."""
     problem: str | None = None
     """Why the record is unreadable; ``None`` for a healthy decode."""
+    notes: tuple[str, ...] = ()
+    """Odd fields that do not make the record untrustworthy (``rss=lots``): shown, while
+    the process still counts by its state (a beating process stays a consumer)."""
     quieting: bool = False
     """Set when the snapshot is assembled with the latest deploy record (``is_quieting``)."""
     work: WorkRead | None = None

@@ -71,6 +71,7 @@ def process_json(proc: ProcessRecord, snapshot: FleetSnapshot) -> dict[str, Any]
         "rtt_us": proc.rtt_us,
         "started_at": proc.started_at,
         "problem": proc.problem,
+        "notes": list(proc.notes),
     }
 
 
@@ -234,6 +235,8 @@ def _status_row(p: ProcessRecord, snapshot: FleetSnapshot, multi_redis: bool) ->
     )
     if p.problem:
         row += f"  ({p.problem})"
+    for note in p.notes:
+        row += f"  (note: {safe(note)})"
     if multi_redis:
         row += f"  [{p.redis}]"
     return row.rstrip()
