@@ -521,10 +521,11 @@ class _ProgressLine:
             )
             if self.draining:
                 longest = "" if event.longest_s is None else f", longest {event.longest_s:.0f}s"
+                stalled = f", {event.stalled} stalled (no heartbeat)" if event.stalled else ""
                 text = (
                     f"draining: {event.drained} drained, {event.vanished} exited, "
-                    f"{event.pending} busy or pending; {event.jobs} jobs running{longest}; "
-                    f"{event.remaining_s:.0f}s left"
+                    f"{event.pending} busy or pending{stalled}; {event.jobs} jobs running"
+                    f"{longest}; {event.remaining_s:.0f}s left"
                 )
             if self.tty:
                 sys.stderr.write(f"\r\x1b[2K{text}")

@@ -97,10 +97,12 @@ class ProcessRecord:
             return ProcessState.UNREADABLE
         if self.embedded:
             return ProcessState.EMBEDDED
-        if self.quiet:
-            return ProcessState.QUIET
+        # An overdue beat first: a process killed mid-job keeps its last "quiet" hash for
+        # up to 60 s, and reading it as quiet would hide that it is gone.
         if self.is_stalled:
             return ProcessState.STALLED
+        if self.quiet:
+            return ProcessState.QUIET
         if self.quieting:
             return ProcessState.QUIETING
         return ProcessState.RUNNING

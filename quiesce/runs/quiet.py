@@ -64,6 +64,7 @@ from quiesce.runs.read import FleetReader, empty_fleet_notes, observe
 from quiesce.sidekiq import keys as k
 from quiesce.sidekiq.rows import Poll, Push
 from quiesce.sidekiq.work import longest_first, work_suffixes
+from quiesce.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +264,10 @@ class QuietRun:
     def _progress(self) -> None:
         targets = self.all_targets()
         now = self.clock()
+        # An overdue process's last hash lists jobs nothing may still be running.
         busy = [t for t in targets if not t.done]
-        top = longest(j for t in busy for j in t.work.jobs)
+        live = [t for t in busy if not t.overdue]
+        top = longest(j for t in live for j in t.work.jobs)
         self.on_event(
             Progress(
                 confirmed=sum(1 for t in targets if t.outcome is Outcome.CONFIRMED),
@@ -273,7 +276,8 @@ class QuietRun:
                 elapsed_s=now - self.started,
                 remaining_s=max(0.0, self.deadline - now),
                 drained=sum(1 for t in targets if t.outcome is Outcome.DRAINED),
-                jobs=sum(max(t.busy or 0, t.work.entries) for t in busy),
+                jobs=sum(max(t.busy or 0, t.work.entries) for t in live),
+                stalled=len(busy) - len(live),
                 longest_s=top.runtime_s if top is not None else None,
             )
         )
@@ -429,7 +433,16 @@ def quiet_fleet(
     record = record.finish(fleet.taken_at + (clock() - run.started), failure=failure)
     saved = _save(run, record.deploy_id, record.to_json())
     marks = () if failed else _mark(run, options, fleet.taken_at)
-    return report(entries, record.deploy_id, marks, saved, _advice(options, plan, entries))
+    _work_notes(run)
+    advice = _advice(options, plan, entries, interrupted=isinstance(run.error, Interrupted))
+    return report(entries, record.deploy_id, marks, saved, advice)
+
+
+def _work_notes(run: QuietRun) -> None:
+    """A work hash that could not be read is said once per process: it is no failure."""
+    for target in run.all_targets():
+        if target.work_note is not None:
+            run.note(f"{target.identity}: {target.work_note}")
 
 
 def _suffixes(record: ProcessRecord) -> tuple[str, ...]:
@@ -438,14 +451,27 @@ def _suffixes(record: ProcessRecord) -> tuple[str, ...]:
 
 
 def _advice(
-    options: QuietOptions, plan: QuietPlan, entries: Sequence[ProcessOutcome]
+    options: QuietOptions,
+    plan: QuietPlan,
+    entries: Sequence[ProcessOutcome],
+    *,
+    interrupted: bool = False,
 ) -> tuple[str, ...]:
     """On a drain that timed out, or whenever ``--kill-timeout`` is given."""
-    grace = Grace(options.kill_timeout_s, options.sidekiq_timeout_s)
+    interval = max((p.beat_interval_s for p in plan.targets), default=10.0)
+    grace = Grace(options.kill_timeout_s, options.sidekiq_timeout_s, interval)
     still = [j for e in entries if e.outcome is Outcome.STILL_BUSY for j in e.jobs]
     if still:
         jobs = sorted(still, key=longest_first)
-        return tuple(advice(jobs, grace, timed_out=True, drain_timeout_s=options.timeout_s))
+        return tuple(
+            advice(
+                jobs,
+                grace,
+                timed_out=True,
+                drain_timeout_s=options.timeout_s,
+                interrupted=interrupted,
+            )
+        )
     if options.kill_timeout_s is None:
         return ()
     # The jobs seen running: at the start on every target, and at the last poll.
@@ -461,7 +487,7 @@ def _failure_text(error: QuiesceError | None, entries: Sequence[ProcessOutcome])
     n = sum(1 for e in entries if e.outcome in FAILED_OUTCOMES)
     busy = sum(1 for e in entries if e.outcome is Outcome.STILL_BUSY)
     if busy == n:
-        return f"{n} process{'es' if n != 1 else ''} still running jobs at the deadline"
+        return f"{plural(n, 'process', 'processes')} still running jobs at the deadline"
     return f"{n} process{'es' if n != 1 else ''} not confirmed quiet"
 
 
@@ -504,16 +530,30 @@ def _save(run: QuietRun, deploy_id: str, body: str) -> bool:
 
 
 def _warn_short_timeout(run: QuietRun, targets: Sequence[ProcessRecord]) -> None:
+    """Warn when the wait cannot fit the beats a confirmation needs, with the basis: the
+    interval of the versions read (a range when a version is only inferred)."""
     if not run.options.wait:
         return
     beats = 1 if run.options.until is Until.DELIVERED else 2
-    need = max(p.beat_interval_s for p in targets) * beats
-    if run.options.timeout_s < need:
-        what = "one heartbeat" if beats == 1 else "two heartbeats"
-        run.note(
-            f"--timeout {run.options.timeout_s:g}s is shorter than {what} of these processes "
-            f"({need:g}s): some cannot confirm in time"
+    slowest = max(targets, key=lambda p: p.beat_interval_s)
+    need = slowest.beat_interval_s * beats
+    if run.options.timeout_s >= need:
+        return
+    what = "one heartbeat" if beats == 1 else "two heartbeats"
+    version = slowest.version
+    if version is None:
+        basis = f"{slowest.beat_interval_s:g} s per beat assumed: version unknown"
+    elif version.inferred:
+        basis = (
+            f"{slowest.beat_interval_s:g} s per beat: Sidekiq {version.text} writes no version "
+            "and 7.0.0/7.0.1 beat every 10 s (6.x every 5 s)"
         )
+    else:
+        basis = f"{slowest.beat_interval_s:g} s per beat: Sidekiq {version.text}"
+    run.note(
+        f"--timeout {run.options.timeout_s:g}s is shorter than {what} of these processes "
+        f"({need:g}s at {basis}): some cannot confirm in time"
+    )
 
 
 def _seconds(ms: int | None) -> float | None:
@@ -527,8 +567,10 @@ def _outcome(target: Target, waited: bool) -> ProcessOutcome:
     after = None
     if target.confirmed_at_ms is not None and target.pushed_at_ms is not None:
         after = max(0.0, (target.confirmed_at_ms - target.pushed_at_ms) / 1000.0)
-    reason = target.problem
-    if outcome is Outcome.VANISHED and target.running:
+    reason = target.problem or target.work_note
+    if outcome is Outcome.STALLED:
+        reason = _stalled_reason(target)
+    elif outcome is Outcome.VANISHED and target.running:
         n = max(target.busy or 0, target.work.entries)
         reason = (
             f"exited while draining; its last beat showed {n} running job{'s' if n != 1 else ''}"
@@ -548,6 +590,23 @@ def _outcome(target: Target, waited: bool) -> ProcessOutcome:
         jobs=target.work.jobs,
         busy=target.busy,
     )
+
+
+def _stalled_reason(target: Target) -> str:
+    interval = f"it beats every {target.record.beat_interval_s:g}s"
+    if target.hash_expired:
+        why = f"no heartbeat for over {k.HEARTBEAT_TTL_S}s (its hash expired; {interval})"
+    elif target.beat_age_s is not None:
+        why = f"last heartbeat {target.beat_age_s:.0f}s ago ({interval})"
+    else:
+        why = "heartbeat overdue"
+    if target.running:
+        n = max(target.busy or 0, target.work.entries)
+        why += (
+            f"; its last beat listed {plural(n, 'running job')}: if it died they are lost "
+            "unless a reliable fetch (Sidekiq Pro super_fetch) recovers them"
+        )
+    return why
 
 
 def _mark(run: QuietRun, options: QuietOptions, now: float) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from quiesce.errors import ExitCode
 from quiesce.model.fleet import ProcessRecord, ProcessState
 from quiesce.model.quiet import FAILED_OUTCOMES, Outcome
 from quiesce.model.record import DeployRecord, quiet_since
@@ -358,9 +359,10 @@ def _entry_lines(report: QuietReport, show_all: bool) -> list[str]:
     """Problems and notable skips (every entry with ``show_all``); a still-busy process
     with its running jobs."""
     lines = []
+    interrupted = _interrupted(report)
     for e in report.entries:
         if show_all or e.outcome in FAILED_OUTCOMES or e.outcome in _SKIPS_SHOWN:
-            lines.append(_entry_line(e))
+            lines.append(_entry_line(e, interrupted=interrupted))
             if e.outcome is Outcome.STILL_BUSY:
                 lines.extend(job_line(j, machine=True) for j in e.jobs)
     return lines
@@ -392,11 +394,26 @@ _SKIPS = frozenset({Outcome.ALREADY_QUIET, Outcome.EMBEDDED, Outcome.DEAD, Outco
 _SKIPS_SHOWN = frozenset({Outcome.EMBEDDED, Outcome.DEAD})
 
 
-def _entry_line(e: ProcessOutcome) -> str:
+_EXPLAIN_INTERRUPTED = {
+    Outcome.NOT_CONFIRMED: "heartbeating, but the signal was not confirmed when the run was "
+    "interrupted",
+    Outcome.STILL_BUSY: "took the signal, but jobs were still running when the run was interrupted",
+}
+
+
+def _interrupted(report: QuietReport) -> bool:
+    """Ctrl-C or TERM ended the wait, not its deadline."""
+    return report.error is not None and report.error.exit_code is ExitCode.INTERRUPTED
+
+
+def _entry_line(e: ProcessOutcome, *, interrupted: bool = False) -> str:
     p = e.process
-    why = e.reason or p.problem or _EXPLAIN.get(e.outcome, "")
-    if e.outcome is not Outcome.UNREADABLE and e.reason and e.outcome in _EXPLAIN:
-        why = f"{_EXPLAIN[e.outcome]} ({e.reason})"
+    explain = (_EXPLAIN_INTERRUPTED if interrupted else {}).get(e.outcome) or _EXPLAIN.get(
+        e.outcome, ""
+    )
+    why = e.reason or p.problem or explain
+    if e.outcome is not Outcome.UNREADABLE and e.reason and explain:
+        why = f"{explain} ({e.reason})"
     after = f" after {e.confirmed_after_s:.1f}s" if e.confirmed_after_s is not None else ""
     pushes = f", pushed {e.pushes}x" if e.pushes > 1 else ""
     text = f"  {e.outcome.value.upper():<14} {p.identity} ({_version(p)}){after}{pushes}"

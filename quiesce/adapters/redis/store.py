@@ -503,7 +503,7 @@ class SidekiqStore:
             replies = results[at : at + 4 + extra]
             at += 4 + extra
             in_set, values, pttl, llen = replies[:4]
-            errors = [r for r in replies if isinstance(r, Exception)]
+            errors = [r for r in replies[:4] if isinstance(r, Exception)]
             if errors:
                 rows.append(PollRow(None, None, None, None, None, error=_one_line(errors[0])))
                 continue
@@ -512,11 +512,23 @@ class SidekiqStore:
                 rows.append(PollRow(bool(in_set), quiet, beat, int(pttl), int(llen)))
                 continue
             quiet, beat, busy = values
+            # A work key of the wrong type hides the jobs only: the signal and the beat
+            # were read, so the process is still judged (and kept) on them.
+            work_errors = [r for r in replies[4:] if isinstance(r, Exception)]
             merged = {
                 t: v for h in _work_hashes(replies[4:], work[i]).values() for t, v in h.items()
             }
             rows.append(
-                PollRow(bool(in_set), quiet, beat, int(pttl), int(llen), busy=busy, work=merged)
+                PollRow(
+                    bool(in_set),
+                    quiet,
+                    beat,
+                    int(pttl),
+                    int(llen),
+                    busy=busy,
+                    work=merged,
+                    work_error=_one_line(work_errors[0]) if work_errors else None,
+                )
             )
         return Poll(self._time_ms(results[0]), self._server(results[1]), tuple(rows))
 
