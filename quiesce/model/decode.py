@@ -125,7 +125,13 @@ def read_version(
     present = frozenset(f for f in OPTIONAL_HASH_FIELDS if fields.get(f) not in (None, ""))
     bands = bands_without_version(present)
     interval = max(b.beat_interval_s for b in bands)
-    return SidekiqVersion(range_text(bands), inferred=True, beat_interval_s=interval)
+    shortest = min(b.beat_interval_s for b in bands)
+    return SidekiqVersion(
+        range_text(bands),
+        inferred=True,
+        beat_interval_s=interval,
+        beat_interval_min_s=shortest if shortest != interval else None,
+    )
 
 
 @functools.lru_cache(maxsize=64)

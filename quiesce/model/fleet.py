@@ -46,6 +46,9 @@ class SidekiqVersion:
     inferred: bool
     beat_interval_s: float
     """The longest heartbeat interval this version can have (5 s up to 6.x, 10 s from 7.0)."""
+    beat_interval_min_s: float | None = None
+    """For an inferred range: the shortest interval it may have (6.x 5 s where 7.0.0/7.0.1
+    beat every 10 s); None when the interval is known."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -531,28 +531,34 @@ def _save(run: QuietRun, deploy_id: str, body: str) -> bool:
 
 def _warn_short_timeout(run: QuietRun, targets: Sequence[ProcessRecord]) -> None:
     """Warn when the wait cannot fit the beats a confirmation needs, with the basis: the
-    interval of the versions read (a range when a version is only inferred)."""
+    interval of the versions read. A version only inferred (no ``info.version`` up to
+    7.0.1) may beat every 5 s (6.x) or 10 s (7.0.0/7.0.1): both are said, and the warning
+    is given only when even the shorter does not fit."""
     if not run.options.wait:
         return
     beats = 1 if run.options.until is Until.DELIVERED else 2
-    slowest = max(targets, key=lambda p: p.beat_interval_s)
-    need = slowest.beat_interval_s * beats
-    if run.options.timeout_s >= need:
-        return
     what = "one heartbeat" if beats == 1 else "two heartbeats"
+    slowest = max(targets, key=lambda p: p.beat_interval_s)
     version = slowest.version
+    low = (version.beat_interval_min_s if version else None) or slowest.beat_interval_s
+    if run.options.timeout_s >= low * beats:
+        return
     if version is None:
-        basis = f"{slowest.beat_interval_s:g} s per beat assumed: version unknown"
-    elif version.inferred:
+        basis = f"{slowest.beat_interval_s * beats:g}s: version unknown, 10 s per beat assumed"
+    elif version.beat_interval_min_s is not None:
         basis = (
-            f"{slowest.beat_interval_s:g} s per beat: Sidekiq {version.text} writes no version "
-            "and 7.0.0/7.0.1 beat every 10 s (6.x every 5 s)"
+            f"{low * beats:g}s if they run 6.x, which beats every {low:g} s, "
+            f"{slowest.beat_interval_s * beats:g}s if 7.0.0/7.0.1, every "
+            f"{slowest.beat_interval_s:g} s: Sidekiq {version.text} writes no version"
         )
     else:
-        basis = f"{slowest.beat_interval_s:g} s per beat: Sidekiq {version.text}"
+        basis = (
+            f"{slowest.beat_interval_s * beats:g}s: Sidekiq {version.text} beats every "
+            f"{slowest.beat_interval_s:g} s"
+        )
     run.note(
         f"--timeout {run.options.timeout_s:g}s is shorter than {what} of these processes "
-        f"({need:g}s at {basis}): some cannot confirm in time"
+        f"({basis}): some cannot confirm in time"
     )
 
 
