@@ -1373,16 +1373,13 @@ def doctor(
     (--redis-url or REDIS_URL); doctor never writes.
     """
     from quiesce.model import doctor as dr
+    from quiesce.runs.doctor import check_fly_toml
 
     with _guard():
-        try:
-            with open(fly_toml, "rb") as f:
-                text = f.read().decode("utf-8", "replace")
-        except OSError as exc:
-            raise ConfigError(f"cannot read {fly_toml}: {exc.strerror or exc}") from exc
-        config = dr.parse_fly_toml(text, name=fly_toml)
-        deploy = dr.read_deploy(config, sidekiq_timeout_s=sidekiq_timeout, groups=group or ())
-        findings = dr.check_config(deploy, config)
+        checked = check_fly_toml(
+            fly_toml, sidekiq_timeout_s=sidekiq_timeout, groups=group or (), parse=refusal
+        )
+        deploy, findings = checked.deploy, checked.findings
         settings = _settings(ctx)
         fleet_checked = settings.default_url is None
         if fleet_checked:
@@ -1406,6 +1403,44 @@ def doctor(
             typer.echo(dr.summary(findings))
     if errors:
         raise typer.Exit(int(ExitCode.NOT_CONFIRMED))
+
+
+_RELEASE_ENV_PREFIXES = ("QUIESCE_", "REDIS_", "FLY_API_TOKEN", "FLY_APP_NAME")
+
+
+def refusal(argv: Sequence[str]) -> str | None:
+    """What quiesce would say to ``quiesce <argv>`` before running anything: the message
+    of the usage error, or None when it parses. The same click command as a real run, so
+    doctor and the deploy can never disagree. ``--help``/``--version`` parse (and print
+    nothing here); this machine's QUIESCE_*/REDIS_* environment is set aside, since the
+    release Machine has its own."""
+    import io
+
+    command = typer.main.get_command(app)
+    saved = {k: v for k, v in os.environ.items() if k.startswith(_RELEASE_ENV_PREFIXES)}
+    try:
+        for key in saved:
+            del os.environ[key]
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            command.make_context("quiesce", list(argv)) as ctx,
+        ):
+            rest = [*ctx._protected_args, *ctx.args]
+            if not rest:
+                return None
+            assert isinstance(command, TyperGroup)
+            name, sub, args = command.resolve_command(ctx, rest)
+            if sub is None or name is None:
+                return f"no such command {rest[0]!r}"
+            with sub.make_context(name, args, parent=ctx):
+                return None
+    except (typer.Exit, NoArgsIsHelpError):
+        return None
+    except ClickException as exc:
+        return exc.format_message()
+    finally:
+        os.environ.update(saved)
 
 
 def _doctor_fleet(settings: Settings, deploy: Deploy, releases: tuple[str, ...]) -> list[Finding]:
