@@ -131,6 +131,39 @@ def _seconds(value: float | None) -> float | None:
     return _finite(value, zero_ok=True)
 
 
+def _duration_value(value: object, *, zero_ok: bool, most: float = MAX_TIMEOUT_S) -> float:
+    """The one parser of every duration option: ``text.parse_duration`` (``90``, ``90s``,
+    ``5m``, ``1h30m``, ``500ms``), then the bounds. Typer also passes the default through
+    here, as a number."""
+    from quiesce.text import parse_duration
+
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        try:
+            seconds = parse_duration(str(value))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    if not math.isfinite(seconds) or seconds > most:
+        raise typer.BadParameter(f"{value} is more than the {most:g}s quiesce accepts")
+    if seconds == 0 and not zero_ok:
+        raise typer.BadParameter(f"{value} must be above 0")
+    return seconds
+
+
+def _any_duration(value: object) -> float:
+    return _duration_value(value, zero_ok=True)
+
+
+def _positive_duration(value: object) -> float:
+    return _duration_value(value, zero_ok=False)
+
+
+def _beat_duration(value: object) -> float:
+    # A heartbeat hash lives 60 s: a longer simulated interval would expire between beats.
+    return _duration_value(value, zero_ok=False, most=60.0)
+
+
 def _sidekiq_version(value: str) -> str:
     from quiesce.sidekiq.versions import is_supported, parse_version, supported_versions_help
 
@@ -164,10 +197,8 @@ def _connection_params(*, top: bool) -> list[inspect.Parameter]:
     def seconds(name: str, help: str, default: float) -> tuple[str, object, object]:
         option = typer.Option(
             help=help,
-            metavar="SECONDS",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_positive_seconds,
+            metavar="DURATION",
+            parser=_positive_duration,
             show_default=top,
         )
         return name, Annotated[float | None, option], default if top else None
@@ -245,8 +276,8 @@ def _connection_params(*, top: bool) -> list[inspect.Parameter]:
             ],
             False,
         ),
-        seconds("connect_timeout", "Seconds to wait for a Redis connection.", 3.0),
-        seconds("read_timeout", "Seconds to wait for a Redis reply.", 5.0),
+        seconds("connect_timeout", "How long to wait for a Redis connection (3, 3s).", 3.0),
+        seconds("read_timeout", "How long to wait for a Redis reply (5, 5s, 500ms).", 5.0),
         (
             "verbose",
             Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")],
@@ -545,6 +576,15 @@ class _ProgressLine:
         self.clear()
 
 
+class Strategy(enum.StrEnum):
+    """flyctl's deploy strategies (docs/fly.md: anything else silently deploys rolling)."""
+
+    IMMEDIATE = "immediate"
+    BLUEGREEN = "bluegreen"
+    CANARY = "canary"
+    ROLLING = "rolling"
+
+
 @app.command()
 @_connection_options
 def quiet(
@@ -561,10 +601,9 @@ def quiet(
     timeout: Annotated[
         float,
         typer.Option(
-            help="Seconds to wait for confirmation.",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_seconds,
+            metavar="DURATION",
+            help="How long to wait for confirmation (30, 30s, 2m).",
+            parser=_any_duration,
         ),
     ] = 30.0,
     wait: Annotated[
@@ -588,12 +627,14 @@ def quiet(
         ),
     ] = None,
     strategy: Annotated[
-        str,
+        Strategy | None,
         typer.Option(
             envvar="QUIESCE_STRATEGY",
-            help="Deploy strategy to record (immediate, bluegreen, rolling, canary).",
+            help="The deploy strategy, as in fly.toml's [deploy] strategy (Fly's default: "
+            "rolling): recorded with the deploy; bluegreen also enables its checks.",
+            show_default=False,
         ),
-    ] = "unknown",
+    ] = None,
     mark: Annotated[
         bool, typer.Option(help="Write Sidekiq's deploy mark (shown in its Web UI metrics).")
     ] = True,
@@ -636,23 +677,19 @@ def quiet(
     kill_timeout: Annotated[
         float | None,
         typer.Option(
-            metavar="SECONDS",
+            metavar="DURATION",
             help="The app's kill_timeout (fly.toml; Fly's default is 5): running jobs are "
             "compared with it, and the report says which would be killed mid-run.",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_seconds,
+            parser=_any_duration,
             show_default=False,
         ),
     ] = None,
     sidekiq_timeout: Annotated[
         float | None,
         typer.Option(
-            metavar="SECONDS",
+            metavar="DURATION",
             help="Sidekiq's shutdown timeout (its -t; Sidekiq's default is 25), for the advice.",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_seconds,
+            parser=_any_duration,
             show_default=False,
         ),
     ] = None,
@@ -671,6 +708,7 @@ def quiet(
     max_connections_ratio: Annotated[
         float | None,
         typer.Option(
+            metavar="RATIO",
             min=0,
             help="With --strategy bluegreen: refuse (exit 9, nothing pushed) when the "
             "projected peak passes this fraction of maxclients / max_connections.",
@@ -717,7 +755,7 @@ def quiet(
         wait=wait,
         dry_run=dry_run,
         release=_release_label(release),
-        strategy=strategy,
+        strategy=strategy.value if strategy is not None else "unknown",
         mark=mark,
         allow_newer=allow_newer,
         kill_timeout_s=kill_timeout,
@@ -810,10 +848,9 @@ def status(
     interval: Annotated[
         float,
         typer.Option(
+            metavar="DURATION",
             help="Seconds between refreshes with --watch.",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_positive_seconds,
+            parser=_positive_duration,
         ),
     ] = 2.0,
     expect: Annotated[
@@ -908,20 +945,18 @@ def simulate(
     beat_interval: Annotated[
         float | None,
         typer.Option(
+            metavar="DURATION",
             help="Seconds between beats. Default: the version's (5 or 10).",
             show_default=False,
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_positive_seconds,
+            parser=_positive_duration,
         ),
     ] = None,
     duration: Annotated[
         float,
         typer.Option(
+            metavar="DURATION",
             help="Stop after this many seconds (0: Ctrl-C).",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_seconds,
+            parser=_any_duration,
         ),
     ] = 0.0,
     force: Annotated[
@@ -986,18 +1021,11 @@ def simulate(
 
 
 def _duration(value: str) -> float:
-    """``20m``, ``90s``, ``1h30m`` or plain seconds."""
-    import re
-
-    text = value.strip().lower()
-    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text)
-    if not text or parts is None or not any(parts.groups()):
-        raise ConfigError(f"{value!r} is not a duration (e.g. 20m, 90s, 1h30m)")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in parts.groups())
-    total = hours * 3600 + minutes * 60 + seconds
-    if total <= 0 or total > MAX_TIMEOUT_S:
-        raise ConfigError(f"{value!r} must be above 0 and at most {MAX_TIMEOUT_S:g}s")
-    return total
+    """``20m``, ``90s``, ``1h30m`` or plain seconds (the duration options' own parser)."""
+    try:
+        return _positive_duration(value)
+    except typer.BadParameter as exc:
+        raise ConfigError(exc.message) from None
 
 
 @contextlib.contextmanager
@@ -1078,21 +1106,21 @@ def rejoin(
         bool, typer.Option("--wait", help="Poll until the fleet is whole or --timeout passes.")
     ] = False,
     timeout: Annotated[
-        str,
+        float,
         typer.Option(
             metavar="DURATION",
             help="How long --wait waits (20m, 90s, 1h). Without --wait: Machines still not "
             "back this long after the quiet are reported missing.",
+            parser=_positive_duration,
+            show_default="20m",
         ),
-    ] = "20m",
+    ] = 1200.0,
     interval: Annotated[
         float,
         typer.Option(
-            metavar="SECONDS",
+            metavar="DURATION",
             help="Seconds between polls with --wait (the Fly list: at most every 5 s).",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_positive_seconds,
+            parser=_positive_duration,
         ),
     ] = 5.0,
     app_name: Annotated[str | None, typer.Option("--app", metavar="NAME", help=_APP_HELP)] = None,
@@ -1137,7 +1165,7 @@ def rejoin(
     from quiesce.views.rejoin import rejoin_json, rejoin_text
 
     with _guard():
-        timeout_s = _duration(timeout)
+        timeout_s = timeout
         progress = _RejoinProgress()
         with (
             _stores(_settings(ctx)) as stores,
@@ -1171,11 +1199,14 @@ def rejoin(
 def recover(
     ctx: typer.Context,
     after: Annotated[
-        str,
+        float,
         typer.Option(
-            metavar="DURATION", help="Only processes quiet for longer than this (5m, 90s)."
+            metavar="DURATION",
+            help="Only processes quiet for longer than this (5m, 90s).",
+            parser=_positive_duration,
+            show_default="5m",
         ),
-    ] = "5m",
+    ] = 300.0,
     yes: Annotated[bool, typer.Option("--yes", help="Do it (default: print the plan).")] = False,
     restart: Annotated[
         bool, typer.Option("--restart", help="Restart those Machines through the Fly API.")
@@ -1215,7 +1246,7 @@ def recover(
             raise ConfigError("choose one of --restart and --stop")
         if yes and not (restart or stop):
             raise ConfigError("--yes needs --restart or --stop")
-        after_s = _duration(after)
+        after_s = after
         action = "restart" if restart else "stop" if stop else "none"
         with _stores(_settings(ctx)) as stores:
             snapshot = read_fleet(stores)
@@ -1340,13 +1371,11 @@ def doctor(
     sidekiq_timeout: Annotated[
         float | None,
         typer.Option(
-            metavar="SECONDS",
+            metavar="DURATION",
             help="Sidekiq's shutdown timeout (-t). Default: -t in the worker's [processes] "
             "command, else 25.",
             show_default=False,
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_positive_seconds,
+            parser=_positive_duration,
         ),
     ] = None,
     group: Annotated[
@@ -1501,17 +1530,20 @@ def demo(
     beat_interval: Annotated[
         float,
         typer.Option(
-            metavar="SECONDS",
+            metavar="DURATION",
             help="Seconds between simulated heartbeats (Sidekiq 7+: 10).",
-            min=0,
-            max=60,
-            callback=_positive_seconds,
+            parser=_beat_duration,
         ),
     ] = 1.0,
     rejoin_timeout: Annotated[
-        str,
-        typer.Option(metavar="DURATION", help="How long the rejoin tracking waits (15s, 1m)."),
-    ] = "15s",
+        float,
+        typer.Option(
+            metavar="DURATION",
+            help="How long the rejoin tracking waits (15s, 1m).",
+            parser=_positive_duration,
+            show_default="15s",
+        ),
+    ] = 15.0,
     metrics_port: Annotated[
         int,
         typer.Option(
@@ -1550,7 +1582,7 @@ def demo(
             strategy=strategy.value,
             fail_machine=fail_machine,
             beat_interval_s=beat_interval,
-            rejoin_timeout_s=_duration(rejoin_timeout),
+            rejoin_timeout_s=rejoin_timeout,
             metrics_port=metrics_port,
             redis=embedded.value,
             seed=seed,

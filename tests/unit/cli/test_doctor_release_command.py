@@ -37,6 +37,7 @@ def doctor(tmp_path: Path, release_command: str) -> tuple[int, str, str]:
         ('"quiesce quiet --timeout 60 --bogus-flag"', "No such option: --bogus-flag"),
         ('"quiesce quiet --until bogus"', "'--until'"),
         ('"quiesce qiuet"', "No such command 'qiuet'"),
+        ('"quiesce quiet --strategy bluegren"', "'--strategy'"),
     ],
 )
 def test_arguments_quiesce_refuses_are_errors_naming_them(
