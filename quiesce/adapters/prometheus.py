@@ -31,7 +31,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from quiesce import __version__
-from quiesce.errors import QuiesceError
+from quiesce.errors import ConfigError, QuiesceError
 from quiesce.model.capacity import PostgresStats
 from quiesce.model.decode import decode_snapshot
 from quiesce.model.metrics import Family, ScrapeData, families
@@ -383,6 +383,9 @@ def serve_in_background(settings: Settings, *, host: str, port: int) -> Backgrou
     store = SidekiqStore(settings.redis[0], settings)
     try:
         server = ExporterServer((host, port), QuiesceCollector(store))
+    except OSError as exc:  # the port is taken, or not ours to bind: a usage problem
+        store.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     except BaseException:
         store.close()
         raise

@@ -829,6 +829,25 @@ def status(
             "--args", help="With --jobs: show job arguments (they may hold personal data)."
         ),
     ] = False,
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option(metavar="GLOB", help="Only hostnames (Fly Machine ids) matching this glob."),
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", metavar="TAG", help="Only processes with this tag.")
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", metavar="LABEL", help="Only processes with this label."),
+    ] = None,
+    queue: Annotated[
+        list[str] | None,
+        typer.Option("--queue", metavar="QUEUE", help="Only processes that listen on this queue."),
+    ] = None,
+    identity: Annotated[
+        list[str] | None,
+        typer.Option("--identity", metavar="IDENTITY", help="Only this process identity."),
+    ] = None,
     exclude_hostname: Annotated[
         list[str] | None,
         typer.Option(metavar="GLOB", help="Leave out hostnames (Machine ids) matching this glob."),
@@ -881,6 +900,11 @@ def status(
 
     jobs = jobs or show_args
     excludes = Filters(
+        hostnames=tuple(hostname or ()),
+        tags=tuple(tag or ()),
+        labels=tuple(label or ()),
+        queues=tuple(queue or ()),
+        identities=tuple(identity or ()),
         exclude_hostnames=tuple(exclude_hostname or ()),
         exclude_tags=tuple(exclude_tag or ()),
         exclude_labels=tuple(exclude_label or ()),
@@ -1140,6 +1164,13 @@ def rejoin(
             "--tag", metavar="TAG", help="Only processes with this Sidekiq tag (other apps)."
         ),
     ] = None,
+    exclude_hostname: Annotated[
+        list[str] | None,
+        typer.Option(metavar="GLOB", help="Leave out hostnames (Machine ids) matching this glob."),
+    ] = None,
+    exclude_tag: Annotated[
+        list[str] | None, typer.Option(metavar="TAG", help="Leave out processes with this tag.")
+    ] = None,
     release: Annotated[
         str | None,
         typer.Option(metavar="LABEL", help="The new release label (default: the deploy record's)."),
@@ -1172,7 +1203,12 @@ def rejoin(
             _fly_client(app_name, use=fly) as (client, why),
         ):
             options = RejoinOptions(
-                filters=RejoinFilters(tags=tuple(tag or ()), hostnames=tuple(hostname or ())),
+                filters=RejoinFilters(
+                    tags=tuple(tag or ()),
+                    hostnames=tuple(hostname or ()),
+                    exclude_tags=tuple(exclude_tag or ()),
+                    exclude_hostnames=tuple(exclude_hostname or ()),
+                ),
                 release=release,
                 process_group=process_group,
                 allow_newer=allow_newer,
@@ -1191,6 +1227,8 @@ def rejoin(
             typer.echo(json.dumps(rejoin_json(report), indent=2))
         else:
             typer.echo(rejoin_text(report, show_all=show_all))
+    if watch.interrupted:
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
     raise typer.Exit(0 if report.whole else int(ExitCode.NOT_WHOLE))
 
 
@@ -1225,6 +1263,15 @@ def recover(
     tag: Annotated[
         list[str] | None, typer.Option("--tag", metavar="TAG", help="Only processes with this tag.")
     ] = None,
+    exclude_hostname: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="GLOB", help="Leave alone hostnames (Machine ids) matching this glob."
+        ),
+    ] = None,
+    exclude_tag: Annotated[
+        list[str] | None, typer.Option(metavar="TAG", help="Leave alone processes with this tag.")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Replace processes a failed deploy left quiet (Sidekiq cannot un-quiet them).
@@ -1250,7 +1297,12 @@ def recover(
         action = "restart" if restart else "stop" if stop else "none"
         with _stores(_settings(ctx)) as stores:
             snapshot = read_fleet(stores)
-            filters = RejoinFilters(tags=tuple(tag or ()), hostnames=tuple(hostname or ()))
+            filters = RejoinFilters(
+                tags=tuple(tag or ()),
+                hostnames=tuple(hostname or ()),
+                exclude_tags=tuple(exclude_tag or ()),
+                exclude_hostnames=tuple(exclude_hostname or ()),
+            )
             candidates, notes = stranded(
                 snapshot, snapshot.latest_deploy, after_s=after_s, filters=filters
             )
