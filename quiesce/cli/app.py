@@ -925,7 +925,7 @@ def status(
             else:
                 if watch and sys.stdout.isatty():
                     typer.echo("\x1b[H\x1b[2J", nl=False)
-                typer.echo(status_text(snapshot, machines_only=machines))
+                typer.echo(status_text(snapshot, machines_only=machines, width=_columns()))
                 if excluded:
                     typer.echo(excluded_text(excluded))
                 if jobs:
@@ -1226,7 +1226,7 @@ def rejoin(
         if json_output:
             typer.echo(json.dumps(rejoin_json(report), indent=2))
         else:
-            typer.echo(rejoin_text(report, show_all=show_all))
+            typer.echo(rejoin_text(report, show_all=show_all, width=_columns()))
     if watch.interrupted:
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     raise typer.Exit(0 if report.whole else int(ExitCode.NOT_WHOLE))
@@ -1652,6 +1652,19 @@ def demo(
         finally:
             progress.close()
     raise typer.Exit(code)
+
+
+def _columns() -> int | None:
+    """The width tables must fit: $COLUMNS when set (as shells and CI runners set it),
+    else the terminal's; None for a pipe or a log (the content's own width)."""
+    value = os.environ.get("COLUMNS", "")
+    if value.isdigit() and int(value) > 0:
+        return max(40, int(value))
+    if sys.stdout.isatty():
+        import shutil
+
+        return max(40, shutil.get_terminal_size().columns)
+    return None
 
 
 def _interrupt(signum: int, frame: object) -> None:
