@@ -351,6 +351,7 @@ def quiet_fleet(
     _check_plan(plan, fleet, options.filters)
     if options.until is Until.DRAINED:
         plan = drain_plan(plan)
+    _log_plan(plan)
     skipped = tuple(ProcessOutcome(p, o, reason=p.problem) for p, o in plan.skipped)
 
     def report(
@@ -436,6 +437,18 @@ def quiet_fleet(
     _work_notes(run)
     advice = _advice(options, plan, entries, interrupted=isinstance(run.error, Interrupted))
     return report(entries, record.deploy_id, marks, saved, advice)
+
+
+def _log_plan(plan: QuietPlan) -> None:
+    """``-v``: the decision for every process, before anything is written."""
+    for proc in plan.targets:
+        why = "already quiet: waiting for its jobs" if proc.quiet else f"{proc.state.value}"
+        log.info("%s: target (%s)", proc.identity, why)
+    for proc, outcome in plan.skipped:
+        reason = f": {proc.problem}" if proc.problem else ""
+        log.info("%s: skipped, %s%s", proc.identity, outcome.value, reason)
+    for option, n in plan.excluded_by:
+        log.info("excluded by %s: %d", option, n)
 
 
 def _work_notes(run: QuietRun) -> None:

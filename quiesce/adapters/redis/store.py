@@ -343,16 +343,32 @@ class SidekiqStore:
 
     # -- plumbing -------------------------------------------------------------------
     def _call(
-        self, fn: Callable[[], T], *, deadline: float | None = None, command: Command | None = None
+        self,
+        fn: Callable[[], T],
+        *,
+        deadline: float | None = None,
+        command: Command | None = None,
+        what: str = "",
     ) -> T:
         """One logical request, retried while transient; never starts an attempt after
         ``deadline`` (``time.monotonic``), so a wait ends on time whatever Redis does.
-        ``command``: what ``fn`` sends, named if Redis's ACL refuses it."""
+        ``command``: what ``fn`` sends, named if Redis's ACL refuses it. ``what``: how
+        ``-v`` names the round trip (command names and counts only: never keys or values)."""
+        what = what or (str(command[0]) if command else "request")
         try:
             for attempt in redis_retry(is_transient, deadline=deadline):
                 with attempt:
                     self.round_trips += 1
-                    return fn()
+                    started = time.monotonic()
+                    result = fn()
+                    log.debug(
+                        "%s: round trip %d: %s, %.1f ms",
+                        self.label,
+                        self.round_trips,
+                        what,
+                        (time.monotonic() - started) * 1000,
+                    )
+                    return result
         except (rex.RedisError, OSError) as exc:
             _annotate(exc, command)
             raise classify(exc, self.target, self._read_timeout_s) from exc
@@ -373,7 +389,7 @@ class SidekiqStore:
                     _annotate(reply, command)
             return replies
 
-        return self._call(run, deadline=deadline)
+        return self._call(run, deadline=deadline, what=_summary(commands, transaction))
 
     def _refusal(self, reply: Any) -> None:
         """A per-command error that means quiesce may not do its job here at all."""
@@ -811,6 +827,18 @@ def _queue(pipe: Any, *command: str | int | float) -> None:
             for arg in command
         ]
     )
+
+
+def _summary(commands: Sequence[Command], transaction: bool) -> str:
+    """``pipeline of 12 commands (HMGET x4, PTTL x4, ...)``: names only, for ``-v``."""
+    counts: dict[str, int] = {}
+    for command in commands:
+        name = str(command[0]).upper()
+        counts[name] = counts.get(name, 0) + 1
+    shown = ", ".join(f"{name} x{n}" if n > 1 else name for name, n in list(counts.items())[:8])
+    more = ", ..." if len(counts) > 8 else ""
+    kind = "transaction" if transaction else "pipeline"
+    return f"{kind} of {len(commands)} commands ({shown}{more})"
 
 
 def _wire(arg: str | int | float) -> bytes | int | float:
