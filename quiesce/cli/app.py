@@ -1058,7 +1058,15 @@ def _fly_client(app_name: str | None, *, use: bool = True) -> Iterator[tuple[Any
     if not use:
         yield None, "--no-fly"
         return
-    from quiesce.adapters.fly import FlyClient, FlyConfig
+    try:
+        from quiesce.adapters.fly import FlyClient, FlyConfig
+    except ModuleNotFoundError as exc:
+        if _root(exc.name) not in _LEFT_OUT:
+            raise
+        if not os.environ.get("FLY_API_TOKEN"):  # heartbeats alone: nothing is lost
+            yield None, "this build has no Fly API client (no FLY_API_TOKEN either)"
+            return
+        raise ConfigError(_left_out("the Fly Machines API", _root(exc.name))) from None
 
     config, why = FlyConfig.from_env(os.environ, app=app_name)
     if config is None:
@@ -1070,6 +1078,22 @@ def _fly_client(app_name: str | None, *, use: bool = True) -> Iterator[tuple[Any
         yield client, None
     finally:
         client.close()
+
+
+_LEFT_OUT = frozenset({"httpx", "httpcore", "prometheus_client"})
+"""What the release binary (bin/build-binary's release profile) does not carry."""
+
+
+def _root(module: str | None) -> str:
+    return (module or "").split(".", 1)[0]
+
+
+def _left_out(what: str, module: str) -> str:
+    return (
+        f"{what} needs {module}, which this release binary leaves out (it carries what the "
+        "release command needs): run it from the quiesce image (see examples/fly.exporter.toml) "
+        "or a pip install (pip install quiesce)"
+    )
 
 
 _APP_HELP = "Fly app whose Machines to list. Default: $FLY_APP_NAME. Token: $FLY_API_TOKEN."
@@ -1373,7 +1397,19 @@ def exporter(
     import threading
 
     from quiesce.adapters.postgres import PostgresReader
-    from quiesce.adapters.prometheus import ExporterServer, QuiesceCollector, parse_listen, serve
+
+    try:
+        from quiesce.adapters.prometheus import (
+            ExporterServer,
+            QuiesceCollector,
+            parse_listen,
+            serve,
+        )
+    except ModuleNotFoundError as exc:
+        if _root(exc.name) not in _LEFT_OUT:
+            raise
+        with _guard():
+            raise ConfigError(_left_out("quiesce exporter", _root(exc.name))) from None
 
     with _guard(), _stores(settings := _settings(ctx)) as stores:
         if len(stores) > 1:
