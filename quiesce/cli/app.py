@@ -929,7 +929,7 @@ def status(
                 if excluded:
                     typer.echo(excluded_text(excluded))
                 if jobs:
-                    typer.echo("\n".join(jobs_text(snapshot, args=show_args)))
+                    typer.echo("\n".join(jobs_text(snapshot, args=show_args, width=_columns())))
                 for note in notes:
                     typer.echo(safe(f"note: {note}"))
             if not watch:

@@ -64,3 +64,16 @@ def test_middle_cut_keeps_the_distinguishing_end() -> None:
     assert middle("short", 20) == "short"
     lines = fit([Column("A", flex=True), Column("B", drop=1)], [["x" * 50, "y" * 30]], 40)
     assert all(len(line) <= 40 for line in lines)
+
+
+def test_status_jobs_at_60_columns(redis_url: str) -> None:
+    (proc,) = make_processes(1, version="7.3.10", seed=6)
+    proc.start_job(600, job_class="Reports::QuarterlyRevenueReconciliationExportJob", queue="q")
+    sim = simulated_fleet(redis_url, [proc])
+    sim.beat([proc], time.time())
+    sim.client.close()
+    out = _through_a_pty(["status", "--jobs", "-r", redis_url], 60)
+    rows = [line for line in out.splitlines() if line.startswith("    ")]
+    assert any("RUNTIME" in line for line in rows), out
+    assert all(len(line) <= 60 for line in rows), "\n".join(rows)
+    assert "ReconciliationExportJob" in out  # the class's end, where class names differ
