@@ -118,6 +118,7 @@ class QuietRun:
         self.clock = clock
         self.sleep = sleep
         self.on_event = on_event or (lambda event: None)
+        self.listening = on_event is not None
         self.started = clock()
         self.deadline = self.started + options.timeout_s
         self.targets: dict[str, list[Target]] = {s.label: [] for s in stores}
@@ -127,7 +128,8 @@ class QuietRun:
         self.error: QuiesceError | None = None
 
     def note(self, text: str) -> None:
-        log.info("%s", text)  # the caller prints notices (on_event): not twice
+        if not self.listening:  # a listener prints notices itself: -v must not say them twice
+            log.info("%s", text)
         self.notes.append(text)
         self.on_event(Notice(text))
 
