@@ -31,7 +31,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from quiesce import __version__
-from quiesce.errors import QuiesceError
+from quiesce.errors import ConfigError, QuiesceError
 from quiesce.model.capacity import PostgresStats
 from quiesce.model.decode import decode_snapshot
 from quiesce.model.metrics import Family, ScrapeData, families
@@ -50,6 +50,11 @@ TIMEOUT_MARGIN_S = 0.5
 
 HEALTH_MAX_AGE_S = 30.0
 """``/healthz`` reads Redis itself when no scrape has in this long."""
+
+HANDLER_IDLE_TIMEOUT_S = 5.0
+"""An accepted connection idle this long is closed: a keep-alive connection Prometheus
+holds between scrapes must never keep a stopping exporter alive."""
+
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "quiesce_scrape_deadline", default=None
@@ -75,6 +80,16 @@ class _Read:
     data: ScrapeData
     error: str | None
     round_trips: int
+    metrics: list[Metric] | None = None
+    """The families derived from ``data`` once, shared by every scrape that waited for it."""
+
+
+class _Flight:
+    """One Redis read in progress: scrapes arriving meanwhile wait for it and share it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: _Read | None = None
 
 
 class QuiesceCollector:
@@ -95,6 +110,7 @@ class QuiesceCollector:
         self.allow_newer = allow_newer
         self.clock = clock
         self._lock = threading.Lock()
+        self._flight: _Flight | None = None
         self.last_ok: bool | None = None
         """Whether the last Redis read worked (None: none yet)."""
         self.last_read_at: float | None = None
@@ -118,13 +134,7 @@ class QuiesceCollector:
         started = self.clock()
         deadline = _deadline.get() or started + DEFAULT_TIMEOUT_S - TIMEOUT_MARGIN_S
         read = self._read_in_time(deadline)
-        try:
-            out = [_to_metric(f) for f in families(read.data, per_machine=self.per_machine)]
-        except Exception as exc:  # a bug must not cost the whole scrape: say so in the log
-            log.exception("deriving metrics failed")
-            read.error = f"metrics could not be derived ({type(exc).__name__})"
-            out = []
-        yield from out
+        yield from read.metrics or []
         yield _gauge("quiesce_up", "1 when the last Redis read worked, else 0.", read.error is None)
         yield _gauge(
             "quiesce_scrape_duration_seconds",
@@ -145,15 +155,30 @@ class QuiesceCollector:
 
     # -- reading ------------------------------------------------------------------------
     def read(self, deadline: float | None = None) -> _Read:
-        """One scrape's reads; never raises. Scrapes run one at a time (round trips are
-        counted per scrape, and a second reader would only double the load)."""
+        """One scrape's reads; never raises. Single flight: a scrape that arrives while
+        another is reading Redis waits for that read and answers with its result (20
+        Prometheus servers scraping at once cost Redis one read, and none is refused)."""
+        with self._lock:
+            flight = self._flight
+            leader = flight is None
+            if flight is None:
+                flight = self._flight = _Flight()
+        if leader:
+            result = _Read(ScrapeData(None, None), "reading Redis failed", 0)
+            try:
+                result = self._read_locked()
+            finally:
+                with self._lock:
+                    self._flight = None
+                flight.result = result
+                flight.done.set()
+            return result
         wait = None if deadline is None else max(0.0, deadline - self.clock())
-        if not self._lock.acquire(timeout=-1 if wait is None else wait):
-            return _Read(ScrapeData(None, None), "an earlier scrape is still reading Redis", 0)
-        try:
-            return self._read_locked()
-        finally:
-            self._lock.release()
+        if not flight.done.wait(wait) or flight.result is None:
+            return _Read(
+                ScrapeData(None, None), "Redis did not answer within the scrape timeout", 0
+            )
+        return flight.result
 
     def _read_locked(self) -> _Read:
         before = self.store.round_trips
@@ -178,7 +203,13 @@ class QuiesceCollector:
         if error is not None:
             log.warning("scrape: %s", error)
         data = ScrapeData(fleet, queues, stats, self.postgres is not None)
-        return _Read(data, error, self.store.round_trips - before)
+        try:
+            metrics = [_to_metric(f) for f in families(data, per_machine=self.per_machine)]
+        except Exception as exc:  # a bug must not cost the whole scrape: say so in the log
+            log.exception("deriving metrics failed")
+            error = f"metrics could not be derived ({type(exc).__name__})"
+            metrics = []
+        return _Read(data, error, self.store.round_trips - before, metrics)
 
     def _read_in_time(self, deadline: float) -> _Read:
         """The read in a worker thread: a Redis that hangs costs this scrape its data,
@@ -224,6 +255,7 @@ def make_registry(collector: QuiesceCollector) -> CollectorRegistry:
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: ExporterServer
     protocol_version = "HTTP/1.1"
+    timeout = HANDLER_IDLE_TIMEOUT_S
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -270,8 +302,11 @@ def _timeout(value: str | None) -> float | None:
 
 
 class ExporterServer(http.server.ThreadingHTTPServer):
-    daemon_threads = False
-    block_on_close = True
+    # Handler threads never block shutdown or exit: TERM stops the exporter within a
+    # poll interval whatever connections are open (a scrape in flight is abandoned; the
+    # next one goes to the new exporter).
+    daemon_threads = True
+    block_on_close = False
 
     def __init__(self, address: tuple[str, int], collector: QuiesceCollector) -> None:
         self.collector = collector
@@ -300,7 +335,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def serve(server: ExporterServer, stop: threading.Event) -> None:
-    """Serve until ``stop`` is set, then finish the requests in flight and close."""
+    """Serve until ``stop`` is set, then close; open connections do not delay it."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2})
     thread.start()
     try:
@@ -345,6 +380,9 @@ def serve_in_background(settings: Settings, *, host: str, port: int) -> Backgrou
     store = SidekiqStore(settings.redis[0], settings)
     try:
         server = ExporterServer((host, port), QuiesceCollector(store))
+    except OSError as exc:  # the port is taken, or not ours to bind: a usage problem
+        store.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     except BaseException:
         store.close()
         raise

@@ -24,19 +24,22 @@ from quiesce import __version__
 from quiesce.cli.guard import guard, open_stores, output
 from quiesce.cli.options import (
     AppContext,
+    Strategy,
+    any_duration,
     app_context,
+    beat_duration,
     configure_logging,
     connection_options,
     connection_params,
-    finite_seconds,
+    positive_duration,
     with_params,
 )
 from quiesce.cli.progress import QuietProgress, RejoinProgress
-from quiesce.cli.usage import Group, exit_codes_help, usage_error
+from quiesce.cli.usage import Group, UsageError, exit_codes_help, is_help_request, usage_error
 from quiesce.errors import ConfigError, ExitCode
 from quiesce.model.quiet import Filters
 from quiesce.model.verdict import Until
-from quiesce.settings import EXPORTER_PORT, MAX_TIMEOUT_S, Settings, Tls
+from quiesce.settings import EXPORTER_PORT, Settings, Tls
 from quiesce.text import safe
 
 if TYPE_CHECKING:
@@ -67,14 +70,6 @@ F = TypeVar("F", bound=Callable[..., None])
 
 
 # -- option validation: every refusal is one line and exit 2 ------------------------------
-
-
-def _positive_seconds(value: float | None) -> float | None:
-    return finite_seconds(value, zero_ok=False)
-
-
-def _seconds(value: float | None) -> float | None:
-    return finite_seconds(value, zero_ok=True)
 
 
 def _sidekiq_version(value: str) -> str:
@@ -185,10 +180,9 @@ def quiet(
     timeout: Annotated[
         float,
         typer.Option(
-            help="Seconds to wait for confirmation.",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_seconds,
+            metavar="DURATION",
+            help="How long to wait for confirmation (30, 30s, 2m).",
+            parser=any_duration,
         ),
     ] = 30.0,
     wait: Annotated[
@@ -212,12 +206,14 @@ def quiet(
         ),
     ] = None,
     strategy: Annotated[
-        str,
+        Strategy | None,
         typer.Option(
             envvar="QUIESCE_STRATEGY",
-            help="Deploy strategy to record (immediate, bluegreen, rolling, canary).",
+            help="The deploy strategy, as in fly.toml's [deploy] strategy (Fly's default: "
+            "rolling): recorded with the deploy; bluegreen also enables its checks.",
+            show_default=False,
         ),
-    ] = "unknown",
+    ] = None,
     mark: Annotated[
         bool, typer.Option(help="Write Sidekiq's deploy mark (shown in its Web UI metrics).")
     ] = True,
@@ -260,23 +256,19 @@ def quiet(
     kill_timeout: Annotated[
         float | None,
         typer.Option(
-            metavar="SECONDS",
+            metavar="DURATION",
             help="The app's kill_timeout (fly.toml; Fly's default is 5): running jobs are "
             "compared with it, and the report says which would be killed mid-run.",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_seconds,
+            parser=any_duration,
             show_default=False,
         ),
     ] = None,
     sidekiq_timeout: Annotated[
         float | None,
         typer.Option(
-            metavar="SECONDS",
+            metavar="DURATION",
             help="Sidekiq's shutdown timeout (its -t; Sidekiq's default is 25), for the advice.",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_seconds,
+            parser=any_duration,
             show_default=False,
         ),
     ] = None,
@@ -295,6 +287,7 @@ def quiet(
     max_connections_ratio: Annotated[
         float | None,
         typer.Option(
+            metavar="RATIO",
             min=0,
             help="With --strategy bluegreen: refuse (exit 9, nothing pushed) when the "
             "projected peak passes this fraction of maxclients / max_connections.",
@@ -374,7 +367,7 @@ def quiet(
         wait=wait,
         dry_run=dry_run,
         release=_release_label(release),
-        strategy=strategy,
+        strategy=strategy.value if strategy is not None else "unknown",
         mark=mark,
         allow_newer=allow_newer,
         kill_timeout_s=kill_timeout,
@@ -464,6 +457,25 @@ def status(
             "--args", help="With --jobs: show job arguments (they may hold personal data)."
         ),
     ] = False,
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option(metavar="GLOB", help="Only hostnames (Fly Machine ids) matching this glob."),
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", metavar="TAG", help="Only processes with this tag.")
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", metavar="LABEL", help="Only processes with this label."),
+    ] = None,
+    queue: Annotated[
+        list[str] | None,
+        typer.Option("--queue", metavar="QUEUE", help="Only processes that listen on this queue."),
+    ] = None,
+    identity: Annotated[
+        list[str] | None,
+        typer.Option("--identity", metavar="IDENTITY", help="Only this process identity."),
+    ] = None,
     exclude_hostname: Annotated[
         list[str] | None,
         typer.Option(metavar="GLOB", help="Leave out hostnames (Machine ids) matching this glob."),
@@ -483,10 +495,9 @@ def status(
     interval: Annotated[
         float,
         typer.Option(
+            metavar="DURATION",
             help="Seconds between refreshes with --watch.",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_positive_seconds,
+            parser=positive_duration,
         ),
     ] = 2.0,
     expect: Annotated[
@@ -526,6 +537,11 @@ def status(
 
     jobs = jobs or show_args
     excludes = Filters(
+        hostnames=tuple(hostname or ()),
+        tags=tuple(tag or ()),
+        labels=tuple(label or ()),
+        queues=tuple(queue or ()),
+        identities=tuple(identity or ()),
         exclude_hostnames=tuple(exclude_hostname or ()),
         exclude_tags=tuple(exclude_tag or ()),
         exclude_labels=tuple(exclude_label or ()),
@@ -548,11 +564,11 @@ def status(
             else:
                 if watch and sys.stdout.isatty():
                     typer.echo("\x1b[H\x1b[2J", nl=False)
-                typer.echo(status_text(snapshot, machines_only=machines))
+                typer.echo(status_text(snapshot, machines_only=machines, width=_columns()))
                 if excluded:
                     typer.echo(excluded_text(excluded))
                 if jobs:
-                    typer.echo("\n".join(jobs_text(snapshot, args=show_args)))
+                    typer.echo("\n".join(jobs_text(snapshot, args=show_args, width=_columns())))
                 for note in [*notes, *_scope_notes(snapshot)]:
                     typer.echo(safe(f"note: {note}"))
             if not watch:
@@ -592,20 +608,18 @@ def simulate(
     beat_interval: Annotated[
         float | None,
         typer.Option(
+            metavar="DURATION",
             help="Seconds between beats. Default: the version's (5 or 10).",
             show_default=False,
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_positive_seconds,
+            parser=positive_duration,
         ),
     ] = None,
     duration: Annotated[
         float,
         typer.Option(
+            metavar="DURATION",
             help="Stop after this many seconds (0: Ctrl-C).",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_seconds,
+            parser=any_duration,
         ),
     ] = 0.0,
     force: Annotated[
@@ -670,18 +684,11 @@ def simulate(
 
 
 def _duration(value: str) -> float:
-    """``20m``, ``90s``, ``1h30m`` or plain seconds."""
-    import re
-
-    text = value.strip().lower()
-    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text)
-    if not text or parts is None or not any(parts.groups()):
-        raise ConfigError(f"{value!r} is not a duration (e.g. 20m, 90s, 1h30m)")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in parts.groups())
-    total = hours * 3600 + minutes * 60 + seconds
-    if total <= 0 or total > MAX_TIMEOUT_S:
-        raise ConfigError(f"{value!r} must be above 0 and at most {MAX_TIMEOUT_S:g}s")
-    return total
+    """``20m``, ``90s``, ``1h30m`` or plain seconds (the duration options' own parser)."""
+    try:
+        return positive_duration(value)
+    except typer.BadParameter as exc:
+        raise ConfigError(exc.message) from None
 
 
 @contextlib.contextmanager
@@ -690,7 +697,15 @@ def _fly_client(app_name: str | None, *, use: bool = True) -> Iterator[tuple[Any
     if not use:
         yield None, "--no-fly"
         return
-    from quiesce.adapters.fly import FlyClient, FlyConfig
+    try:
+        from quiesce.adapters.fly import FlyClient, FlyConfig
+    except ModuleNotFoundError as exc:
+        if _root(exc.name) not in _LEFT_OUT:
+            raise
+        if not os.environ.get("FLY_API_TOKEN"):  # heartbeats alone: nothing is lost
+            yield None, "this build has no Fly API client (no FLY_API_TOKEN either)"
+            return
+        raise ConfigError(_left_out("the Fly Machines API", _root(exc.name))) from None
 
     config, why = FlyConfig.from_env(os.environ, app=app_name)
     if config is None:
@@ -717,6 +732,22 @@ def _quiet_fly(app_name: str | None) -> Iterator[tuple[Any, str | None]]:
         return
     with _fly_client(app_name) as pair:
         yield pair
+
+
+_LEFT_OUT = frozenset({"httpx", "httpcore", "prometheus_client"})
+"""What the release binary (bin/build-binary's release profile) does not carry."""
+
+
+def _root(module: str | None) -> str:
+    return (module or "").split(".", 1)[0]
+
+
+def _left_out(what: str, module: str) -> str:
+    return (
+        f"{what} needs {module}, which this release binary leaves out (it carries what the "
+        "release command needs): run it from the quiesce image (see examples/fly.exporter.toml) "
+        "or an install from this repository (docs/install.md)"
+    )
 
 
 _APP_HELP = "Fly app whose Machines to list. Default: $FLY_APP_NAME. Token: $FLY_API_TOKEN."
@@ -748,21 +779,21 @@ def rejoin(
         bool, typer.Option("--wait", help="Poll until the fleet is whole or --timeout passes.")
     ] = False,
     timeout: Annotated[
-        str,
+        float,
         typer.Option(
             metavar="DURATION",
             help="How long --wait waits (20m, 90s, 1h). Without --wait: Machines still not "
             "back this long after the quiet are reported missing.",
+            parser=positive_duration,
+            show_default="20m",
         ),
-    ] = "20m",
+    ] = 1200.0,
     interval: Annotated[
         float,
         typer.Option(
-            metavar="SECONDS",
+            metavar="DURATION",
             help="Seconds between polls with --wait (the Fly list: at most every 5 s).",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_positive_seconds,
+            parser=positive_duration,
         ),
     ] = 5.0,
     app_name: Annotated[str | None, typer.Option("--app", metavar="NAME", help=_APP_HELP)] = None,
@@ -781,6 +812,13 @@ def rejoin(
         typer.Option(
             "--tag", metavar="TAG", help="Only processes with this Sidekiq tag (other apps)."
         ),
+    ] = None,
+    exclude_hostname: Annotated[
+        list[str] | None,
+        typer.Option(metavar="GLOB", help="Leave out hostnames (Machine ids) matching this glob."),
+    ] = None,
+    exclude_tag: Annotated[
+        list[str] | None, typer.Option(metavar="TAG", help="Leave out processes with this tag.")
     ] = None,
     release: Annotated[
         str | None,
@@ -807,14 +845,19 @@ def rejoin(
     from quiesce.views.rejoin import rejoin_json, rejoin_text
 
     with guard():
-        timeout_s = _duration(timeout)
+        timeout_s = timeout
         progress = RejoinProgress()
         with (
             open_stores(_settings(ctx)) as stores,
             _fly_client(app_name, use=fly) as (client, why),
         ):
             options = RejoinOptions(
-                filters=RejoinFilters(tags=tuple(tag or ()), hostnames=tuple(hostname or ())),
+                filters=RejoinFilters(
+                    tags=tuple(tag or ()),
+                    hostnames=tuple(hostname or ()),
+                    exclude_tags=tuple(exclude_tag or ()),
+                    exclude_hostnames=tuple(exclude_hostname or ()),
+                ),
                 release=release,
                 process_group=process_group,
                 allow_newer=allow_newer,
@@ -832,7 +875,9 @@ def rejoin(
         if json_output:
             typer.echo(json.dumps(rejoin_json(report), indent=2))
         else:
-            typer.echo(rejoin_text(report, show_all=show_all))
+            typer.echo(rejoin_text(report, show_all=show_all, width=_columns()))
+    if watch.interrupted:
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
     raise typer.Exit(0 if report.whole else int(ExitCode.NOT_WHOLE))
 
 
@@ -841,11 +886,14 @@ def rejoin(
 def recover(
     ctx: typer.Context,
     after: Annotated[
-        str,
+        float,
         typer.Option(
-            metavar="DURATION", help="Only processes quiet for longer than this (5m, 90s)."
+            metavar="DURATION",
+            help="Only processes quiet for longer than this (5m, 90s).",
+            parser=positive_duration,
+            show_default="5m",
         ),
-    ] = "5m",
+    ] = 300.0,
     yes: Annotated[bool, typer.Option("--yes", help="Do it (default: print the plan).")] = False,
     restart: Annotated[
         bool, typer.Option("--restart", help="Restart those Machines through the Fly API.")
@@ -863,6 +911,15 @@ def recover(
     ] = None,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", metavar="TAG", help="Only processes with this tag.")
+    ] = None,
+    exclude_hostname: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="GLOB", help="Leave alone hostnames (Machine ids) matching this glob."
+        ),
+    ] = None,
+    exclude_tag: Annotated[
+        list[str] | None, typer.Option(metavar="TAG", help="Leave alone processes with this tag.")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -885,11 +942,16 @@ def recover(
             raise ConfigError("choose one of --restart and --stop")
         if yes and not (restart or stop):
             raise ConfigError("--yes needs --restart or --stop")
-        after_s = _duration(after)
+        after_s = after
         action = "restart" if restart else "stop" if stop else "none"
         with open_stores(_settings(ctx)) as stores:
             snapshot = read_fleet(stores)
-            filters = RejoinFilters(tags=tuple(tag or ()), hostnames=tuple(hostname or ()))
+            filters = RejoinFilters(
+                tags=tuple(tag or ()),
+                hostnames=tuple(hostname or ()),
+                exclude_tags=tuple(exclude_tag or ()),
+                exclude_hostnames=tuple(exclude_hostname or ()),
+            )
             candidates, notes = stranded(
                 snapshot, snapshot.latest_deploy, after_s=after_s, filters=filters
             )
@@ -960,7 +1022,19 @@ def exporter(
     import threading
 
     from quiesce.adapters.postgres import PostgresReader
-    from quiesce.adapters.prometheus import ExporterServer, QuiesceCollector, parse_listen, serve
+
+    try:
+        from quiesce.adapters.prometheus import (
+            ExporterServer,
+            QuiesceCollector,
+            parse_listen,
+            serve,
+        )
+    except ModuleNotFoundError as exc:
+        if _root(exc.name) not in _LEFT_OUT:
+            raise
+        with guard():
+            raise ConfigError(_left_out("quiesce exporter", _root(exc.name))) from None
 
     with guard(), open_stores(settings := _settings(ctx)) as stores:
         if len(stores) > 1:
@@ -1010,13 +1084,11 @@ def doctor(
     sidekiq_timeout: Annotated[
         float | None,
         typer.Option(
-            metavar="SECONDS",
+            metavar="DURATION",
             help="Sidekiq's shutdown timeout (-t). Default: -t in the worker's [processes] "
             "command, else 25.",
             show_default=False,
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=_positive_seconds,
+            parser=positive_duration,
         ),
     ] = None,
     group: Annotated[
@@ -1043,16 +1115,13 @@ def doctor(
     (--redis-url or REDIS_URL); doctor never writes.
     """
     from quiesce.model import doctor as dr
+    from quiesce.runs.doctor import check_fly_toml
 
     with guard():
-        try:
-            with open(fly_toml, "rb") as f:
-                text = f.read().decode("utf-8", "replace")
-        except OSError as exc:
-            raise ConfigError(f"cannot read {fly_toml}: {exc.strerror or exc}") from exc
-        config = dr.parse_fly_toml(text, name=fly_toml)
-        deploy = dr.read_deploy(config, sidekiq_timeout_s=sidekiq_timeout, groups=group or ())
-        findings = dr.check_config(deploy, config)
+        checked = check_fly_toml(
+            fly_toml, sidekiq_timeout_s=sidekiq_timeout, groups=group or (), parse=refusal
+        )
+        deploy, findings = checked.deploy, checked.findings
         settings = _settings(ctx)
         fleet_checked = settings.default_url is None
         if fleet_checked:
@@ -1076,6 +1145,49 @@ def doctor(
             typer.echo(dr.summary(findings))
     if errors:
         raise typer.Exit(int(ExitCode.NOT_CONFIRMED))
+
+
+_RELEASE_ENV_PREFIXES = ("QUIESCE_", "REDIS_", "FLY_API_TOKEN", "FLY_APP_NAME")
+
+
+def refusal(argv: Sequence[str]) -> str | None:
+    """What quiesce would say to ``quiesce <argv>`` before running anything: the message
+    of the usage error, or None when it parses. The same click command as a real run, so
+    doctor and the deploy can never disagree. ``--help``/``--version`` parse (and print
+    nothing here); this machine's QUIESCE_*/REDIS_* environment is set aside, since the
+    release Machine has its own."""
+    import io
+
+    command = typer.main.get_command(app)
+    saved = {k: v for k, v in os.environ.items() if k.startswith(_RELEASE_ENV_PREFIXES)}
+    said = io.StringIO()
+    try:
+        for key in saved:
+            del os.environ[key]
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(said),
+            command.make_context("quiesce", list(argv)) as ctx,
+        ):
+            # click keeps the command name and its arguments here once the group parsed.
+            rest = [*ctx._protected_args, *ctx.args]
+            if not rest:
+                return None
+            assert isinstance(command, Group)
+            name, sub, args = command.resolve_command(ctx, rest)
+            if sub is None or name is None:
+                return f"no such command {rest[0]!r}"
+            with sub.make_context(name, args, parent=ctx):
+                return None
+    except typer.Exit as exc:
+        # The group turns a usage error into its one line on stderr and exit 2.
+        if exc.exit_code != ExitCode.USAGE:
+            return None  # --help, --version
+        return said.getvalue().strip().removeprefix("quiesce: error: ") or "usage error"
+    except UsageError as exc:
+        return None if is_help_request(exc) else str(exc.format_message())  # type: ignore[attr-defined]
+    finally:
+        os.environ.update(saved)
 
 
 def _doctor_fleet(settings: Settings, deploy: Deploy, releases: tuple[str, ...]) -> list[Finding]:
@@ -1136,17 +1248,20 @@ def demo(
     beat_interval: Annotated[
         float,
         typer.Option(
-            metavar="SECONDS",
+            metavar="DURATION",
             help="Seconds between simulated heartbeats (Sidekiq 7+: 10).",
-            min=0,
-            max=60,
-            callback=_positive_seconds,
+            parser=beat_duration,
         ),
     ] = 1.0,
     rejoin_timeout: Annotated[
-        str,
-        typer.Option(metavar="DURATION", help="How long the rejoin tracking waits (15s, 1m)."),
-    ] = "15s",
+        float,
+        typer.Option(
+            metavar="DURATION",
+            help="How long the rejoin tracking waits (15s, 1m).",
+            parser=positive_duration,
+            show_default="15s",
+        ),
+    ] = 15.0,
     metrics_port: Annotated[
         int,
         typer.Option(
@@ -1186,7 +1301,7 @@ def demo(
             strategy=strategy.value,
             fail_machine=fail_machine,
             beat_interval_s=beat_interval,
-            rejoin_timeout_s=_duration(rejoin_timeout),
+            rejoin_timeout_s=rejoin_timeout,
             metrics_port=metrics_port,
             redis=embedded.value,
             seed=seed,
@@ -1204,6 +1319,19 @@ def demo(
         finally:
             progress.close()
     raise typer.Exit(code)
+
+
+def _columns() -> int | None:
+    """The width tables must fit: $COLUMNS when set (as shells and CI runners set it),
+    else the terminal's; None for a pipe or a log (the content's own width)."""
+    value = os.environ.get("COLUMNS", "")
+    if value.isdigit() and int(value) > 0:
+        return max(40, int(value))
+    if sys.stdout.isatty():
+        import shutil
+
+        return max(40, shutil.get_terminal_size().columns)
+    return None
 
 
 def _interrupt(signum: int, frame: object) -> None:

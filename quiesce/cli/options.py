@@ -5,6 +5,7 @@ and after the command; after it, they win, as kubectl and flyctl allow) and -v.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import inspect
 import logging
@@ -21,20 +22,46 @@ from quiesce.text import safe
 F = TypeVar("F", bound=Callable[..., None])
 
 
-def finite_seconds(value: float | None, *, zero_ok: bool) -> float | None:
-    """The one check for seconds: click's FloatRange lets nan through (every comparison
-    with nan is false), and inf or 1e308 would reach socket and sleep calls."""
-    if value is None:
-        return None
-    if not math.isfinite(value):
-        raise typer.BadParameter(f"{value} is not a finite number")
-    if value < 0 or (value == 0 and not zero_ok):
-        raise typer.BadParameter(f"{value:g} must be {'0 or more' if zero_ok else 'above 0'}")
-    return value
+class Strategy(enum.StrEnum):
+    """flyctl's deploy strategies (docs/fly.md: anything else silently deploys rolling)."""
+
+    IMMEDIATE = "immediate"
+    BLUEGREEN = "bluegreen"
+    CANARY = "canary"
+    ROLLING = "rolling"
 
 
-def positive_seconds(value: float | None) -> float | None:
-    return finite_seconds(value, zero_ok=False)
+def duration_value(value: object, *, zero_ok: bool, most: float = MAX_TIMEOUT_S) -> float:
+    """The one parser of every duration option: ``text.parse_duration`` (``90``, ``90s``,
+    ``5m``, ``1h30m``, ``500ms``), then the bounds. Typer also passes the default through
+    here, as a number."""
+    from quiesce.text import parse_duration
+
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        try:
+            seconds = parse_duration(str(value))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    if not math.isfinite(seconds) or seconds > most:
+        raise typer.BadParameter(f"{value} is more than the {most:g}s quiesce accepts")
+    if seconds == 0 and not zero_ok:
+        raise typer.BadParameter(f"{value} must be above 0")
+    return seconds
+
+
+def any_duration(value: object) -> float:
+    return duration_value(value, zero_ok=True)
+
+
+def positive_duration(value: object) -> float:
+    return duration_value(value, zero_ok=False)
+
+
+def beat_duration(value: object) -> float:
+    # A heartbeat hash lives 60 s: a longer simulated interval would expire between beats.
+    return duration_value(value, zero_ok=False, most=60.0)
 
 
 class SafeFormatter(logging.Formatter):
@@ -77,10 +104,8 @@ def connection_params(*, top: bool) -> list[inspect.Parameter]:
     def seconds(name: str, help: str, default: float) -> tuple[str, object, object]:
         option = typer.Option(
             help=help,
-            metavar="SECONDS",
-            min=0,
-            max=MAX_TIMEOUT_S,
-            callback=positive_seconds,
+            metavar="DURATION",
+            parser=positive_duration,
             show_default=top,
         )
         return name, Annotated[float | None, option], default if top else None
@@ -156,8 +181,8 @@ def connection_params(*, top: bool) -> list[inspect.Parameter]:
             ],
             False,
         ),
-        seconds("connect_timeout", "Seconds to wait for a Redis connection.", 3.0),
-        seconds("read_timeout", "Seconds to wait for a Redis reply.", 5.0),
+        seconds("connect_timeout", "How long to wait for a Redis connection (3, 3s).", 3.0),
+        seconds("read_timeout", "How long to wait for a Redis reply (5, 5s, 500ms).", 5.0),
         (
             "verbose",
             Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")],

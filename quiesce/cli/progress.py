@@ -80,10 +80,11 @@ class QuietProgress:
     def _text(self, event: Progress) -> str:
         if self.draining:
             longest = "" if event.longest_s is None else f", longest {event.longest_s:.0f}s"
+            stalled = f", {event.stalled} stalled (no heartbeat)" if event.stalled else ""
             return (
                 f"draining: {event.drained} drained, {event.vanished} exited, "
-                f"{event.pending} busy or pending; {event.jobs} jobs running{longest}; "
-                f"{event.remaining_s:.0f}s left"
+                f"{event.pending} busy or pending{stalled}; {event.jobs} jobs running"
+                f"{longest}; {event.remaining_s:.0f}s left"
             )
         return (
             f"waiting: {event.confirmed} confirmed, {event.vanished} exited, "

@@ -28,7 +28,8 @@ def _click_class(name: str) -> type[Exception]:
     raise ImportError(f"typer.BadParameter no longer derives from click's {name}")
 
 
-_UsageError = _click_class("UsageError")
+UsageError = _click_class("UsageError")
+"""click's usage error (a bad option, value or command), as typer raises it."""
 
 
 def exit_codes_help() -> str:
@@ -43,6 +44,10 @@ def exit_codes_help() -> str:
     return "\b\nExit status:\n" + "\n".join(lines)
 
 
+def is_help_request(exc: BaseException) -> bool:
+    return type(exc).__name__ == "NoArgsIsHelpError"
+
+
 def usage_error(message: str) -> NoReturn:
     typer.echo(f"quiesce: error: {safe(message)}", err=True)
     raise typer.Exit(int(ExitCode.USAGE))
@@ -52,8 +57,8 @@ def usage_error(message: str) -> NoReturn:
 def one_line_usage() -> Iterator[None]:
     try:
         yield
-    except _UsageError as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # `quiesce` alone prints the help
+    except UsageError as exc:
+        if is_help_request(exc):  # `quiesce` alone prints the help
             raise
         usage_error(exc.format_message())  # type: ignore[attr-defined]
 

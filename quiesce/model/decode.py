@@ -134,7 +134,13 @@ def read_version(
     present = frozenset(f for f in OPTIONAL_HASH_FIELDS if fields.get(f) not in (None, ""))
     bands = bands_without_version(present)
     interval = max(b.beat_interval_s for b in bands)
-    return SidekiqVersion(range_text(bands), inferred=True, beat_interval_s=interval)
+    shortest = min(b.beat_interval_s for b in bands)
+    return SidekiqVersion(
+        range_text(bands),
+        inferred=True,
+        beat_interval_s=interval,
+        beat_interval_min_s=shortest if shortest != interval else None,
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -163,6 +169,22 @@ def _int_field(fields: Mapping[str, str | None], name: str) -> int | None:
         return int(value)
     except ValueError:  # also digit strings over Python's 4,300-digit limit
         raise _Unreadable(f"field {name!r} is not an integer: {value[:40]!r}") from None
+
+
+_INFORMATIONAL_FIELDS = ("rss", "rtt_us")
+"""Fields no decision reads: an odd value is a note on the record, not a reason to stop
+trusting a process that beats."""
+
+
+def _informational(fields: Mapping[str, str | None], notes: list[str]) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for name in _INFORMATIONAL_FIELDS:
+        try:
+            out[name] = _int_field(fields, name)
+        except _Unreadable as exc:
+            notes.append(printable(str(exc)))
+            out[name] = None
+    return out
 
 
 def _float_field(fields: Mapping[str, str | None], name: str) -> float | None:
@@ -305,6 +327,8 @@ def _decode_alive(raw: RawProcess, redis_now: float, allow_newer: bool) -> Proce
     quiet = fields.get("quiet")
     if quiet not in (None, "true", "false"):
         raise _Unreadable(f"field 'quiet' is {quiet[:40]!r}, expected 'true' or 'false'")
+    notes: list[str] = []
+    extra = _informational(fields, notes)
     return ProcessRecord(
         identity=raw.identity,
         hostname=hostname,
@@ -322,7 +346,8 @@ def _decode_alive(raw: RawProcess, redis_now: float, allow_newer: bool) -> Proce
         beat=beat,
         beat_age_s=beat_age(raw.pttl_ms, beat, redis_now),
         quiet=quiet == "true",
-        rss_kib=_int_field(fields, "rss"),
-        rtt_us=_int_field(fields, "rtt_us"),
+        rss_kib=extra["rss"],
+        rtt_us=extra["rtt_us"],
         started_at=float(started_at) if started_at is not None else None,
+        notes=tuple(notes),
     )

@@ -1,7 +1,10 @@
 """``quiesce doctor``: deploy settings that lose jobs or stall deploys, each with its fix.
 
-Pure: the caller reads fly.toml (``parse_fly_toml``) and, when a Redis is given, the fleet
-snapshot and busy jobs; ``check_config`` and ``check_fleet`` only judge. Fly's defaults and
+Pure: the caller reads fly.toml (``quiesce.runs.doctor``: a bounded read, then
+``parse_fly_toml``) and, when a Redis is given, the fleet snapshot and busy jobs;
+``check_config`` and ``check_fleet`` only judge. The release command's arguments are
+judged by quiesce's own command-line parser, passed in by the CLI as ``ArgvCheck`` (the
+model never imports the CLI), so doctor refuses exactly what the deploy would. Fly's defaults and
 limits are from flyctl (see ``docs/fly.md``): kill_timeout 5 s (max 300 s), kill_signal
 SIGINT, release_command_timeout 5m, strategy rolling; the release command runs without a
 shell (``init.cmd = shlex.split(release_command)``).
@@ -16,14 +19,19 @@ import posixpath
 import re
 import shlex
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from quiesce.errors import ConfigError
 from quiesce.model.fleet import ProcessRecord
 from quiesce.model.report import DEFAULT_QUIET_TIMEOUT_S
 from quiesce.model.snapshot import FleetSnapshot
+from quiesce.text import parse_duration as parse_cli_duration
 from quiesce.text import plural
+
+ArgvCheck = Callable[[Sequence[str]], str | None]
+"""Given the words after ``quiesce``, the one-line error quiesce would print for them, or
+None when it would accept them (the CLI passes its own parser)."""
 
 SIDEKIQ_SHUTDOWN_TIMEOUT_S = 25.0
 """Sidekiq's ``-t``/``:timeout:`` default: how long shutdown waits for running jobs."""
@@ -48,6 +56,14 @@ _SIGNAL_EFFECT = {
     "SIGHUP": "is not a Sidekiq shutdown signal",
 }
 _SHELL_OPERATORS = frozenset({"&&", "||", ";", "|", ">", "<", "&"})
+_SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh"})
+_PUNCTUATION = frozenset("();<>|&")
+_REDIRECTS = frozenset({">", ">>", "<", ">&", "<&", "&>", ">|", "&>>", "<<", "<<<"})
+_EXPANSION = re.compile(r"\$\{[^}]*\}?|\$\(|\$[A-Za-z_][A-Za-z0-9_]*|\$[0-9?#@*!$-]|`")
+"""``$VAR``, ``${VAR}``, ``$(cmd)``, backticks: no shell runs a release_command, so they
+reach the program as they are written."""
+STRATEGIES = ("rolling", "immediate", "canary", "bluegreen")
+"""flyctl's strategies (docs/fly.md: anything else falls into the rolling branch)."""
 _VALUE_OPTIONS = frozenset(
     {
         "-r",
@@ -132,6 +148,8 @@ def parse_fly_toml(text: str, *, name: str = "fly.toml") -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{name} is not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib recurses per nesting level: a bomb, not a fly.toml
+        raise ConfigError(f"{name} nests arrays or tables too deeply to be a fly.toml") from None
 
 
 def parse_duration(value: object) -> float | None:
@@ -155,24 +173,56 @@ def parse_duration(value: object) -> float | None:
     return seconds if seconds > 0 else None
 
 
-def quiesce_calls(command: str) -> list[QuiesceCall]:
-    """Every ``quiesce`` invocation in ``command`` (also inside ``sh -c '... && ...'``)."""
+def shell_words(command: str) -> list[str] | None:
+    """``command`` split as a shell would split it into words and operators (``2>&1`` is
+    ``2``, ``>&``, ``1``); None when its quotes do not close."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
     try:
-        words = shlex.split(command)
+        return list(lexer)
     except ValueError:
-        return []
-    if len(words) >= 3 and posixpath.basename(words[0]) in ("sh", "bash") and "-c" in words:
+        return None
+
+
+def _is_operator(word: str) -> bool:
+    return bool(word) and set(word) <= _PUNCTUATION
+
+
+def shell_wrapped(words: Sequence[str]) -> str | None:
+    """The script of ``sh -c '<script>'`` (or bash, dash ...), else None."""
+    if len(words) >= 3 and posixpath.basename(words[0]) in _SHELLS and "-c" in words:
         inner = words[words.index("-c") + 1 :]
-        return quiesce_calls(inner[0]) if inner else []
+        return inner[0] if inner else ""
+    return None
+
+
+def quiesce_calls(command: str) -> list[QuiesceCall]:
+    """Every ``quiesce`` invocation in ``command`` (also inside ``sh -c '... && ...'``),
+    its redirections (``2>&1``, ``> log``) left out."""
+    words = shell_words(command)
+    if words is None:
+        return []
+    script = shell_wrapped(words)
+    if script is not None:
+        return quiesce_calls(script) if script else []
     calls = []
     segment: list[str] = []
-    for word in [*words, "&&"]:
-        if word not in _SHELL_OPERATORS:
+    skip = False
+    for i, word in enumerate([*words, "&&"]):
+        if skip:
+            skip = False
+            continue
+        if word in _REDIRECTS:
+            if segment and segment[-1].isdigit() and i > 0:
+                segment.pop()  # the file descriptor of 2>&1
+            skip = True  # the redirection's target
+            continue
+        if not _is_operator(word):
             segment.append(word)
             continue
-        for i, w in enumerate(segment):
+        for j, w in enumerate(segment):
             if posixpath.basename(w) == "quiesce":
-                calls.append(_call(tuple(segment[i + 1 :])))
+                calls.append(_call(tuple(segment[j + 1 :])))
                 break
         segment = []
     return calls
@@ -229,6 +279,7 @@ class Deploy:
     worker_groups: tuple[str, ...]
     sidekiq_timeout_s: float
     sidekiq_timeout_from: str
+    strategy_given: bool = False
 
 
 def read_deploy(
@@ -237,8 +288,17 @@ def read_deploy(
     sidekiq_timeout_s: float | None = None,
     groups: Sequence[str] = (),
 ) -> Deploy:
-    deploy = config.get("deploy") or {}
-    processes = {str(k): str(v) for k, v in (config.get("processes") or {}).items()}
+    deploy = _table(config, "deploy", "[deploy]")
+    processes = _processes(config)
+    release_command = deploy.get("release_command")
+    if release_command is not None and not isinstance(release_command, str):
+        raise ConfigError(
+            f"fly.toml: [deploy] release_command is {_kind(release_command)}, not a string "
+            '(release_command = "quiesce quiet --timeout 60")'
+        )
+    for key, where in (("kill_signal", config), ("strategy", deploy)):
+        if key in where and not isinstance(where[key], str):
+            raise ConfigError(f"fly.toml: {key} is {_kind(where[key])}, not a string")
     workers = tuple(groups) or tuple(
         name for name, cmd in processes.items() if re.search(r"\bsidekiq\b", cmd)
     )
@@ -262,7 +322,8 @@ def read_deploy(
         kill_timeout_given="kill_timeout" in config,
         kill_signal=signal_name if signal_name.startswith("SIG") else f"SIG{signal_name}",
         strategy=str(deploy.get("strategy", "rolling")).lower(),
-        release_command=deploy.get("release_command"),
+        strategy_given="strategy" in deploy,
+        release_command=release_command,
         release_command_timeout_s=release_timeout,
         processes=processes,
         worker_groups=workers,
@@ -271,8 +332,60 @@ def read_deploy(
     )
 
 
-def check_config(d: Deploy, config: Mapping[str, Any]) -> list[Finding]:
-    findings = [*_kill_checks(d), *_release_checks(d), *_group_checks(d)]
+_KINDS = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def _kind(value: object) -> str:
+    """How TOML calls ``value``'s type (``[[processes]]`` is an array of tables)."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return "an array of tables"
+    return _KINDS.get(type(value), "a date or time")
+
+
+def _table(config: Mapping[str, Any], key: str, shown: str) -> Mapping[str, Any]:
+    value = config.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"fly.toml: {shown} is {_kind(value)}, not a table")
+    return value
+
+
+def _processes(config: Mapping[str, Any]) -> dict[str, str]:
+    """``[processes]``: group name -> command string (Fly also takes no other shape)."""
+    table = config.get("processes")
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"fly.toml: processes is {_kind(table)}, not a table of commands "
+            '([processes] then worker = "bundle exec sidekiq")'
+        )
+    for name, cmd in table.items():
+        if not isinstance(cmd, str):
+            raise ConfigError(
+                f"fly.toml: [processes] {safe_key(name)} is {_kind(cmd)}, not a command string"
+            )
+    return {str(k): v for k, v in table.items()}
+
+
+def safe_key(name: str) -> str:
+    return name if name.isprintable() and len(name) <= 60 else repr(name[:60])
+
+
+def check_config(
+    d: Deploy, config: Mapping[str, Any], *, parse: ArgvCheck | None = None
+) -> list[Finding]:
+    """The fly.toml checks; ``parse`` (quiesce's own parser) judges the release command's
+    arguments, and is skipped when None."""
+    findings = [*_kill_checks(d), *_release_checks(d, parse), *_group_checks(d)]
     if d.strategy == "bluegreen":
         findings += _bluegreen_checks(d, config)
     return findings
@@ -322,7 +435,7 @@ def _kill_checks(d: Deploy) -> list[Finding]:
     return out
 
 
-def _release_checks(d: Deploy) -> list[Finding]:
+def _release_checks(d: Deploy, parse: ArgvCheck | None = None) -> list[Finding]:
     example = 'release_command = "quiesce quiet --strategy immediate --timeout 60"'
     if not d.release_command:
         return [
@@ -334,21 +447,21 @@ def _release_checks(d: Deploy) -> list[Finding]:
                 f"add {example} under [deploy]",
             )
         ]
-    out = []
-    words = shlex.split(d.release_command) if _splits(d.release_command) else []
-    if words and posixpath.basename(words[0]) not in ("sh", "bash"):
-        operators = sorted(_SHELL_OPERATORS.intersection(words))
-        if operators:
-            out.append(
-                Finding(
-                    Level.ERROR,
-                    "release-command-shell",
-                    f"release_command uses {' '.join(operators)} but Fly runs it without a "
-                    f"shell: {posixpath.basename(words[0])} gets them as arguments",
-                    "wrap it: release_command = \"sh -c '... && quiesce quiet ...'\" (or a script)",
-                )
+    words = shell_words(d.release_command)
+    if words is None:
+        return [
+            Finding(
+                Level.ERROR,
+                "release-command-quotes",
+                "release_command has a quote that does not close: Fly cannot split it",
+                "close the quote, or drop it",
             )
-    quiets = [c for c in quiesce_calls(d.release_command) if c.command == "quiet"]
+        ]
+    out = _shell_checks(d.release_command, words)
+    calls = quiesce_calls(d.release_command)
+    if parse is not None:
+        out += _argument_checks(calls, parse)
+    quiets = [c for c in calls if c.command == "quiet"]
     if not quiets:
         return [
             *out,
@@ -361,6 +474,7 @@ def _release_checks(d: Deploy) -> list[Finding]:
             ),
         ]
     call = quiets[-1]
+    out += _strategy_checks(d, call)
     wait_s = 0.0 if "--no-wait" in call.flags else _seconds(call.value("--timeout"))
     limit = d.release_command_timeout_s
     if limit is not None and limit < wait_s + RELEASE_MARGIN_S:
@@ -377,6 +491,72 @@ def _release_checks(d: Deploy) -> list[Finding]:
             )
         )
     return out
+
+
+def _shell_checks(command: str, words: Sequence[str]) -> list[Finding]:
+    """Shell syntax where no shell runs: Fly splits the string into words and execs them."""
+    if shell_wrapped(words) is not None:
+        return []
+    operators = sorted({w for w in words if _is_operator(w)})
+    expansions = sorted({m.group() for w in words for m in _EXPANSION.finditer(w)})
+    if not operators and not expansions:
+        return []
+    program = posixpath.basename(words[0]) if words else "the program"
+    fix = "wrap it in a shell: " + _sh_c(command)
+    return [
+        Finding(
+            Level.ERROR,
+            "release-command-shell",
+            f"release_command uses shell syntax ({' '.join([*operators, *expansions])}) but Fly "
+            f"runs it without a shell: {program} receives it as literal arguments (nothing is "
+            "redirected, chained or expanded; quiesce refuses the extra arguments, exit 2)",
+            fix,
+        )
+    ]
+
+
+def _sh_c(command: str) -> str:
+    """The release_command line that runs ``command`` through sh, as TOML."""
+    if any(ch in command for ch in "'\\\""):
+        return "release_command = \"sh -c '...'\" with the command inside (or a script)"
+    return f"release_command = \"sh -c '{command}'\""
+
+
+def _argument_checks(calls: Sequence[QuiesceCall], parse: ArgvCheck) -> list[Finding]:
+    out = []
+    for call in calls:
+        if any(_EXPANSION.search(w) for w in call.argv):
+            continue  # a shell fills these in at run time: their values are unknown here
+        problem = parse(call.argv)
+        if problem is not None:
+            shown = " ".join(shlex.quote(w) for w in ("quiesce", *call.argv))
+            out.append(
+                Finding(
+                    Level.ERROR,
+                    "release-command-arguments",
+                    f"release_command `{shown}` is refused by quiesce: {problem}; every deploy "
+                    "would fail with exit 2",
+                    "correct it (quiesce <command> --help lists the options)",
+                )
+            )
+    return out
+
+
+def _strategy_checks(d: Deploy, call: QuiesceCall) -> list[Finding]:
+    recorded = call.value("--strategy")
+    if recorded is None or recorded.lower() == d.strategy:
+        return []
+    where = "[deploy] strategy" if d.strategy_given else "Fly's default strategy"
+    return [
+        Finding(
+            Level.ERROR,
+            "strategy-mismatch",
+            f"release_command records --strategy {recorded} but {where} is {d.strategy}: the "
+            "deploy record (and bluegreen's checks) would describe a different deploy",
+            f'use --strategy {d.strategy}, or set strategy = "{recorded}" under [deploy] '
+            "(a `fly deploy --strategy` flag overrides fly.toml: keep the two the same)",
+        )
+    ]
 
 
 def _group_checks(d: Deploy) -> list[Finding]:
@@ -432,15 +612,21 @@ def _checked_groups(config: Mapping[str, Any], groups: Sequence[str]) -> set[str
     found: set[str] = set()
 
     def cover(block: Mapping[str, Any]) -> None:
-        found.update(block.get("processes") or groups)
+        named = block.get("processes")
+        if isinstance(named, list):
+            found.update(str(n) for n in named)
+        else:  # absent (every group), or a shape Fly would refuse: not doctor's to judge here
+            found.update(groups)
 
-    for check in (config.get("checks") or {}).values():
+    checks = config.get("checks")
+    for check in checks.values() if isinstance(checks, dict) else ():
         if isinstance(check, Mapping):
             cover(check)
     http = config.get("http_service")
     if isinstance(http, Mapping) and http.get("checks"):
         cover(http)
-    for service in config.get("services") or ():
+    services = config.get("services")
+    for service in services if isinstance(services, list) else ():
         if isinstance(service, Mapping) and any(
             service.get(k) for k in ("checks", "http_checks", "tcp_checks")
         ):
@@ -448,17 +634,13 @@ def _checked_groups(config: Mapping[str, Any], groups: Sequence[str]) -> set[str
     return found
 
 
-def _splits(command: str) -> bool:
-    try:
-        shlex.split(command)
-    except ValueError:
-        return False
-    return True
-
-
 def _seconds(value: str | None) -> float:
+    """quiet's --timeout as quiesce reads it (``60``, ``60s``, ``5m``); the default when
+    absent or unreadable (the argument check reports the latter)."""
+    if value is None:
+        return QUIET_TIMEOUT_S
     try:
-        return float(value) if value is not None else QUIET_TIMEOUT_S
+        return parse_cli_duration(value)
     except ValueError:
         return QUIET_TIMEOUT_S
 

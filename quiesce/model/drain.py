@@ -119,23 +119,53 @@ def longest(jobs: Iterable[RunningJob]) -> RunningJob | None:
 # -- advice -------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True, slots=True)
 class Grace:
-    """How long a job gets once its Machine is told to stop."""
+    """How long a job gets once its Machine is told to stop, from what is known."""
 
     kill_timeout_s: float | None
-    """Fly's ``kill_timeout`` (``--kill-timeout``), when given."""
+    """Fly's ``kill_timeout`` (``--kill-timeout``), when given; else Fly's default."""
     sidekiq_timeout_s: float | None
-    """Sidekiq's ``-t`` (``--sidekiq-timeout``), when given."""
+    """Sidekiq's ``-t`` (``--sidekiq-timeout``), when given; else Sidekiq's default."""
+    beat_interval_s: float = 10.0
+    """The fleet's heartbeat interval (its versions' longest): how soon a drain can see a
+    job finish."""
 
     @property
     def sidekiq_s(self) -> float:
         return self.sidekiq_timeout_s or SIDEKIQ_DEFAULT_TIMEOUT_S
 
     @property
+    def kill_s(self) -> float:
+        return self.kill_timeout_s or FLY_DEFAULT_KILL_TIMEOUT_S
+
+    @property
     def seconds(self) -> float:
         """The shorter of the two: Sidekiq gives up at ``-t``, Fly kills at ``kill_timeout``."""
-        if self.kill_timeout_s is None:
-            return self.sidekiq_s
-        return min(self.kill_timeout_s, self.sidekiq_s)
+        return min(self.kill_s, self.sidekiq_s)
+
+    @property
+    def kill_text(self) -> str:
+        if self.kill_timeout_s is not None:
+            return f"kill_timeout {duration(self.kill_s)}"
+        return (
+            f"Fly's default kill_timeout of {duration(self.kill_s)} (assumed: no --kill-timeout "
+            "given; pass fly.toml's value)"
+        )
+
+    @property
+    def sidekiq_text(self) -> str:
+        if self.sidekiq_timeout_s is not None:
+            return f"Sidekiq's -t {duration(self.sidekiq_s)}"
+        return (
+            f"Sidekiq's -t (default {duration(SIDEKIQ_DEFAULT_TIMEOUT_S)}, assumed: no "
+            "--sidekiq-timeout given)"
+        )
+
+    @property
+    def shorter_text(self) -> str:
+        """Which limit ``seconds`` is, and why."""
+        if self.kill_s < self.sidekiq_s:
+            return self.kill_text
+        return self.sidekiq_text
 
 
 def _job(job: RunningJob) -> str:
@@ -144,54 +174,82 @@ def _job(job: RunningJob) -> str:
 
 
 def advice(
-    jobs: Sequence[RunningJob], grace: Grace, *, timed_out: bool, drain_timeout_s: float | None
+    jobs: Sequence[RunningJob],
+    grace: Grace,
+    *,
+    timed_out: bool,
+    drain_timeout_s: float | None,
+    interrupted: bool = False,
 ) -> list[str]:
-    """What happens to ``jobs`` when their Machines stop, and what to change.
+    """What happens to ``jobs`` when their Machines stop, and what to change: every
+    number with the reason it is that number.
 
-    ``timed_out``: a drain ended with these jobs still running. Otherwise they are the
-    jobs seen running (at the start, or during the drain), compared with ``grace``.
+    ``timed_out``: a drain ended (deadline, or ``interrupted``) with these jobs still
+    running. Otherwise they are the jobs seen running (at the start, or during the
+    drain), compared with ``grace``.
     """
     lines: list[str] = []
-    t_text = (
-        f"Sidekiq's -t {duration(grace.sidekiq_s)}"
-        if grace.sidekiq_timeout_s is not None
-        else f"Sidekiq's -t (default {duration(SIDEKIQ_DEFAULT_TIMEOUT_S)}, if unchanged)"
-    )
-    k = grace.kill_timeout_s
-    if k is not None and k < grace.sidekiq_s + KILL_MARGIN_S:
+    margin = duration(KILL_MARGIN_S)
+    need_kill = grace.sidekiq_s + KILL_MARGIN_S
+    # Said when the kill_timeout is known, or when jobs make the assumed default matter.
+    if grace.kill_s < need_kill and (grace.kill_timeout_s is not None or jobs):
         lines.append(
-            f"kill_timeout {duration(k)} leaves no room for {t_text}: Fly kills the Machine before "
-            "Sidekiq can push unfinished jobs back to Redis. Set kill_timeout in fly.toml to at "
-            f"least {duration(grace.sidekiq_s + KILL_MARGIN_S)} "
-            f"(-t plus {duration(KILL_MARGIN_S)})."
+            f"{grace.kill_text} leaves no room for {grace.sidekiq_text}: Fly kills the Machine "
+            "before Sidekiq can push unfinished jobs back to Redis. Set kill_timeout in fly.toml "
+            f"to at least {duration(need_kill)} (-t plus {margin} for Sidekiq to push them back)."
         )
-    top = longest(jobs)
     if not jobs:
         return lines
+    top = longest(jobs)
     if timed_out:
+        when = "when the run was interrupted" if interrupted else "at the deadline"
         lines.append(
-            f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} still running: when their "
-            f"Machines stop, each gets {duration(grace.seconds)} more, then is killed mid-run and "
-            "starts again from scratch later (side effects may happen twice):"
+            f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} still running {when}: when their "
+            f"Machines stop, each gets {duration(grace.seconds)} more ({grace.shorter_text}), "
+            "then is killed mid-run and starts again from scratch later (side effects may "
+            "happen twice):"
         )
         lines.extend(f"  {_job(j)} on {j.machine}" for j in jobs[:20])
         if len(jobs) > 20:
             lines.append(f"  ... and {len(jobs) - 20} more")
     if top is None or top.runtime_s is None:
         return lines
-    need = math.ceil(top.runtime_s)
-    if top.runtime_s > grace.seconds or timed_out:
-        wait = max(need * 2, int(drain_timeout_s or 0) + 60)
-        lines.append(
-            f"the longest, {_job(top)}, has run {duration(top.runtime_s)}, longer than the "
-            f"{duration(grace.seconds)} a stopping Machine gives it. Either drain before deploying "
-            f"(quiesce quiet --until drained --timeout {wait}, with release_command_timeout "
-            f"above it), or let shutdown wait: Sidekiq's -t above the longest job (>= {need}s) "
-            f"and kill_timeout in fly.toml at -t + {duration(KILL_MARGIN_S)}."
-        )
-    else:
+    ran = math.ceil(top.runtime_s)
+    if top.runtime_s <= grace.seconds and not timed_out:
         lines.append(
             f"the longest running job, {_job(top)}, fits in the {duration(grace.seconds)} a "
-            "stopping Machine gives it, if it finishes soon"
+            f"stopping Machine gives it ({grace.shorter_text}), if it finishes soon"
         )
+        return lines
+    over = top.runtime_s > grace.seconds
+    compare = (
+        f"longer than the {duration(grace.seconds)} a stopping Machine gives it "
+        f"({grace.shorter_text})"
+        if over
+        else f"and is not done: a stopping Machine gives it {duration(grace.seconds)} more "
+        f"({grace.shorter_text})"
+    )
+    beats = 2 * grace.beat_interval_s
+    wait = ran + math.ceil(beats)
+    fixes = [
+        f"drain before deploying: quiesce quiet --until drained --timeout {wait} or more "
+        f"({duration(ran)} it has run so far plus two heartbeats, {duration(beats)}, to see it "
+        "finish; its full runtime is unknown to quiesce), with release_command_timeout above "
+        "--timeout"
+    ]
+    if grace.sidekiq_s < ran:
+        fixes.append(
+            f"let shutdown wait: raise -t above the longest job (more than {duration(ran)}; "
+            f"now {grace.sidekiq_text}), and kill_timeout in fly.toml at -t + {margin}"
+        )
+    elif grace.kill_s < need_kill:
+        fixes.append(
+            f"let shutdown wait: {grace.sidekiq_text} already covers the {duration(ran)} it has "
+            f"run so far; kill_timeout must too: at least {duration(need_kill)} (-t + {margin})"
+        )
+    lines.append(
+        f"the longest, {_job(top)}, has run {duration(top.runtime_s)}, {compare}. Either "
+        + ", or ".join(fixes)
+        + "."
+    )
     return lines

@@ -46,6 +46,9 @@ class SidekiqVersion:
     inferred: bool
     beat_interval_s: float
     """The longest heartbeat interval this version can have (5 s up to 6.x, 10 s from 7.0)."""
+    beat_interval_min_s: float | None = None
+    """For an inferred range: the shortest interval it may have (6.x 5 s where 7.0.0/7.0.1
+    beat every 10 s); None when the interval is known."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,6 +79,9 @@ class ProcessRecord:
     """Names still queued in ``<identity>-signals``, oldest first (the next one popped)."""
     problem: str | None = None
     """Why the record is unreadable; ``None`` for a healthy decode."""
+    notes: tuple[str, ...] = ()
+    """Odd fields that do not make the record untrustworthy (``rss=lots``): shown, while
+    the process still counts by its state (a beating process stays a consumer)."""
     quieting: bool = False
     """Set when the snapshot is assembled with the latest deploy record (``is_quieting``)."""
     work: WorkRead | None = None
@@ -94,10 +100,12 @@ class ProcessRecord:
             return ProcessState.UNREADABLE
         if self.embedded:
             return ProcessState.EMBEDDED
-        if self.quiet:
-            return ProcessState.QUIET
+        # An overdue beat first: a process killed mid-job keeps its last "quiet" hash for
+        # up to 60 s, and reading it as quiet would hide that it is gone.
         if self.is_stalled:
             return ProcessState.STALLED
+        if self.quiet:
+            return ProcessState.QUIET
         if self.quieting:
             return ProcessState.QUIETING
         return ProcessState.RUNNING

@@ -4,8 +4,8 @@ Names follow Prometheus' conventions: the ``quiesce_`` prefix, base units with t
 as suffix, no ``_total`` (everything here is a gauge: a snapshot of Redis, not a count
 this exporter keeps). Labels are bounded: never identity or pid; ``machine`` only with
 ``per_machine`` (small fleets). Label values pass through ``label_value`` (bytes that are
-not UTF-8 become ``\\xff`` escapes); quotes, backslashes and newlines are left to
-prometheus_client's exposition, which escapes them.
+not UTF-8 become ``\\xff`` escapes, a backslash ``\\\\``); the exposition then escapes
+quotes, backslashes and newlines once more, as the text format requires.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ GENERATION_SLACK_S = 5.0
 """A process started this long before the deploy record still counts as new (its clock
 is the host's, the record's is Redis's)."""
 
-_SURROGATE = re.compile("[\udc80-\udcff]")
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Family:
@@ -44,8 +42,19 @@ class Family:
     unit: str = ""
 
 
+_ESCAPED = re.compile("[\\\\\udc80-\udcff]")
+
+
 def label_value(text: str) -> str:
-    return _SURROGATE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
+    """Distinct names stay distinct: a byte that is not UTF-8 becomes ``\\xff`` and a
+    literal backslash ``\\\\``, so ``bad\\xffbyte`` typed by someone and a raw 0xFF byte
+    never share a series (Prometheus would silently drop one of two equal series)."""
+    return _ESCAPED.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group()
+    return "\\\\" if ch == "\\" else f"\\x{ord(ch) - 0xDC00:02x}"
 
 
 class _Families:
@@ -131,7 +140,7 @@ def process_families(f: _Families, fleet: FleetSnapshot, *, per_machine: bool) -
             _count(busy, key, proc.busy or 0)
             _count(pools, (gen,), pool_size(proc))
         if per_machine:
-            _count(machines, (label_value(proc.machine), state))
+            _count(machines, (proc.machine, state))
     per = ("state", "generation", "release", "sidekiq_version")
     f.add("quiesce_processes", "Sidekiq processes in the registry by state.", by_state, ("state",))
     f.add(

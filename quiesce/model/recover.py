@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from quiesce.model.fleet import ProcessState
+from quiesce.model.fleet import ProcessRecord, ProcessState
 from quiesce.model.record import DeployRecord
 from quiesce.model.rejoin import NO_FILTERS, RejoinFilters
 from quiesce.model.snapshot import FleetSnapshot
@@ -61,6 +61,14 @@ class RecoverReport:
         return {"restart": "would restart", "stop": "would stop"}.get(self.action, "stranded")
 
 
+def _left_quiet(proc: ProcessRecord) -> bool:
+    """Quiet, or quiet and no longer beating (hung or killed while quiet: stalled wins in
+    its state, but a restart is still what it needs)."""
+    return proc.state is ProcessState.QUIET or (
+        proc.state is ProcessState.STALLED and proc.quiet and proc.problem is None
+    )
+
+
 def stranded(
     snapshot: FleetSnapshot,
     record: DeployRecord | None,
@@ -74,7 +82,7 @@ def stranded(
     candidates = []
     for machine, procs in snapshot.by_machine().items():
         live = [p for p in procs if p.alive and filters.matches(p.hostname, p.tag)]
-        if not live or any(p.state is not ProcessState.QUIET for p in live):
+        if not live or not all(_left_quiet(p) for p in live):
             continue  # something on it still takes jobs (or cannot be read): leave it be
         since = [record.quiet_since(p.identity) if record else None for p in live]
         if any(s is None for s in since):

@@ -92,9 +92,15 @@ class RejoinFilters:
 
     tags: tuple[str, ...] = ()
     hostnames: tuple[str, ...] = ()
+    exclude_tags: tuple[str, ...] = ()
+    exclude_hostnames: tuple[str, ...] = ()
 
     def matches(self, hostname: str, tag: str) -> bool:
         if self.tags and tag not in self.tags:
+            return False
+        if tag in self.exclude_tags:
+            return False
+        if any(fnmatch.fnmatchcase(hostname, g) for g in self.exclude_hostnames):
             return False
         return not self.hostnames or any(fnmatch.fnmatchcase(hostname, g) for g in self.hostnames)
 

@@ -76,6 +76,8 @@ class Progress:
     """``--until drained``: jobs still running on the targets not yet drained."""
     longest_s: float | None = None
     """``--until drained``: the longest of those jobs' runtime."""
+    stalled: int = 0
+    """Targets whose heartbeat is overdue (hung or killed): their jobs are not counted."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

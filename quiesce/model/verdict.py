@@ -18,7 +18,12 @@ So, on the Redis clock:
   unconsumed, so it is pushed again while the deadline allows.
 
 An error reply for a target (a key of the wrong type) is remembered and waited past;
-it never reads as "exited".
+it never reads as "exited". An error on the work hash alone hides only the jobs: the
+target is judged on the rest of its row, and ``busy`` alone decides whether it drained.
+
+A target whose heartbeat is overdue is never confirmed, drained or "still busy", whatever
+its hash says: a process killed -9 leaves its last hash (quiet, jobs listed) for up to
+60 s. It is waited for (a hung process may resume) and ends ``stalled``.
 
 ``--until drained`` waits past *quiet*: the beat that reports ``quiet = "true"`` comes
 after the quiet took effect, so from then on no job starts; the process is *drained*
@@ -94,6 +99,18 @@ class Target:
     """Draining: the ``busy`` field as last read."""
     work: WorkRead = NO_WORK
     """Draining: the jobs its work hash listed at the last poll."""
+    work_note: str | None = None
+    """Draining: why its work hash could not be read (not a failure: ``busy`` decides)."""
+    hash_expired: bool = False
+    """Still a member at the last poll, but its hash had expired: no beat for 60 s."""
+
+    @property
+    def overdue(self) -> bool:
+        """Its own heartbeat is overdue at the last poll (hung, or killed)."""
+        return self.hash_expired or (
+            self.beat_age_s is not None
+            and beat_overdue(self.beat_age_s, self.record.beat_interval_s)
+        )
 
     @property
     def running(self) -> bool:
@@ -132,10 +149,17 @@ def assess(target: Target, row: PollRow, now_ms: int, until: Until) -> tuple[Tar
         return gone, Verdict.WAITING
     if not row.hash_alive:
         # A member whose hash expired (hung past 60 s): keep a live signal waiting for it.
-        return seen, _expired(seen, row, now_ms)
+        expired = dataclasses.replace(seen, hash_expired=True, beat_age_s=None)
+        return expired, _expired(expired, row, now_ms)
     # Back after losing its data since the push, with nothing queued: the push may be gone.
     unsure = seen.lost_after_push and row.signals_len == 0
-    seen = _beat(dataclasses.replace(seen, absent=False), row, now_ms)
+    seen = _beat(dataclasses.replace(seen, absent=False, hash_expired=False), row, now_ms)
+    if seen.overdue:
+        # Its hash is its last word, not its state: never confirmed on it. A signal that
+        # expired meanwhile is pushed again, so a process that resumes still finds one.
+        if seen.record.quiet and seen.pushed_at_ms is None:
+            return seen, Verdict.WAITING
+        return seen, _expired(seen, row, now_ms)
     if until is Until.DRAINED:
         return _drain(seen, row, now_ms, unsure)
     if row.quiet == "true":
@@ -150,14 +174,21 @@ def assess(target: Target, row: PollRow, now_ms: int, until: Until) -> tuple[Tar
 def _drain(target: Target, row: PollRow, now_ms: int, unsure: bool) -> tuple[Target, Verdict]:
     """``--until drained``: quiet first (no job can start after that beat), then idle."""
     busy = busy_count(row.busy)
+    note = None
+    if row.work_error is not None:
+        note = f"its work hash cannot be read (Redis: {row.work_error}); busy alone decides"
     seen = dataclasses.replace(
-        target, busy=busy, work=read_work(target.record, row.work, now_ms / 1000)
+        target,
+        busy=busy,
+        work=read_work(target.record, row.work, now_ms / 1000),
+        work_note=note or target.work_note,
     )
     if row.quiet == "true":
         seen = dataclasses.replace(seen, delivered=True)
         if seen.confirmed_at_ms is None:
             seen = dataclasses.replace(seen, confirmed_at_ms=now_ms)
-        if is_idle(busy, seen.work):
+        idle = busy == 0 if row.work_error is not None else is_idle(busy, seen.work)
+        if idle:
             return seen, Verdict.DRAINED
         return seen, Verdict.WAITING
     if seen.pushed_at_ms is None or unsure:
@@ -233,7 +264,9 @@ def finalize(target: Target) -> Target:
     """At the deadline, a target still pending gets the outcome that says why."""
     if target.done:
         return target
-    if target.delivered and target.running:
+    if target.polled and target.overdue and not target.absent:
+        outcome = Outcome.STALLED
+    elif target.delivered and target.running:
         outcome = Outcome.STILL_BUSY
     elif target.pushed_at_ms is None and target.pushes == 0 and not target.record.quiet:
         outcome = Outcome.NOT_SIGNALLED
@@ -241,10 +274,6 @@ def finalize(target: Target) -> Target:
         outcome = Outcome.LOST
     elif not target.polled:
         outcome = Outcome.NOT_CONFIRMED
-    elif target.beat_age_s is not None and beat_overdue(
-        target.beat_age_s, target.record.beat_interval_s
-    ):
-        outcome = Outcome.STALLED
     else:
         outcome = Outcome.NOT_CONFIRMED
     return dataclasses.replace(target, outcome=outcome)

@@ -87,6 +87,7 @@ from quiesce.sidekiq import keys as k
 from quiesce.sidekiq.rows import LedgerWrite, Poll, Push
 from quiesce.sidekiq.versions import QUIET_SIGNAL
 from quiesce.sidekiq.work import longest_first, work_suffixes
+from quiesce.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ class QuietRun:
         self.clock = clock
         self.sleep = sleep
         self.on_event = on_event or (lambda event: None)
+        self.listening = on_event is not None
         self.started = clock()
         self.deadline = self.started + options.timeout_s
         self.targets: dict[str, list[Target]] = {s.label: [] for s in stores}
@@ -168,7 +170,8 @@ class QuietRun:
         self.error: QuiesceError | None = None
 
     def note(self, text: str) -> None:
-        log.info("%s", text)  # the caller prints notices (on_event): not twice
+        if not self.listening:  # a listener prints notices itself: -v must not say them twice
+            log.info("%s", text)
         self.notes.append(text)
         self.on_event(Notice(text))
 
@@ -307,8 +310,10 @@ class QuietRun:
     def _progress(self) -> None:
         targets = self.all_targets()
         now = self.clock()
+        # An overdue process's last hash lists jobs nothing may still be running.
         busy = [t for t in targets if not t.done]
-        top = longest(j for t in busy for j in t.work.jobs)
+        live = [t for t in busy if not t.overdue]
+        top = longest(j for t in live for j in t.work.jobs)
         self.on_event(
             Progress(
                 confirmed=sum(1 for t in targets if t.outcome is Outcome.CONFIRMED),
@@ -317,7 +322,8 @@ class QuietRun:
                 elapsed_s=now - self.started,
                 remaining_s=max(0.0, self.deadline - now),
                 drained=sum(1 for t in targets if t.outcome is Outcome.DRAINED),
-                jobs=sum(max(t.busy or 0, t.work.entries) for t in busy),
+                jobs=sum(max(t.busy or 0, t.work.entries) for t in live),
+                stalled=len(busy) - len(live),
                 longest_s=top.runtime_s if top is not None else None,
             )
         )
@@ -422,6 +428,7 @@ def quiet_fleet(
     _check_target(run, plan, fleet, stores)
     if options.until is Until.DRAINED:
         plan = drain_plan(plan)
+    _log_plan(plan)
     skipped = tuple(ProcessOutcome(p, o, reason=p.problem) for p, o in plan.skipped)
 
     def report(
@@ -512,7 +519,28 @@ def quiet_fleet(
     record = record.finish(fleet.taken_at + (clock() - run.started), failure=failure)
     saved = _save(run, record, record.to_json(), fleet)
     marks = () if failed else _mark(run, options, fleet.taken_at)
-    return report(entries, record.deploy_id, marks, saved, _advice(options, plan, entries))
+    _work_notes(run)
+    advice = _advice(options, plan, entries, interrupted=isinstance(run.error, Interrupted))
+    return report(entries, record.deploy_id, marks, saved, advice)
+
+
+def _log_plan(plan: QuietPlan) -> None:
+    """``-v``: the decision for every process, before anything is written."""
+    for proc in plan.targets:
+        why = "already quiet: waiting for its jobs" if proc.quiet else f"{proc.state.value}"
+        log.info("%s: target (%s)", proc.identity, why)
+    for proc, outcome in plan.skipped:
+        reason = f": {proc.problem}" if proc.problem else ""
+        log.info("%s: skipped, %s%s", proc.identity, outcome.value, reason)
+    for option, n in plan.excluded_by:
+        log.info("excluded by %s: %d", option, n)
+
+
+def _work_notes(run: QuietRun) -> None:
+    """A work hash that could not be read is said once per process: it is no failure."""
+    for target in run.all_targets():
+        if target.work_note is not None:
+            run.note(f"{target.identity}: {target.work_note}")
 
 
 def _suffixes(record: ProcessRecord) -> tuple[str, ...]:
@@ -521,14 +549,27 @@ def _suffixes(record: ProcessRecord) -> tuple[str, ...]:
 
 
 def _advice(
-    options: QuietOptions, plan: QuietPlan, entries: Sequence[ProcessOutcome]
+    options: QuietOptions,
+    plan: QuietPlan,
+    entries: Sequence[ProcessOutcome],
+    *,
+    interrupted: bool = False,
 ) -> tuple[str, ...]:
     """On a drain that timed out, or whenever ``--kill-timeout`` is given."""
-    grace = Grace(options.kill_timeout_s, options.sidekiq_timeout_s)
+    interval = max((p.beat_interval_s for p in plan.targets), default=10.0)
+    grace = Grace(options.kill_timeout_s, options.sidekiq_timeout_s, interval)
     still = [j for e in entries if e.outcome is Outcome.STILL_BUSY for j in e.jobs]
     if still:
         jobs = sorted(still, key=longest_first)
-        return tuple(advice(jobs, grace, timed_out=True, drain_timeout_s=options.timeout_s))
+        return tuple(
+            advice(
+                jobs,
+                grace,
+                timed_out=True,
+                drain_timeout_s=options.timeout_s,
+                interrupted=interrupted,
+            )
+        )
     if options.kill_timeout_s is None:
         return ()
     # The jobs seen running: at the start on every target, and at the last poll.
@@ -544,7 +585,7 @@ def _failure_text(error: QuiesceError | None, entries: Sequence[ProcessOutcome])
     n = sum(1 for e in entries if e.outcome in FAILED_OUTCOMES)
     busy = sum(1 for e in entries if e.outcome is Outcome.STILL_BUSY)
     if busy == n:
-        return f"{n} process{'es' if n != 1 else ''} still running jobs at the deadline"
+        return f"{plural(n, 'process', 'processes')} still running jobs at the deadline"
     return f"{n} process{'es' if n != 1 else ''} not confirmed quiet"
 
 
@@ -702,16 +743,36 @@ def _save(run: QuietRun, record: DeployRecord, body: str, fleet: FleetSnapshot) 
 
 
 def _warn_short_timeout(run: QuietRun, targets: Sequence[ProcessRecord]) -> None:
+    """Warn when the wait cannot fit the beats a confirmation needs, with the basis: the
+    interval of the versions read. A version only inferred (no ``info.version`` up to
+    7.0.1) may beat every 5 s (6.x) or 10 s (7.0.0/7.0.1): both are said, and the warning
+    is given only when even the shorter does not fit."""
     if not run.options.wait:
         return
     beats = 1 if run.options.until is Until.DELIVERED else 2
-    need = max(p.beat_interval_s for p in targets) * beats
-    if run.options.timeout_s < need:
-        what = "one heartbeat" if beats == 1 else "two heartbeats"
-        run.note(
-            f"--timeout {run.options.timeout_s:g}s is shorter than {what} of these processes "
-            f"({need:g}s): some cannot confirm in time"
+    what = "one heartbeat" if beats == 1 else "two heartbeats"
+    slowest = max(targets, key=lambda p: p.beat_interval_s)
+    version = slowest.version
+    low = (version.beat_interval_min_s if version else None) or slowest.beat_interval_s
+    if run.options.timeout_s >= low * beats:
+        return
+    if version is None:
+        basis = f"{slowest.beat_interval_s * beats:g}s: version unknown, 10 s per beat assumed"
+    elif version.beat_interval_min_s is not None:
+        basis = (
+            f"{low * beats:g}s if they run 6.x, which beats every {low:g} s, "
+            f"{slowest.beat_interval_s * beats:g}s if 7.0.0/7.0.1, every "
+            f"{slowest.beat_interval_s:g} s: Sidekiq {version.text} writes no version"
         )
+    else:
+        basis = (
+            f"{slowest.beat_interval_s * beats:g}s: Sidekiq {version.text} beats every "
+            f"{slowest.beat_interval_s:g} s"
+        )
+    run.note(
+        f"--timeout {run.options.timeout_s:g}s is shorter than {what} of these processes "
+        f"({basis}): some cannot confirm in time"
+    )
 
 
 def _seconds(ms: int | None) -> float | None:
@@ -725,8 +786,10 @@ def _outcome(target: Target, waited: bool) -> ProcessOutcome:
     after = None
     if target.confirmed_at_ms is not None and target.pushed_at_ms is not None:
         after = max(0.0, (target.confirmed_at_ms - target.pushed_at_ms) / 1000.0)
-    reason = target.problem
-    if outcome is Outcome.VANISHED and target.running:
+    reason = target.problem or target.work_note
+    if outcome is Outcome.STALLED:
+        reason = _stalled_reason(target)
+    elif outcome is Outcome.VANISHED and target.running:
         n = max(target.busy or 0, target.work.entries)
         reason = (
             f"exited while draining; its last beat showed {n} running job{'s' if n != 1 else ''}"
@@ -746,6 +809,23 @@ def _outcome(target: Target, waited: bool) -> ProcessOutcome:
         jobs=target.work.jobs,
         busy=target.busy,
     )
+
+
+def _stalled_reason(target: Target) -> str:
+    interval = f"it beats every {target.record.beat_interval_s:g}s"
+    if target.hash_expired:
+        why = f"no heartbeat for over {k.HEARTBEAT_TTL_S}s (its hash expired; {interval})"
+    elif target.beat_age_s is not None:
+        why = f"last heartbeat {target.beat_age_s:.0f}s ago ({interval})"
+    else:
+        why = "heartbeat overdue"
+    if target.running:
+        n = max(target.busy or 0, target.work.entries)
+        why += (
+            f"; its last beat listed {plural(n, 'running job')}: if it died they are lost "
+            "unless a reliable fetch (Sidekiq Pro super_fetch) recovers them"
+        )
+    return why
 
 
 def _mark(run: QuietRun, options: QuietOptions, now: float) -> tuple[str, ...]:

@@ -10,14 +10,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from quiesce.errors import ConfigError, QuiesceError
 from quiesce.model.decode import decode_snapshot
+from quiesce.model.fleet import ProcessRecord
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.sidekiq import keys as k
 from quiesce.sidekiq.rows import EmptyFleetHints, RawSnapshot
+from quiesce.text import plural
+
+log = logging.getLogger(__name__)
 
 
 class FleetReader(Protocol):
@@ -56,7 +61,33 @@ def observe(
         raws = [s.read_fleet(detail=detail, jobs=jobs, scope=scope) for s in stores]
         refuse_duplicates(raws, [s.keys.namespace for s in stores])
         fleet = FleetSnapshot.merge([decode_snapshot(r, allow_newer=allow_newer) for r in raws])
+    for raw, store in zip(raws, stores, strict=True):
+        log.info(
+            "%s: %s registered, run_id %s, %s clients (maxclients %s), %d round trips so far",
+            raw.redis,
+            plural(len(raw.rows), "process", "processes"),
+            raw.run_id or "unknown (INFO refused)",
+            raw.connected_clients if raw.connected_clients is not None else "?",
+            raw.maxclients if raw.maxclients is not None else "?",
+            store.round_trips,
+        )
+    for proc in fleet.processes:
+        log.debug("%s: %s", proc.identity, _decided(proc))
     return Observed(fleet, {r.redis: r.run_id for r in raws})
+
+
+def _decided(proc: ProcessRecord) -> str:
+    """What quiesce made of one process, for ``-v``: its state and why."""
+    version = proc.version.text if proc.version else "?"
+    if proc.version is not None and proc.version.inferred:
+        version = f"~{version} (inferred: no info.version)"
+    beat = "?" if proc.beat_age_s is None else f"{proc.beat_age_s:.1f}s"
+    why = f"; {proc.problem}" if proc.problem else ""
+    notes = "".join(f"; note: {n}" for n in proc.notes)
+    return (
+        f"{proc.state.value} (Sidekiq {version}, quiet={str(proc.quiet).lower()}, last beat "
+        f"{beat} ago, beats every {proc.beat_interval_s:g}s){why}{notes}"
+    )
 
 
 @contextlib.contextmanager

@@ -75,6 +75,8 @@ class RejoinWatch:
         self._notes: list[str] = []
         self._record: DeployRecord | None = None
         self._end: float | None = None
+        self.interrupted = False
+        """``wait`` ended by Ctrl-C or TERM: its report is the last poll's."""
 
     def _list(self) -> None:
         if self.fly is None:
@@ -154,12 +156,22 @@ class RejoinWatch:
         report = self.poll(math.inf)
         deadline = report.now + self.options.timeout_s
         report = dataclasses.replace(report, deadline=deadline)
-        while not report.whole:
-            remaining = end - self.clock()
-            if on_report is not None:
-                on_report(report, remaining)
-            if remaining <= 0:
-                return self._retry(report, deadline, final=True)
-            self.sleep(min(self.options.interval_s, max(0.05, remaining)))
-            report = self._retry(report, deadline, final=self.clock() >= end)
+        try:
+            while not report.whole:
+                remaining = end - self.clock()
+                if on_report is not None:
+                    on_report(report, remaining)
+                if remaining <= 0:
+                    return self._retry(report, deadline, final=True)
+                self.sleep(min(self.options.interval_s, max(0.05, remaining)))
+                report = self._retry(report, deadline, final=self.clock() >= end)
+        except KeyboardInterrupt:
+            # The operator (or Fly's TERM) ends the wait: what was known is still the answer.
+            self.interrupted = True
+            waited = self.clock() - started
+            note = (
+                f"interrupted after {waited:.0f}s of --wait (deadline not reached): the report "
+                "is the last poll's; Machines not back may still be coming"
+            )
+            return dataclasses.replace(report, notes=(*report.notes, note))
         return report

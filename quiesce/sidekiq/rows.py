@@ -66,6 +66,9 @@ class PollRow:
     """The ``busy`` field (read only when draining)."""
     work: Mapping[str, str] | None = None
     """The work hash(es) merged, tid -> entry (read only when draining; None: not read)."""
+    work_error: str | None = None
+    """Redis answered the work hash read with an error (a key of the wrong type): only
+    the jobs are unknown, the rest of the row stands."""
 
     @property
     def hash_alive(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from quiesce.errors import ExitCode
 from quiesce.model.fleet import ProcessRecord, ProcessState
 from quiesce.model.quiet import FAILED_OUTCOMES, Outcome
 from quiesce.model.record import DeployRecord, quiet_since
@@ -17,6 +18,7 @@ from quiesce.model.snapshot import FleetSnapshot, count_states
 from quiesce.text import duration, plural, safe
 from quiesce.views import JSON_VERSION
 from quiesce.views.jobs import excluded_text, job_json, job_line
+from quiesce.views.table import Column, cut, fit
 
 
 def _processes(n: int) -> str:
@@ -71,6 +73,7 @@ def process_json(proc: ProcessRecord, snapshot: FleetSnapshot) -> dict[str, Any]
         "rtt_us": proc.rtt_us,
         "started_at": proc.started_at,
         "problem": proc.problem,
+        "notes": list(proc.notes),
     }
 
 
@@ -157,40 +160,68 @@ def _states(procs: list[ProcessRecord]) -> str:
     return ", ".join(f"{n} {state.value}" for state, n in counts.items() if n)
 
 
-def status_text(snapshot: FleetSnapshot, *, machines_only: bool = False) -> str:
-    """Per process, grouped by Machine; ``machines_only``: one line per Machine."""
+_STATUS_COLUMNS = (
+    Column("PID", right=True, drop=1),
+    Column("NONCE", drop=4, min_width=6),
+    Column("VERSION"),
+    Column("TAG/LABELS", flex=True, min_width=14),
+    Column("STATE"),
+    Column("BUSY", right=True, drop=2),
+    Column("BEAT", right=True),
+    Column("QUIET", right=True, drop=3),
+    Column("SIGNALS", drop=5),
+    Column("RSS", right=True, drop=6),
+)
+"""Dropped when the terminal is narrow: RSS first, then signals, the nonce, quiet time,
+busy and pid; version, labels, state and beat always stay."""
+
+_MACHINE_COLUMNS = (
+    Column("MACHINE", flex=True, min_width=10),
+    Column("PROCS", right=True),
+    Column("BUSY", right=True, drop=1),
+    Column("OLDEST BEAT", right=True, drop=2),
+    Column("STATES"),
+)
+
+
+def status_text(
+    snapshot: FleetSnapshot, *, machines_only: bool = False, width: int | None = None
+) -> str:
+    """Per process, grouped by Machine; ``machines_only``: one line per Machine.
+    ``width``: the terminal's columns (None: as wide as the content)."""
     if not snapshot.processes:
         servers = ", ".join(s.redis for s in snapshot.servers)
         return safe(f"no Sidekiq processes registered in {servers} (the 'processes' set is empty)")
     lines = []
     multi_redis = len(snapshot.servers) > 1
-    header = (
-        f"  {'PID':>6} {'NONCE':<12} {'VERSION':<9} {'TAG/LABELS':<18} {'STATE':<10} "
-        f"{'BUSY':>7} {'BEAT':>5} {'QUIET':>6} {'SIGNALS':<8} {'RSS':>7}"
-    )
+    by_machine = snapshot.by_machine()
     if machines_only:
-        lines.append(f"{'MACHINE':<16} {'PROCS':>5} {'BUSY':>9} {'OLDEST BEAT':>11}  STATES")
-    for machine, procs in snapshot.by_machine().items():
-        if machines_only:
-            lines.append(_machine_row(machine, procs))
-            continue
-        lines.append(f"{machine}  ({_processes(len(procs))}: {_states(procs)})")
-        lines.append(header)
-        for p in procs:
-            lines.append(_status_row(p, snapshot, multi_redis))
+        rows = [_machine_row(machine, procs) for machine, procs in by_machine.items()]
+        lines.extend(fit(_MACHINE_COLUMNS, rows, width, indent=0))
+    else:
+        # One layout for every Machine's block, so the columns line up down the page.
+        cells = {p.identity: _status_cells(p, snapshot) for p in snapshot.processes}
+        table = fit(_STATUS_COLUMNS, list(cells.values()), width)
+        header, laid = table[0], dict(zip(cells, table[1:], strict=True))
+        for machine, procs in by_machine.items():
+            lines.append(
+                cut(f"{safe(machine)}  ({_processes(len(procs))}: {_states(procs)})", width)
+            )
+            lines.append(header)
+            lines.extend(laid[p.identity] + _status_extra(p, multi_redis) for p in procs)
     lines.append("")
     lines.append(summary_line(snapshot.processes))
     lines.extend(_deploy_lines(snapshot))
-    lines.extend(_rejoin_lines(snapshot))
+    lines.extend(_rejoin_lines(snapshot, width))
     return _text(lines)
 
 
-def _rejoin_lines(snapshot: FleetSnapshot) -> list[str]:
+def _rejoin_lines(snapshot: FleetSnapshot, width: int | None = None) -> list[str]:
     """The rejoin state per Machine when a deploy record exists (quiesce.views.rejoin)."""
     from quiesce.model.rejoin import snapshot_rejoin
     from quiesce.views.rejoin import status_rejoin_lines
 
-    return status_rejoin_lines(snapshot_rejoin(snapshot))
+    return status_rejoin_lines(snapshot_rejoin(snapshot), width)
 
 
 def _deploy_lines(snapshot: FleetSnapshot) -> list[str]:
@@ -213,30 +244,44 @@ def _deploy_lines(snapshot: FleetSnapshot) -> list[str]:
     return lines
 
 
-def _machine_row(machine: str, procs: list[ProcessRecord]) -> str:
+def _machine_row(machine: str, procs: list[ProcessRecord]) -> list[str]:
     live = [p for p in procs if p.alive]
     busy = f"{sum(p.busy or 0 for p in live)}/{sum(p.concurrency or 0 for p in live)}"
     oldest = duration(_oldest_beat(live))
-    return f"{safe(machine)[:16]:<16} {len(procs):>5} {busy:>9} {oldest:>11}  {_states(procs)}"
+    return [safe(machine), str(len(procs)), busy, oldest, _states(procs)]
 
 
-def _status_row(p: ProcessRecord, snapshot: FleetSnapshot, multi_redis: bool) -> str:
-    nonce = p.identity.rsplit(":", 1)[-1][:12]
-    # Escaped before the column is cut, so an escape never straddles the cut.
+def _status_cells(p: ProcessRecord, snapshot: FleetSnapshot) -> list[str]:
+    """One process's cells, escaped before any column is cut (an escape never straddles
+    the cut)."""
+    nonce = safe(p.identity.rsplit(":", 1)[-1])
     tag = safe(",".join(x for x in (p.tag, *p.labels) if x)) or "-"
     busy = f"{p.busy if p.busy is not None else '?'}/{p.concurrency or '?'}"
     signals = safe(",".join(p.pending_signals)) or "-"
-    row = (
-        f"  {p.pid if p.pid is not None else '?':>6} {nonce:<12} {_version(p):<9} {tag[:18]:<18} "
-        f"{p.state.value:<10} {busy:>7} {duration(p.beat_age_s):>5} "
-        f"{duration(quiet_for(p, snapshot)) if p.quiet else '':>6} {signals:<8} "
-        f"{_mib(p.rss_kib):>7}"
-    )
+    return [
+        str(p.pid) if p.pid is not None else "?",
+        nonce,
+        safe(_version(p)),
+        tag,
+        p.state.value,
+        busy,
+        duration(p.beat_age_s),
+        duration(quiet_for(p, snapshot)) if p.quiet else "",
+        signals,
+        _mib(p.rss_kib),
+    ]
+
+
+def _status_extra(p: ProcessRecord, multi_redis: bool) -> str:
+    """What follows the row: its problem, notes and Redis (free text, not cut)."""
+    row = ""
     if p.problem:
         row += f"  ({p.problem})"
+    for note in p.notes:
+        row += f"  (note: {safe(note)})"
     if multi_redis:
         row += f"  [{p.redis}]"
-    return row.rstrip()
+    return row
 
 
 # -- quiet report -----------------------------------------------------------------
@@ -355,9 +400,10 @@ def _entry_lines(report: QuietReport, show_all: bool) -> list[str]:
     """Problems and notable skips (every entry with ``show_all``); a still-busy process
     with its running jobs."""
     lines = []
+    interrupted = _interrupted(report)
     for e in report.entries:
         if show_all or e.outcome in FAILED_OUTCOMES or e.outcome in _SKIPS_SHOWN:
-            lines.append(_entry_line(e))
+            lines.append(_entry_line(e, interrupted=interrupted))
             if e.outcome is Outcome.STILL_BUSY:
                 lines.extend(job_line(j, machine=True) for j in e.jobs)
     return lines
@@ -389,11 +435,26 @@ _SKIPS = frozenset({Outcome.ALREADY_QUIET, Outcome.EMBEDDED, Outcome.DEAD, Outco
 _SKIPS_SHOWN = frozenset({Outcome.EMBEDDED, Outcome.DEAD})
 
 
-def _entry_line(e: ProcessOutcome) -> str:
+_EXPLAIN_INTERRUPTED = {
+    Outcome.NOT_CONFIRMED: "heartbeating, but the signal was not confirmed when the run was "
+    "interrupted",
+    Outcome.STILL_BUSY: "took the signal, but jobs were still running when the run was interrupted",
+}
+
+
+def _interrupted(report: QuietReport) -> bool:
+    """Ctrl-C or TERM ended the wait, not its deadline."""
+    return report.error is not None and report.error.exit_code is ExitCode.INTERRUPTED
+
+
+def _entry_line(e: ProcessOutcome, *, interrupted: bool = False) -> str:
     p = e.process
-    why = e.reason or p.problem or _EXPLAIN.get(e.outcome, "")
-    if e.outcome is not Outcome.UNREADABLE and e.reason and e.outcome in _EXPLAIN:
-        why = f"{_EXPLAIN[e.outcome]} ({e.reason})"
+    explain = (_EXPLAIN_INTERRUPTED if interrupted else {}).get(e.outcome) or _EXPLAIN.get(
+        e.outcome, ""
+    )
+    why = e.reason or p.problem or explain
+    if e.outcome is not Outcome.UNREADABLE and e.reason and explain:
+        why = f"{explain} ({e.reason})"
     after = f" after {e.confirmed_after_s:.1f}s" if e.confirmed_after_s is not None else ""
     pushes = f", pushed {e.pushes}x" if e.pushes > 1 else ""
     text = f"  {e.outcome.value.upper():<14} {p.identity} ({_version(p)}){after}{pushes}"

@@ -17,6 +17,7 @@ from quiesce.model.quiet import Filters
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.sidekiq.work import RunningJob, longest_first
 from quiesce.text import duration, safe
+from quiesce.views.table import Column, cut, fit
 
 ARGS_CHARS = 80
 """Arguments are cut to this many characters in text output (JSON carries them whole)."""
@@ -64,8 +65,21 @@ def _by_process(snapshot: FleetSnapshot) -> list[ProcessRecord]:
     return sorted(busy, key=key)
 
 
-def jobs_text(snapshot: FleetSnapshot, *, args: bool = False) -> list[str]:
-    """Per process (longest running job first), its jobs longest first; then the summary."""
+_JOB_COLUMNS = (
+    Column("RUNTIME", right=True),
+    Column("CLASS", flex=True, min_width=24),
+    Column("QUEUE", drop=2, min_width=6),
+    Column("JID", drop=1, min_width=8),
+)
+
+
+def jobs_text(
+    snapshot: FleetSnapshot, *, args: bool = False, width: int | None = None
+) -> list[str]:
+    """Per process (longest running job first), its jobs longest first; then the summary.
+    ``width``: the terminal's columns (the job table fits them; arguments are not cut)."""
+    if width is not None and not args:
+        return _jobs_fitted(snapshot, width)
     lines = [""]
     procs = _by_process(snapshot)
     if not procs:
@@ -81,6 +95,31 @@ def jobs_text(snapshot: FleetSnapshot, *, args: bool = False) -> list[str]:
         )
         lines.append(f"    {'RUNTIME':>7}  {'CLASS':<40} {'QUEUE':<16} JID")
         lines.extend(job_line(j, args=args) for j in p.work.jobs)
+        lines.extend(f"    unreadable entry: {safe(problem)}" for problem in p.work.problems)
+    lines.append(jobs_summary(snapshot))
+    return lines
+
+
+def _jobs_fitted(snapshot: FleetSnapshot, width: int) -> list[str]:
+    lines = [""]
+    procs = _by_process(snapshot)
+    if not procs:
+        lines.append("no jobs running")
+    for p in procs:
+        assert p.work is not None
+        busy = "" if p.busy is None else f", busy {p.busy}"
+        head = f"{p.identity} on {p.machine} ({p.state.value}, {p.work.entries} running{busy})"
+        lines.append(cut(safe(head), width))
+        rows = [
+            [
+                duration(j.runtime_s),
+                safe(j.job_class),
+                safe(j.queue),
+                safe(j.jid or "?"),
+            ]
+            for j in p.work.jobs
+        ]
+        lines.extend(fit(_JOB_COLUMNS, rows, width, indent=4))
         lines.extend(f"    unreadable entry: {safe(problem)}" for problem in p.work.problems)
     lines.append(jobs_summary(snapshot))
     return lines

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from quiesce.model.rejoin import MachineRejoin, RejoinReport
 from quiesce.text import duration, plural, safe
 from quiesce.views import JSON_VERSION
+from quiesce.views.table import Column, fit
 
 if TYPE_CHECKING:
     from quiesce.model.recover import RecoverReport
@@ -39,14 +40,28 @@ def progress_line(report: RejoinReport, remaining_s: float, width: int = 20) -> 
     return f"[{bar}] {counts_line(report)}; {duration(max(0.0, remaining_s))} left"
 
 
-def _machine_line(m: MachineRejoin) -> str:
+_MACHINE_COLUMNS = (
+    Column("MACHINE", flex=True, min_width=10),
+    Column("GROUP", drop=2, min_width=6),
+    Column("STATE"),
+    Column("DETAIL", drop=1),
+)
+
+
+def _machine_cells(m: MachineRejoin) -> list[str]:
     procs = f"{m.new_processes}/{m.old_processes} processes" if m.expected else ""
     fly = f" fly:{m.fly_state}" if m.fly_state else ""
     busy = f", {m.busy} busy" if m.busy else ""
-    return f"  {m.machine:<16} {m.group[:14]:<14} {m.state.value:<12} {procs}{busy}{fly}".rstrip()
+    return [safe(m.machine), safe(m.group), m.state.value, safe(f"{procs}{busy}{fly}".strip())]
 
 
-def rejoin_text(report: RejoinReport, *, show_all: bool = False) -> str:
+def machine_lines(machines: Iterable[MachineRejoin], width: int | None = None) -> list[str]:
+    """One line per Machine (no header), laid out together within ``width``."""
+    rows = [_machine_cells(m) for m in machines]
+    return fit(_MACHINE_COLUMNS, rows, width)[1:] if rows else []
+
+
+def rejoin_text(report: RejoinReport, *, show_all: bool = False, width: int | None = None) -> str:
     lines = [
         f"deploy {report.deploy_id} release {report.release or '-'} ({report.strategy}): "
         f"quieted {duration(report.since_quiet_s)} ago",
@@ -58,7 +73,7 @@ def rejoin_text(report: RejoinReport, *, show_all: bool = False) -> str:
     shown = report.machines if show_all else report.not_back
     if shown:
         lines.append("Machines not back:" if not show_all else "Machines:")
-        lines.extend(_machine_line(m) for m in shown[:MAX_LISTED])
+        lines.extend(machine_lines(shown[:MAX_LISTED], width))
         if len(shown) > MAX_LISTED:
             lines.append(f"  ... and {len(shown) - MAX_LISTED} more (--json lists them all)")
     first, last, longest = report.first_rejoin_s, report.last_rejoin_s, report.longest_pause
@@ -130,12 +145,12 @@ def rejoin_json(report: RejoinReport) -> dict[str, Any]:
     }
 
 
-def status_rejoin_lines(report: RejoinReport | None) -> list[str]:
+def status_rejoin_lines(report: RejoinReport | None, width: int | None = None) -> list[str]:
     """``quiesce status``: the rejoin state per Machine under the deploy line."""
     if report is None:
         return []
     lines = [f"rejoin: {counts_line(report)}"]
-    lines.extend(_machine_line(m) for m in report.machines[:MAX_LISTED])
+    lines.extend(machine_lines(report.machines[:MAX_LISTED], width))
     if len(report.machines) > MAX_LISTED:
         lines.append(f"  ... and {len(report.machines) - MAX_LISTED} more (quiesce rejoin --json)")
     return lines

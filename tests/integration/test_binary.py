@@ -119,3 +119,23 @@ def test_quiet_against_the_test_redis(
     assert confirmed == {p.identity for p in processes}
     with capsys.disabled():
         print(f"\nrelease binary: quiet of 4 simulated processes took {elapsed:.2f}s (0.5 s beats)")
+
+
+def test_commands_it_does_not_carry_refuse_in_one_line(
+    binary: Path, redis_url: str, bare_env: dict[str, str]
+) -> None:
+    """exporter needs prometheus-client and the Fly API needs httpx: the release build
+    leaves both out, and says where they are (issue 16)."""
+    token = {**bare_env, "FLY_API_TOKEN": "fo1_not-a-real-token", "FLY_APP_NAME": "app"}
+    for args, needs in (
+        (("exporter",), "quiesce exporter needs prometheus_client"),
+        (("rejoin",), "the Fly Machines API needs httpx"),
+    ):
+        done = run(binary, *args, "-r", redis_url, env=token)
+        # The full profile carries them: then the commands run (and fail on other grounds).
+        if "needs" not in done.stderr:
+            continue
+        assert done.returncode == 2, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"quiesce: error: {needs}"), done.stderr
+        assert "Traceback" not in done.stderr

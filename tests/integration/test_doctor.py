@@ -139,7 +139,7 @@ def test_no_sidekiq_group_and_unknown_group() -> None:
     assert findings(GOOD, groups=["jobs"])["unknown-group"].level is Level.ERROR
 
 
-BLUEGREEN = GOOD.replace('strategy = "immediate"', 'strategy = "bluegreen"')
+BLUEGREEN = GOOD.replace("immediate", "bluegreen")  # [deploy] and quiet's --strategy agree
 WEB_CHECK = """
 [http_service]
   internal_port = 3000

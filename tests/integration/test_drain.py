@@ -322,16 +322,33 @@ def test_advice_compares_the_longest_job_with_the_grace() -> None:
         [job(95, "ExportJob"), job(3)], Grace(60, 30), timed_out=False, drain_timeout_s=30
     )
     assert "ExportJob" in long[0] and "has run 1m35s, longer than the 30s" in long[0]
-    assert "Sidekiq's -t above the longest job (>= 95s)" in long[0]
+    assert "raise -t above the longest job (more than 1m35s; now Sidekiq's -t 30s)" in long[0]
 
 
 def test_advice_on_a_drain_timeout_lists_the_jobs_that_will_be_killed() -> None:
     lines = advice(
         [job(50, "A"), job(10, "B")], Grace(None, 20), timed_out=True, drain_timeout_s=30
     )
-    assert "2 jobs still running" in lines[0] and "20s more, then is killed mid-run" in lines[0]
-    assert lines[1].startswith("  A ") and lines[2].startswith("  B ")
-    assert "--timeout 100" in lines[3]  # twice the longest job
+    # No --kill-timeout: Fly's default 5 s is assumed, and said to be assumed.
+    assert "Fly's default kill_timeout of 5s (assumed" in lines[0]
+    assert "2 jobs still running at the deadline" in lines[1]
+    assert "5s more (Fly's default kill_timeout" in lines[1]
+    assert lines[2].startswith("  A ") and lines[3].startswith("  B ")
+    # 50 s run so far plus two 10 s heartbeats, with the reason given.
+    assert "--timeout 70 or more (50s it has run so far plus two heartbeats" in lines[4]
+
+
+def test_advice_does_not_ask_for_a_longer_t_when_t_already_covers_the_job() -> None:
+    (lines,) = [advice([job(14)], Grace(30, 25, 5.0), timed_out=True, drain_timeout_s=10)[-1:]]
+    text = lines[0]
+    assert "longer than" not in text and "is not done" in text
+    assert "-t above" not in text and "--timeout 24 or more" in text
+
+
+def test_advice_after_an_interrupt_says_so() -> None:
+    lines = advice([job(14)], Grace(30, 25), timed_out=True, drain_timeout_s=60, interrupted=True)
+    assert "still running when the run was interrupted" in lines[0]
+    assert "deadline" not in " ".join(lines)
 
 
 def test_kill_timeout_advice_without_drain_uses_the_jobs_seen_at_the_start(

@@ -15,7 +15,7 @@ from quiesce.runs.read import read_fleet
 from quiesce.settings import build_settings
 from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
 from tests.support import simulated_fleet
-from tests.support.cli import run_cli
+from tests.support.cli import run
 
 FleetFactory = Callable[..., SimulatedFleet]
 
@@ -35,7 +35,7 @@ def start_fleet(redis_url: str) -> Iterator[FleetFactory]:
 
 
 def latest_release(url: str, app: str) -> str | None:
-    code, out, err = run_cli("-r", url, "status", "--json", env={"FLY_APP_NAME": app})
+    code, out, err = run("-r", url, "status", "--json", env={"FLY_APP_NAME": app})
     assert code == 0, out + err
     deploy = json.loads(out)["latest_deploy"]
     return deploy["release"] if deploy else None
@@ -47,7 +47,7 @@ def test_two_apps_sharing_a_redis_each_read_their_own_deploy(
     """Why item 4: one ``quiesce:deploy:latest`` served the whole Redis."""
     start_fleet(make_processes(2, tag="app1", seed=5) + make_processes(2, tag="app2", seed=6))
     for app in ("app1", "app2"):
-        code, out, err = run_cli(
+        code, out, err = run(
             "-r", redis_url, "quiet", "--tag", app, "--release", f"{app}-r1", "--timeout", "10",
             env={"FLY_APP_NAME": app},
         )  # fmt: skip
@@ -65,8 +65,8 @@ def test_a_retried_deploy_is_what_later_commands_judge_by(
     start_fleet(make_processes(3, seed=7))
     env = {"FLY_APP_NAME": "app"}
     args = ("-r", redis_url, "quiet", "--timeout", "10", "--until", "quiet")
-    assert run_cli(*args, "--release", "r64", env=env)[0] == 0
-    code, out, err = run_cli(*args, "--release", "r65", env=env)
+    assert run(*args, "--release", "r64", env=env)[0] == 0
+    code, out, err = run(*args, "--release", "r65", env=env)
     assert code == 0 and "3 already_quiet" in out, out + err
     assert latest_release(redis_url, "app") == "r65"
 
@@ -78,7 +78,7 @@ def test_two_failed_deploys_in_a_row_stay_in_the_history(
     start_fleet(make_processes(2, seed=8), beat=None)  # 10 s beats: a 1 s wait fails
     env = {"FLY_APP_NAME": "app"}
     for release in ("r1", "r2"):
-        code, out, err = run_cli(
+        code, out, err = run(
             "-r", redis_url, "quiet", "--timeout", "1", "--release", release, env=env
         )
         assert code == ExitCode.NOT_CONFIRMED, out + err
@@ -102,12 +102,12 @@ def test_status_without_the_app_says_whose_the_newest_deploy_is(
 ) -> None:
     start_fleet(make_processes(2, seed=9))
     env = {"FLY_APP_NAME": "my-app"}
-    assert run_cli("-r", redis_url, "quiet", "--timeout", "10", env=env)[0] == 0
-    code, out, err = run_cli("-r", redis_url, "status")
+    assert run("-r", redis_url, "quiet", "--timeout", "10", env=env)[0] == 0
+    code, out, err = run("-r", redis_url, "status")
     assert code == 0, out + err
     assert (
         "note: no deploy recorded for redis-ns:; the newest deploy in this Redis is of "
         "app:my-app (--app my-app)"
     ) in out
-    code, out, err = run_cli("-r", redis_url, "status", "--app", "my-app")
+    code, out, err = run("-r", redis_url, "status", "--app", "my-app")
     assert code == 0 and "latest deploy:" in out and "no deploy recorded" not in out, out

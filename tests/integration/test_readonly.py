@@ -95,7 +95,7 @@ def monitored(server: RedisServer, action: Callable[[], object]) -> list[str]:
     return names
 
 
-def run_cli(url: str, *args: str) -> None:
+def run(url: str, *args: str) -> None:
     result = CliRunner().invoke(app, ["--redis-url", url, *args])
     assert result.exit_code == 0, (args, result.output)
 
@@ -107,7 +107,7 @@ def test_reads_send_no_write_command_and_change_no_value_or_ttl(
     client = redis_server.client()
     load_fleet(client)
     before = dump_keys_with_ttls(client)
-    commands = monitored(redis_server, lambda: run_cli(redis_url, *args))
+    commands = monitored(redis_server, lambda: run(redis_url, *args))
     after = dump_keys_with_ttls(client)
 
     assert {"SSCAN", "HMGET"} <= set(commands), commands  # it did read, and we saw it

@@ -90,6 +90,8 @@ def run_in_pty(*args: str) -> tuple[int, str, str]:
         stdin=subprocess.DEVNULL,
         stdout=slaves[0],
         stderr=slaves[1],
+        # Wide enough for every column: tables drop columns that do not fit the terminal.
+        env={**os.environ, "COLUMNS": "250"},
     )
     for slave in slaves:
         os.close(slave)

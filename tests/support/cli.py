@@ -11,25 +11,25 @@ from quiesce.cli.app import app
 runner = CliRunner()
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    """``quiesce ARGS``: exit code, stdout, stderr."""
-    result = runner.invoke(app, list(args))
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``quiesce ARGS``: (exit code, stdout, stderr); ``env`` adds variables."""
+    result = runner.invoke(app, list(args), env=env)
     return result.exit_code, result.stdout, result.stderr
 
 
-def assert_one_line_error(stderr: str, *needles: str) -> None:
+def one_line_error(stderr: str) -> str:
+    """The single ``quiesce: error: ...`` line of ``stderr`` (fails on anything else)."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
     assert lines[0].startswith("quiesce: error: "), stderr
     assert "Traceback" not in stderr
+    return lines[0]
+
+
+def assert_one_line_error(stderr: str, *needles: str) -> None:
+    line = one_line_error(stderr)
     for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """``quiesce <args>``: (exit code, stdout, stderr); ``env`` adds variables."""
-    result = runner.invoke(app, list(args), env=env)
-    return result.exit_code, result.stdout, result.stderr
+        assert needle in line, line
 
 
 def written(client: redis.Redis) -> list[str]:

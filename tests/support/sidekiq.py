@@ -4,6 +4,7 @@ must prove the interop really ran."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -135,6 +136,10 @@ class Sidekiq:
         )
         assert done.returncode == 0, f"enqueue failed: {done.stderr}"
         return done.stdout.strip()
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
 
     def stop(self) -> None:
         try:
@@ -289,3 +294,22 @@ def kill_quiesce(quiesce: subprocess.Popen[str] | None) -> None:
     if quiesce is not None and quiesce.poll() is None:
         quiesce.kill()
         quiesce.communicate(timeout=10)
+
+
+@contextlib.contextmanager
+def running_sidekiq(redis_url: str, raw: redis.Redis) -> Iterator[tuple[Sidekiq, str]]:
+    """A booted, registered Sidekiq and its identity; stopped (or reaped) afterwards."""
+    log_dir = Path(tempfile.mkdtemp(prefix="quiesce-sidekiq-"))
+    sidekiq = Sidekiq(redis_url, log_dir)
+    try:
+        identity = wait_for(
+            "Sidekiq to register in 'processes'",
+            lambda: registered(raw, sidekiq.proc.pid) if sidekiq.proc.poll() is None else "exited",
+            BOOT_TIMEOUT_S,
+            sidekiq.log,
+        )
+        assert identity != "exited", sidekiq.tail()
+        yield sidekiq, identity
+    finally:
+        sidekiq.stop()
+        shutil.rmtree(log_dir, ignore_errors=True)

@@ -98,16 +98,32 @@ class SidekiqStore:
 
     # -- plumbing -------------------------------------------------------------------
     def _call(
-        self, fn: Callable[[], T], *, deadline: float | None = None, command: Command | None = None
+        self,
+        fn: Callable[[], T],
+        *,
+        deadline: float | None = None,
+        command: Command | None = None,
+        what: str = "",
     ) -> T:
         """One logical request, retried while transient; never starts an attempt after
         ``deadline`` (``time.monotonic``), so a wait ends on time whatever Redis does.
-        ``command``: what ``fn`` sends, named if Redis's ACL refuses it."""
+        ``command``: what ``fn`` sends, named if Redis's ACL refuses it. ``what``: how
+        ``-v`` names the round trip (command names and counts only: never keys or values)."""
+        what = what or (str(command[0]) if command else "request")
         try:
             for attempt in redis_retry(is_transient, deadline=deadline):
                 with attempt:
                     self.round_trips += 1
-                    return fn()
+                    started = time.monotonic()
+                    result = fn()
+                    log.debug(
+                        "%s: round trip %d: %s, %.1f ms",
+                        self.label,
+                        self.round_trips,
+                        what,
+                        (time.monotonic() - started) * 1000,
+                    )
+                    return result
         except (rex.RedisError, OSError) as exc:
             annotate(exc, command)
             raise classify(exc, self.target, self._read_timeout_s) from exc
@@ -128,7 +144,7 @@ class SidekiqStore:
                     annotate(reply, command)
             return replies
 
-        return self._call(run, deadline=deadline)
+        return self._call(run, deadline=deadline, what=_summary(commands, transaction))
 
     def _refusal(self, reply: Any) -> None:
         """A per-command error that means quiesce may not do its job here at all."""
@@ -263,7 +279,7 @@ class SidekiqStore:
             replies = results[at : at + 4 + extra]
             at += 4 + extra
             in_set, values, pttl, llen = replies[:4]
-            errors = [r for r in replies if isinstance(r, Exception)]
+            errors = [r for r in replies[:4] if isinstance(r, Exception)]
             if errors:
                 rows.append(PollRow(None, None, None, None, None, error=one_line(errors[0])))
                 continue
@@ -272,11 +288,23 @@ class SidekiqStore:
                 rows.append(PollRow(bool(in_set), quiet, beat, int(pttl), int(llen)))
                 continue
             quiet, beat, busy = values
+            # A work key of the wrong type hides the jobs only: the signal and the beat
+            # were read, so the process is still judged (and kept) on them.
+            work_errors = [r for r in replies[4:] if isinstance(r, Exception)]
             merged = {
                 t: v for h in _work_hashes(replies[4:], work[i]).values() for t, v in h.items()
             }
             rows.append(
-                PollRow(bool(in_set), quiet, beat, int(pttl), int(llen), busy=busy, work=merged)
+                PollRow(
+                    bool(in_set),
+                    quiet,
+                    beat,
+                    int(pttl),
+                    int(llen),
+                    busy=busy,
+                    work=merged,
+                    work_error=one_line(work_errors[0]) if work_errors else None,
+                )
             )
         return Poll(self._time_ms(results[0]), self._server(results[1]), tuple(rows))
 
@@ -657,6 +685,18 @@ def _queue(pipe: Any, *command: str | int | float) -> None:
             for arg in command
         ]
     )
+
+
+def _summary(commands: Sequence[Command], transaction: bool) -> str:
+    """``pipeline of 12 commands (HMGET x4, PTTL x4, ...)``: names only, for ``-v``."""
+    counts: dict[str, int] = {}
+    for command in commands:
+        name = str(command[0]).upper()
+        counts[name] = counts.get(name, 0) + 1
+    shown = ", ".join(f"{name} x{n}" if n > 1 else name for name, n in list(counts.items())[:8])
+    more = ", ..." if len(counts) > 8 else ""
+    kind = "transaction" if transaction else "pipeline"
+    return f"{kind} of {len(commands)} commands ({shown}{more})"
 
 
 def _wire(arg: str | int | float) -> bytes | int | float:

@@ -171,7 +171,8 @@ def test_expired_hash_still_in_the_set_is_waited_for() -> None:
     gone = row(pttl_ms=-2, quiet=None, beat=None, signals_len=1)
     seen, v = assess(target(), gone, 150_000, Until.DELIVERED)
     assert v is Verdict.WAITING
-    assert finalize(seen).outcome is Outcome.NOT_CONFIRMED  # no beat age known: not "stalled"
+    # No beat for 60 s: stalled (hung or killed), whatever its last hash said.
+    assert finalize(seen).outcome is Outcome.STALLED
 
 
 def test_expired_signal_is_pushed_again() -> None:
