@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import fnmatch
+from collections.abc import Sequence
 
 from quiesce.model.fleet import ProcessRecord, ProcessState
 from quiesce.model.snapshot import FleetSnapshot
@@ -173,3 +174,29 @@ def plan_quiet(snapshot: FleetSnapshot, filters: Filters) -> QuietPlan:
         else:
             skipped.append((proc, skip))
     return QuietPlan(tuple(targets), tuple(skipped), excluded, tuple(by_filter.items()))
+
+
+def unmatched(filters: Filters, live: Sequence[ProcessRecord]) -> str | None:
+    """Filters that select none of a live fleet are a typo, not an empty fleet: the one
+    line saying so and listing what exists (None: they select something, or there is
+    nothing to select). ``quiet``, ``rejoin`` and ``recover`` fail with it (exit 2)."""
+    if not live or not filters.active or any(filters.selects(p) for p in live):
+        return None
+    return f"the filters match none of the {len(live)} live processes; " + "; ".join(
+        existing_values(live)
+    )
+
+
+def existing_values(live: Sequence[ProcessRecord]) -> list[str]:
+    """The tags, labels and hostnames a fleet has (a few of each), to name after a typo."""
+
+    def few(values: set[str]) -> str:
+        shown = sorted(v for v in values if v)[:8]
+        more = len(values) - len(shown)
+        return ", ".join(shown) + (f" (+{more} more)" if more > 0 else "") or "(none)"
+
+    return [
+        f"tags: {few({p.tag for p in live})}",
+        f"labels: {few({x for p in live for x in p.labels})}",
+        f"hostnames: {few({p.hostname for p in live})}",
+    ]
