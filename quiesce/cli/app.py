@@ -1122,14 +1122,25 @@ def rejoin(
     show_all: Annotated[
         bool, typer.Option("--all", help="List every Machine, not only those not back.")
     ] = False,
+    stopped_ok: Annotated[
+        bool,
+        typer.Option(
+            "--stopped-ok",
+            help="Machines that ran Sidekiq at the quiet and Fly shows stopped now are not "
+            "expected back (default: they are not back).",
+        ),
+    ] = False,
 ) -> None:
     """Say which Machines came back after the deploy: exit 0 only when the fleet is whole.
 
     Judges the latest deploy record (written by `quiesce quiet`) against the live
-    heartbeats and, with FLY_API_TOKEN and an app, Fly's Machine list: per Machine
-    rejoined, partial, draining, quiet-idle, old-running, pending, missing, gone,
-    not-expected (stopped) or new; per group "N of N back"; how long each Machine took
-    no jobs. Reads only. Exit 7 when not whole (at the --timeout deadline with --wait).
+    heartbeats and, with FLY_API_TOKEN and an app, Fly's Machine list: a Machine is back
+    when Fly shows it started on the deployed release and it runs a new, non-quiet
+    process that kept beating. Per Machine rejoined, partial, starting, draining,
+    quiet-idle, old-running, old-image, pending, missing, gone, replaced, stopped,
+    not-expected, conflict or new; per Fly process group "N of N back"; how long each
+    Machine took no jobs. Without Fly the image is not verified (said). Reads only.
+    Exit 7 when not whole (at the --timeout deadline with --wait).
     """
     from quiesce.model.rejoin import RejoinFilters
     from quiesce.runs.rejoin import RejoinOptions, RejoinWatch
@@ -1150,6 +1161,7 @@ def rejoin(
                 timeout_s=timeout_s,
                 interval_s=interval,
                 fly_note=why if fly else None,
+                stopped_ok=stopped_ok,
             )
             watch = RejoinWatch(stores, client, options)
             signal.signal(signal.SIGTERM, _interrupt)
@@ -1170,11 +1182,13 @@ def rejoin(
 def recover(
     ctx: typer.Context,
     after: Annotated[
-        str,
+        str | None,
         typer.Option(
-            metavar="DURATION", help="Only processes quiet for longer than this (5m, 90s)."
+            metavar="DURATION",
+            help="Only processes quiet for longer than this (5m, 90s). Default: 5m.",
+            show_default=False,
         ),
-    ] = "5m",
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do it (default: print the plan).")] = False,
     restart: Annotated[
         bool, typer.Option("--restart", help="Restart those Machines through the Fly API.")
@@ -1197,16 +1211,20 @@ def recover(
 ) -> None:
     """Replace processes a failed deploy left quiet (Sidekiq cannot un-quiet them).
 
-    Finds Machines whose every live process was quieted by the latest deploy longer than
-    --after ago, with no new process. Prints what it would do; with --yes, --restart
+    Acts on whole Machines: one whose every live process (whatever its tag) was quieted
+    by a recorded deploy of this fleet longer than --after ago and still beats. With
+    FLY_API_TOKEN and an app, Fly's view is read first: Machines starting, being
+    replaced, stopped or already on the deployed release are skipped, saying why.
+    Prints what it would do, with each Machine's running jobs; with --yes, --restart
     restarts each through the Fly API (one a second, one line per Machine, going on past
     failures) or --stop sends TERM so the supervisor starts a new process. Never touches
     a Machine that still runs a non-quiet process.
     """
-    from quiesce.model.recover import RecoverReport, stranded
-    from quiesce.model.rejoin import RejoinFilters
+    from quiesce.model.recover import DEFAULT_AFTER_S, RecoverReport, stranded
+    from quiesce.model.rejoin import RejoinFilters, Target, deploy_target, filters_problem
     from quiesce.runs.read import read_fleet
     from quiesce.runs.recover import restart_all, stop_all
+    from quiesce.text import parse_duration
     from quiesce.views.rejoin import recover_json, recover_text
 
     with _guard():
@@ -1214,26 +1232,50 @@ def recover(
             raise ConfigError("choose one of --restart and --stop")
         if yes and not (restart or stop):
             raise ConfigError("--yes needs --restart or --stop")
-        after_s = _duration(after)
+        try:
+            after_s = DEFAULT_AFTER_S if after is None else parse_duration(after)
+        except ValueError as exc:
+            raise ConfigError(f"--after: {exc}") from None
+        if not 0 < after_s <= MAX_TIMEOUT_S:
+            raise ConfigError(f"--after {after!r} must be above 0 and at most {MAX_TIMEOUT_S:g}s")
         action = "restart" if restart else "stop" if stop else "none"
-        with _stores(_settings(ctx)) as stores:
-            snapshot = read_fleet(stores)
+        with _stores(_settings(ctx)) as stores, _fly_client(app_name) as (client, why):
+            if restart and client is None:
+                raise ConfigError(f"--restart needs the Fly API: {why}")
+            snapshot = read_fleet(stores, jobs=True)
             filters = RejoinFilters(tags=tuple(tag or ()), hostnames=tuple(hostname or ()))
-            candidates, notes = stranded(
-                snapshot, snapshot.latest_deploy, after_s=after_s, filters=filters
+            problem = filters_problem(filters, snapshot, snapshot.latest_deploy)
+            if problem is not None:
+                raise ConfigError(problem)
+            notes: list[str] = []
+            machines = None
+            if client is not None:
+                machines = client.list_machines()
+            else:
+                notes.append(f"Fly API not used ({why}): the Machines' state and image not checked")
+            target = Target()
+            if snapshot.latest_deploy is not None:
+                # The record's target only: Fly's newest release may be the very one the
+                # stranded Machines run when the deploy failed before updating any.
+                target, _ = deploy_target(snapshot.latest_deploy, None)
+            candidates, skipped = stranded(
+                snapshot,
+                snapshot.history,
+                after_s=after_s,
+                filters=filters,
+                machines=machines,
+                target=target,
             )
+            notes.extend(skipped)
             results: dict[str, str] = {}
             if yes and candidates and restart:
-                with _fly_client(app_name) as (client, why):
-                    if client is None:
-                        raise ConfigError(f"--restart needs the Fly API: {why}")
-                    results = restart_all(
-                        client,
-                        candidates,
-                        None
-                        if json_output
-                        else lambda m, r: print(safe(f"restart {m}: {r}"), file=sys.stderr),
-                    )
+                results = restart_all(
+                    client,
+                    candidates,
+                    None
+                    if json_output
+                    else lambda m, r: print(safe(f"restart {m}: {r}"), file=sys.stderr),
+                )
             elif yes and candidates and stop:
                 results = stop_all(stores, candidates)
         report = RecoverReport(

@@ -28,7 +28,7 @@ from typing import Protocol
 from quiesce.errors import ConfigError, FlyRefused, FlyUnavailable, RedisUnavailable
 from quiesce.model.machines import FlyMachine
 from quiesce.model.record import DeployRecord
-from quiesce.model.rejoin import RejoinFilters, RejoinReport, rejoin_report
+from quiesce.model.rejoin import RejoinFilters, RejoinReport, filters_problem, rejoin_report
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.runs.read import FleetReader, read_fleet
 
@@ -54,6 +54,8 @@ class RejoinOptions:
     interval_s: float = POLL_INTERVAL_S
     fly_note: str | None = None
     """Why the Fly API is not used (no token, no app), said in the report."""
+    stopped_ok: bool = False
+    """Machines Fly shows stopped are not expected back (``--stopped-ok``)."""
 
 
 class RejoinWatch:
@@ -126,6 +128,10 @@ class RejoinWatch:
                 "no quiesce deploy record in Redis: run `quiesce quiet` as the release "
                 f"command first{problem}"
             )
+        if self._record is None:
+            unmatched = filters_problem(self.options.filters, snapshot, record)
+            if unmatched is not None:
+                raise ConfigError(unmatched)
         self._record = self._record or record
         self._list()
         notes = list(self._notes)
@@ -143,6 +149,8 @@ class RejoinWatch:
             filters=self.options.filters,
             release=self.options.release,
             notes=notes,
+            stopped_ok=self.options.stopped_ok,
+            process_group=self.options.process_group,
         )
 
     def wait(self, on_report: Callable[[RejoinReport, float], None] | None = None) -> RejoinReport:
