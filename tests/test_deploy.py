@@ -68,7 +68,7 @@ def test_round_trip_keeps_every_field() -> None:
     parsed, problem = parse_deploy_record(record.to_json())
     assert problem is None and parsed == record
     data = json.loads(record.to_json())
-    assert data["version"] == 3 and data["state"] == "failed" and "schema" not in data
+    assert data["version"] == 4 and data["state"] == "failed" and "schema" not in data
 
 
 def test_schema_1_records_are_read() -> None:
@@ -82,7 +82,7 @@ def test_schema_1_records_are_read() -> None:
     assert record.quiet_since("m1:1:aaaaaaaaaaaa") == 1795677931.5
     assert record.extra == {}
     rewritten = json.loads(record.to_json())
-    assert rewritten["version"] == 3 and "schema" not in rewritten
+    assert rewritten["version"] == 4 and "schema" not in rewritten
 
 
 def test_schema_1_record_of_an_unfinished_run_is_pending() -> None:
@@ -92,10 +92,10 @@ def test_schema_1_record_of_an_unfinished_run_is_pending() -> None:
 
 
 def test_unknown_top_level_fields_survive_a_rewrite() -> None:
-    data = {**json.loads(full_record().to_json()), "rejoin": {"m1": "ok"}, "version": 4}
+    data = {**json.loads(full_record().to_json()), "rejoin": {"m1": "ok"}, "version": 5}
     record, problem = parse_deploy_record(json.dumps(data))
     assert problem is None and record is not None
-    assert record.extra == {"rejoin": {"m1": "ok"}} and record.version == 4
+    assert record.extra == {"rejoin": {"m1": "ok"}} and record.version == 5
     again = json.loads(record.finish(2000.0).to_json())
     assert again["rejoin"] == {"m1": "ok"} and again["state"] == "complete"
     assert again["failure"] is None

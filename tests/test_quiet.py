@@ -246,7 +246,7 @@ def test_deploy_record_and_mark(
     deploy = snapshot.latest_deploy
     assert snapshot.deploy_problem is None
     assert deploy is not None and deploy.deploy_id == report.deploy_id
-    assert deploy.strategy == "bluegreen" and deploy.state == "complete" and deploy.version == 3
+    assert deploy.strategy == "bluegreen" and deploy.state == "complete" and deploy.version == 4
     assert {f.identity for f in deploy.fleet} == {p.identity for p in procs}
     connected = deploy.servers[0].connected_clients
     assert connected is not None and connected >= 1

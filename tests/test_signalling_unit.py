@@ -22,6 +22,7 @@ from quiesce.runs.quiet import quiet_fleet
 from quiesce.sidekiq.keys import PROCESS_FIELDS, Keys
 from quiesce.sidekiq.rows import (
     EmptyFleetHints,
+    LedgerWrite,
     Poll,
     PollRow,
     Push,
@@ -121,7 +122,9 @@ class FakeFleet:
             p.wiped_at = self.now
 
     # the store port --------------------------------------------------------
-    def read_fleet(self, *, detail: bool = True, jobs: bool = False) -> RawSnapshot:
+    def read_fleet(
+        self, *, detail: bool = True, jobs: bool = False, scope: str | None = None
+    ) -> RawSnapshot:
         self.round_trips += 2
         rows = []
         for p in self.procs.values():
@@ -171,6 +174,7 @@ class FakeFleet:
         records: Sequence[tuple[str, str, int]] = (),
         *,
         deadline: float | None = None,
+        ledger: Sequence[LedgerWrite] = (),
     ) -> Push:
         self.round_trips += 1
         self.pushes.append((self.now, list(identities)))
@@ -185,7 +189,11 @@ class FakeFleet:
         return Push(int(self.now * 1000), errors)
 
     def save_records(
-        self, records: Sequence[tuple[str, str, int]], *, deadline: float | None = None
+        self,
+        records: Sequence[tuple[str, str, int]],
+        *,
+        deadline: float | None = None,
+        ledger: Sequence[LedgerWrite] = (),
     ) -> None:
         self.saved.extend(value for _, value, _ in records)
 

@@ -478,6 +478,14 @@ def _empty_fleet_notes(
     return empty_fleet_notes(stores, default_url=_settings(ctx).default_url)
 
 
+def _scope(settings: Settings, app_name: str | None, filters: Filters | None) -> str:
+    """The fleet's scope (whose deploy history to read and write): the Fly app when known
+    (--app, $FLY_APP_NAME), else the namespace and the filters that define the fleet."""
+    from quiesce.model.quiet import scope_of
+
+    return scope_of(app_name or os.environ.get("FLY_APP_NAME"), settings.namespace, filters)
+
+
 def _release_label(explicit: str | None) -> str | None:
     for value in (explicit, os.environ.get("RELEASE_LABEL"), os.environ.get("FLY_IMAGE_REF")):
         if value and value.strip():
@@ -685,6 +693,16 @@ def quiet(
             show_default=False,
         ),
     ] = None,
+    app_name: Annotated[
+        str | None,
+        typer.Option(
+            "--app",
+            metavar="NAME",
+            help="Fly app being deployed: the deploy history's scope, and whose Machines "
+            "to record (with $FLY_API_TOKEN). Default: $FLY_APP_NAME.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Send TSTP to every live Sidekiq process and confirm each one took it.
 
@@ -728,7 +746,11 @@ def quiet(
     # A release command cut off by its timeout gets TERM: end the wait with a full report.
     signal.signal(signal.SIGTERM, _interrupt)
     with _guard(best_effort=best_effort), _stores(settings := _settings(ctx)) as stores:
-        options = dataclasses.replace(options, default_url=settings.default_url)
+        options = dataclasses.replace(
+            options,
+            default_url=settings.default_url,
+            scope=_scope(settings, app_name, options.filters),
+        )
         options = _bluegreen(options, max_connections_ratio, postgres_url)
         try:
             report = quiet_fleet(stores, options, on_event=None if json_output else progress)
@@ -830,6 +852,15 @@ def status(
             "--min", min=1, help="With --expect running: how many live processes at least."
         ),
     ] = 1,
+    app_name: Annotated[
+        str | None,
+        typer.Option(
+            "--app",
+            metavar="NAME",
+            help="Fly app whose deploy history to read. Default: $FLY_APP_NAME.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Show every Sidekiq process, grouped by Machine, and its quiet state.
 
@@ -848,9 +879,10 @@ def status(
         exclude_labels=tuple(exclude_label or ()),
         exclude_queues=tuple(exclude_queue or ()),
     )
-    with _guard(), _stores(_settings(ctx)) as stores:
+    with _guard(), _stores(settings := _settings(ctx)) as stores:
+        scope = _scope(settings, app_name, None)
         while True:
-            snapshot = read_fleet(stores, allow_newer=allow_newer, jobs=jobs)
+            snapshot = read_fleet(stores, allow_newer=allow_newer, jobs=jobs, scope=scope)
             notes = _empty_fleet_notes(stores, snapshot, ctx)
             snapshot, excluded = filter_snapshot(snapshot, excludes)
             if json_output:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeGuard
 
 from quiesce.model.fleet import ProcessRecord, ServerInfo, SidekiqVersion, split_identity
-from quiesce.model.record import has_surrogates, parse_deploy_record
+from quiesce.model.record import has_surrogates, select_history
 from quiesce.model.snapshot import FleetSnapshot, mark_quieting
 from quiesce.sidekiq.keys import HEARTBEAT_TTL_S
 from quiesce.sidekiq.rows import RawProcess, RawSnapshot
@@ -36,19 +36,27 @@ __all__ = ["decode_process", "decode_snapshot", "parse_float", "parse_version", 
 
 
 def decode_snapshot(raw: RawSnapshot, *, allow_newer: bool = False) -> FleetSnapshot:
-    """Every row decoded on its own; the latest deploy record read tolerantly and used to
+    """Every row decoded on its own; the scope's history (``record.select_history``: its
+    ledger, else the pre-ledger latest record) read tolerantly, its newest record used to
     tell quieting processes (``fleet.is_quieting``) from running ones."""
-    deploy, problem = parse_deploy_record(raw.latest_deploy)
+    history = select_history(raw.ledger, raw.scope, raw.time, legacy=raw.latest_deploy)
+    deploy = history.records[0] if history.records else None
     records = [
         _with_work(decode_process(row, raw.time, allow_newer=allow_newer), row, raw.time)
         for row in raw.rows
     ]
+    problem = "; ".join(dict.fromkeys(history.problems))
     return FleetSnapshot(
         processes=mark_quieting(records, deploy, raw.time),
         taken_at=raw.time,
         servers=(ServerInfo(raw.redis, raw.connected_clients, raw.maxclients, raw.run_id),),
         latest_deploy=deploy,
         deploy_problem=f"{problem} ({raw.redis})" if problem else None,
+        history=history.records,
+        scope=raw.scope,
+        legacy_history=history.legacy,
+        ledger_drop=history.drop,
+        keyspace=tuple((raw.redis, db, n) for db, n in sorted((raw.keyspace or {}).items())),
     )
 
 

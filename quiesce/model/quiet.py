@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import fnmatch
+import urllib.parse
 from collections.abc import Sequence
 
 from quiesce.model.fleet import ProcessRecord, ProcessState
@@ -174,6 +175,42 @@ def plan_quiet(snapshot: FleetSnapshot, filters: Filters) -> QuietPlan:
         else:
             skipped.append((proc, skip))
     return QuietPlan(tuple(targets), tuple(skipped), excluded, tuple(by_filter.items()))
+
+
+_SCOPE_SAFE = "*?[]!-_.:/@+~^"
+
+
+def scope_of(app: str | None, namespace: str, filters: Filters | None = None) -> str:
+    """The canonical name of the fleet a command is about, stable across runs.
+
+    The Fly app when known (``app:<name>``: every process of the app, whatever filters
+    a command adds): two apps sharing a Redis never share a scope. Otherwise the
+    redis-namespace plus the filters that defined the fleet, each list sorted and
+    de-duplicated, values percent-escaped, in a fixed order: ``quiet --tag b --tag a``
+    and ``quiet --tag a --tag b`` are one scope.
+    """
+    app = (app or "").strip()
+    if app:
+        return f"app:{app}"
+    scope = f"redis-ns:{namespace.strip().rstrip(':')}"
+    if filters is None:
+        return scope
+    parts = [
+        ("hostname", filters.hostnames),
+        ("tag", filters.tags),
+        ("label", filters.labels),
+        ("queue", filters.queues),
+        ("identity", filters.identities),
+        ("exclude-hostname", filters.exclude_hostnames),
+        ("exclude-tag", filters.exclude_tags),
+        ("exclude-label", filters.exclude_labels),
+        ("exclude-queue", filters.exclude_queues),
+    ]
+    for name, values in parts:
+        if values:
+            shown = ",".join(urllib.parse.quote(v, safe=_SCOPE_SAFE) for v in sorted(set(values)))
+            scope += f"|{name}={shown}"
+    return scope
 
 
 def unmatched(filters: Filters, live: Sequence[ProcessRecord]) -> str | None:

@@ -8,9 +8,17 @@ counts with the baseline.
 
 Records are typed and frozen; ``parse_deploy_record`` is the one reader. It accepts
 schema 1 (``"schema": 1``, no ``state``/``pushed_at``/``pushes``/``run_id``),
-schema 2 (``"version": 2``) and schema 3 (``"version": 3``, written since), and keeps
-top-level fields it does not know (a newer quiesce may have added them) so that a
-rewrite does not drop them.
+schema 2 (``"version": 2``), schema 3 (``"version": 3``) and schema 4 (``"version":
+4``, written since), and keeps top-level fields it does not know (a newer quiesce may
+have added them) so that a rewrite does not drop them.
+
+Schema 4 adds what a deploy is judged by later: its ``scope`` (which fleet it quieted:
+``quiet.scope_of``), the Fly ``target`` (app, image, release, the release Machine) and the
+Fly ``machines`` seen at the quiet, with ``fly_checked`` saying whether Fly's list was
+really read. Records of a scope are kept as a short history (the "ledger", newest
+first, ``LEDGER_SIZE`` at most): ``select_history`` picks them, ``quiet_since_any``
+says which deploy of the scope quieted a process. Records from before schema 4 have no
+scope: they are only a fallback when a scope has no ledger yet.
 
 Schema 3 is schema 2 made compact, because a record holds the whole fleet and is kept
 twice for 14 days (3.3 MB at 10,000 processes in schema 2, under 1 MB in schema 3):
@@ -43,10 +51,12 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from quiesce.sidekiq.keys import DEPLOY_RECORD_TTL_S
+
 if TYPE_CHECKING:  # fleet.py reads DeployRecord too: no import cycle at run time
     from quiesce.model.fleet import ProcessRecord, ServerInfo
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CAP_IDENTITY = 1024
 """Longest process identity (and hostname) a record stores; a process with a longer
 identity is left out of the record (its signal still goes out)."""
@@ -54,6 +64,13 @@ CAP_TEXT = 256
 """Longest tag, label, version or failure a record stores (longer: truncated)."""
 CAP_LABELS = 32
 """Most labels a record stores per process."""
+CAP_MACHINES = 10_000
+"""Most Fly Machines a record stores (Fly's own limit per app is far below)."""
+LEDGER_SIZE = 20
+"""Most records a scope's history keeps (newest first)."""
+LEDGER_MAX_CHARS = 16_000_000
+"""Most characters of records a scope's history keeps, the newest always: at 10,000
+processes a record is about 1 MB, and every ``status`` reads the whole history."""
 T = TypeVar("T")
 
 
@@ -117,6 +134,14 @@ def _integer(value: Any) -> int | None:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _boolean(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _object(value: Any) -> Mapping[str, Any] | None:
+    return value if isinstance(value, dict) else None
 
 
 def _texts(value: Any) -> tuple[str, ...] | None:
@@ -265,8 +290,8 @@ def _spelled(identity: str) -> tuple[str, int | None]:
     return parts[0], int(pid) if pid.isascii() and pid.isdigit() and len(pid) < 10 else None
 
 
-_OUTCOME_KEYS = ("outcome", "pushed_at", "confirmed_at", "pushes")
-_OUTCOME_KEYS_COMPACT = ("o", "p", "c", "n")
+_OUTCOME_KEYS = ("outcome", "pushed_at", "confirmed_at", "pushes", "quiet_since_deploy")
+_OUTCOME_KEYS_COMPACT = ("o", "p", "c", "n", "d")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -278,19 +303,24 @@ class OutcomeEntry:
     pushed_at: float | None = None
     """When the last TSTP push went out (None: not signalled, e.g. already quiet)."""
     confirmed_at: float | None = None
+    """When this deploy confirmed it quiet; for ``already_quiet``, when the deploy named
+    by ``quiet_since_deploy`` did (copied, so it outlives that record)."""
     pushes: int = 0
+    quiet_since_deploy: str | None = None
+    """``already_quiet`` (schema 4): the earlier deploy of the scope that quieted it."""
 
     @classmethod
     def from_json(
-        cls, data: Mapping[str, Any], keys: tuple[str, str, str, str] = _OUTCOME_KEYS
+        cls, data: Mapping[str, Any], keys: tuple[str, str, str, str, str] = _OUTCOME_KEYS
     ) -> OutcomeEntry:
-        """Schema 1-2 (``keys``: the field names); schema 3 reads through ``from_compact``."""
-        outcome, pushed_at, confirmed_at, pushes = keys
+        """Schema 1-2 (``keys``: the field names); schema 3+ reads through ``from_compact``."""
+        outcome, pushed_at, confirmed_at, pushes, since = keys
         return cls(
             outcome=_get(data, outcome, _text, "a string"),
             pushed_at=_opt(data, pushed_at, _number, "a number"),
             confirmed_at=_opt(data, confirmed_at, _number, "a number"),
             pushes=_opt(data, pushes, _integer, "an integer") or 0,
+            quiet_since_deploy=_opt(data, since, _text, "a string"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -302,8 +332,12 @@ class OutcomeEntry:
         return cls.from_json(data, _OUTCOME_KEYS_COMPACT)
 
     def to_compact(self) -> dict[str, Any]:
-        data = {"o": self.outcome[:CAP_TEXT], "p": self.pushed_at, "n": self.pushes}
-        return data if self.confirmed_at is None else {**data, "c": self.confirmed_at}
+        data: dict[str, Any] = {"o": self.outcome[:CAP_TEXT], "p": self.pushed_at, "n": self.pushes}
+        if self.confirmed_at is not None:
+            data["c"] = self.confirmed_at
+        if self.quiet_since_deploy is not None:
+            data["d"] = self.quiet_since_deploy[:CAP_TEXT]
+        return data
 
 
 def _common(entries: Sequence[dict[str, Any]], shared: Sequence[str]) -> dict[str, Any]:
@@ -358,6 +392,70 @@ class ServerEntry:
         return _plain(self)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class FlyTarget:
+    """What the release command was deploying, as Fly told it (schema 4)."""
+
+    app: str
+    image_ref: str = ""
+    """``FLY_IMAGE_REF`` of the release Machine: the image being deployed."""
+    release_version: str | None = None
+    """``config.metadata.fly_release_version`` of the release Machine (None: not read)."""
+    release_machine: str | None = None
+    """``FLY_MACHINE_ID`` of the release Machine."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FlyTarget:
+        return cls(
+            app=_get(data, "app", _text, "a string"),
+            image_ref=_opt(data, "image_ref", _text, "a string") or "",
+            release_version=_opt(data, "release_version", _text, "a string"),
+            release_machine=_opt(data, "release_machine", _text, "a string"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "app": self.app[:CAP_TEXT],
+            "image_ref": self.image_ref[:CAP_IDENTITY],
+            "release_version": _cap(self.release_version),
+            "release_machine": _cap(self.release_machine),
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MachineEntry:
+    """One Fly Machine of the app as the Machine list showed it at the quiet (schema 4)."""
+
+    id: str
+    process_group: str = ""
+    image_ref: str = ""
+    release_version: str = ""
+    state: str = ""
+
+    @classmethod
+    def from_compact(cls, machine_id: str, data: Mapping[str, Any]) -> MachineEntry:
+        """``data`` already merged over ``machines_common``."""
+        return cls(
+            id=machine_id,
+            process_group=_opt(data, "g", _text, "a string") or "",
+            image_ref=_opt(data, "i", _text, "a string") or "",
+            release_version=_opt(data, "v", _text, "a string") or "",
+            state=_opt(data, "s", _text, "a string") or "",
+        )
+
+    def to_compact(self) -> dict[str, Any]:
+        return {
+            "g": self.process_group[:CAP_TEXT],
+            "i": self.image_ref[:CAP_IDENTITY],
+            "v": self.release_version[:CAP_TEXT],
+            "s": self.state[:CAP_TEXT],
+        }
+
+
+def _cap(text: str | None) -> str | None:
+    return text[:CAP_TEXT] if text is not None else None
+
+
 def _plain(entry: FleetEntry | OutcomeEntry | ServerEntry) -> dict[str, Any]:
     return {f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)}
 
@@ -366,7 +464,8 @@ _KNOWN = frozenset(
     {
         "version", "schema", "deploy_id", "release", "strategy", "started_at", "finished_at",
         "until", "timeout_s", "state", "failure", "fleet", "servers", "outcomes",
-        "quiesce_version", "fleet_common", "outcomes_common",
+        "quiesce_version", "fleet_common", "outcomes_common", "scope", "target", "machines",
+        "machines_common", "fly_checked",
     }
 )  # fmt: skip
 
@@ -389,8 +488,16 @@ class DeployRecord:
     outcomes: Mapping[str, OutcomeEntry] = dataclasses.field(default_factory=dict)
     """Identity -> outcome; read it, replace it with ``with_outcomes``."""
     quiesce_version: str = ""
+    scope: str = ""
+    """Which fleet this deploy quieted (``scope_of``); "" in records before schema 4."""
+    target: FlyTarget | None = None
+    """What was being deployed, when the release command knew its Fly app."""
+    machines: Mapping[str, MachineEntry] = dataclasses.field(default_factory=dict)
+    """Fly Machine id -> the Machine as listed at the quiet (empty: Fly not read)."""
+    fly_checked: bool = False
+    """True only when Fly's Machine list was actually read during the quiet."""
     version: int = SCHEMA_VERSION
-    """Schema of the record as read (1, 2 or 3); always written as ``SCHEMA_VERSION``."""
+    """Schema of the record as read (1 to 4); always written as ``SCHEMA_VERSION``."""
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """Top-level fields this quiesce does not know, re-written as they were read."""
 
@@ -407,8 +514,10 @@ class DeployRecord:
         processes: Sequence[ProcessRecord],
         servers: Sequence[ServerInfo],
         quiesce_version: str,
+        scope: str = "",
     ) -> DeployRecord:
         return cls(
+            scope=scope,
             deploy_id=deploy_id,
             release=release,
             strategy=strategy,
@@ -434,12 +543,28 @@ class DeployRecord:
         entry = self.outcomes.get(identity)
         return entry.confirmed_at if entry is not None else None
 
+    def with_fly(
+        self, target: FlyTarget | None, machines: Sequence[MachineEntry], *, checked: bool
+    ) -> DeployRecord:
+        """A copy with what Fly said at the quiet (``checked``: the list was read)."""
+        return dataclasses.replace(
+            self,
+            target=target,
+            machines={m.id: m for m in machines[:CAP_MACHINES]},
+            fly_checked=checked,
+        )
+
     def to_json(self) -> str:
-        """Schema 3 (compact, capped: see the module docstring)."""
+        """Schema 4 (compact, capped: see the module docstring)."""
         data: dict[str, Any] = dict(self.extra)
         index = {s.redis: i for i, s in reversed(list(enumerate(self.servers)))}
         fleet = [e.to_compact(index) for e in self.fleet if len(e.identity) <= CAP_IDENTITY]
         outcomes = {k: e.to_compact() for k, e in self.outcomes.items() if len(k) <= CAP_IDENTITY}
+        machines = {
+            k: e.to_compact()
+            for k, e in list(self.machines.items())[:CAP_MACHINES]
+            if len(k) <= CAP_TEXT
+        }
         data.update(
             version=SCHEMA_VERSION,
             deploy_id=self.deploy_id,
@@ -457,6 +582,11 @@ class DeployRecord:
             outcomes_common=_common(list(outcomes.values()), ("o", "p", "n")),
             outcomes=outcomes,
             quiesce_version=self.quiesce_version,
+            scope=self.scope,
+            target=self.target.to_json() if self.target is not None else None,
+            machines_common=_common(list(machines.values()), ("g", "i", "v", "s")),
+            machines=machines,
+            fly_checked=self.fly_checked,
         )
         return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
@@ -533,6 +663,13 @@ def _record(data: dict[str, Any]) -> tuple[DeployRecord, str | None]:
     fleet = tuple(_entries(data, "fleet", build_fleet, dropped))
     dropped.extend(bad_servers)
     outcomes = _outcomes(data, dropped, build_outcome)
+    machines = _machines(data, dropped)
+    target_data = _opt(data, "target", _object, "an object")
+    try:
+        target = FlyTarget.from_json(target_data) if target_data is not None else None
+    except _Bad as exc:
+        dropped.append(f"target ({exc})")
+        target = None
     record = DeployRecord(
         deploy_id=_get(data, "deploy_id", _text, "a string"),
         release=_opt(data, "release", _text, "a string"),
@@ -547,6 +684,10 @@ def _record(data: dict[str, Any]) -> tuple[DeployRecord, str | None]:
         servers=servers,
         outcomes=outcomes,
         quiesce_version=_opt(data, "quiesce_version", _text, "a string") or "",
+        scope=_opt(data, "scope", _text, "a string") or "",
+        target=target,
+        machines=machines,
+        fly_checked=_opt(data, "fly_checked", _boolean, "true or false") or False,
         version=schema,
         extra={k: v for k, v in data.items() if k not in _KNOWN},
     )
@@ -608,3 +749,112 @@ def _outcomes(
         except _Bad as exc:
             dropped.append(f"outcome of {identity[:60]!r} ({exc})")
     return out
+
+
+def _machines(data: Mapping[str, Any], dropped: list[str]) -> dict[str, MachineEntry]:
+    items = data.get("machines")
+    if items is None:
+        return {}
+    if not isinstance(items, dict):
+        raise _Bad(f"'machines' is not an object: {_show(items)}")
+    common = _common_of(data, "machines_common")
+    out = {}
+    for machine_id, item in list(items.items())[:CAP_MACHINES]:
+        try:
+            if not isinstance(item, dict):
+                raise _Bad("it is not an object")
+            out[machine_id] = MachineEntry.from_compact(machine_id, {**common, **item})
+        except _Bad as exc:
+            dropped.append(f"machine {machine_id[:60]!r} ({exc})")
+    return out
+
+
+# -- scope and history (the ledger) -------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class History:
+    """A scope's records as read: ``records`` newest first; ``drop``: ledger entries to
+    delete on the next write (unreadable, another scope's, expired, past the caps)."""
+
+    records: tuple[DeployRecord, ...] = ()
+    drop: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+    legacy: bool = False
+    """The history is the single pre-ledger record (``quiesce:deploy:latest``)."""
+
+
+def select_history(
+    ledger: Mapping[str, str] | None,
+    scope: str | None,
+    now: float,
+    *,
+    legacy: str | None = None,
+) -> History:
+    """A scope's history from its ledger entries (deploy id -> record JSON).
+
+    Records that are unreadable, name another scope (a hash collision, or a hand-made
+    entry), or started more than the record TTL before ``now`` are left out and listed
+    to drop; of the rest the ``LEDGER_SIZE`` newest are kept, within
+    ``LEDGER_MAX_CHARS`` (the newest always). ``legacy``: the global latest record,
+    used only when the ledger holds nothing for the scope and the record predates
+    scopes (schema < 4) -- or always when no scope is given (the old behaviour).
+    """
+    keep: list[tuple[DeployRecord, int]] = []
+    drop: list[str] = []
+    problems: list[str] = []
+    for field, text in (ledger or {}).items():
+        record, problem = parse_deploy_record(text)
+        if problem:
+            problems.append(problem)
+        if (
+            record is None
+            or record.deploy_id != field
+            or (scope is not None and record.scope != scope)
+            or record.started_at < now - DEPLOY_RECORD_TTL_S
+        ):
+            drop.append(field)
+            continue
+        keep.append((record, len(text)))
+    keep.sort(key=lambda pair: (pair[0].started_at, pair[0].deploy_id), reverse=True)
+    records: list[DeployRecord] = []
+    size = 0
+    for record, chars in keep:
+        size += chars
+        if records and (len(records) >= LEDGER_SIZE or size > LEDGER_MAX_CHARS):
+            drop.append(record.deploy_id)
+            continue
+        records.append(record)
+    if records or not legacy:
+        return History(tuple(records), tuple(drop), tuple(problems))
+    record, problem = parse_deploy_record(legacy)
+    problems.extend([problem] if problem else [])
+    if record is None or (scope is not None and record.version >= 4):
+        return History((), tuple(drop), tuple(problems))
+    return History((record,), tuple(drop), tuple(problems), legacy=True)
+
+
+def quiet_since_any(
+    history: Sequence[DeployRecord], identity: str
+) -> tuple[DeployRecord, float] | None:
+    """The oldest deploy of the history that confirmed this process quiet, and when.
+
+    A retried deploy records an already-quiet process as ``already_quiet`` with the
+    time (and id) of the deploy that quieted it, so the answer survives that record
+    leaving the history; an entry naming a deploy still in the history resolves to it.
+    """
+    by_id = {r.deploy_id: r for r in history}
+    found: tuple[DeployRecord, float] | None = None
+    for record in history:  # newest first: the last match is the oldest
+        entry = record.outcomes.get(identity)
+        if entry is None or entry.confirmed_at is None:
+            continue
+        origin = by_id.get(entry.quiet_since_deploy or "", record)
+        found = (origin, entry.confirmed_at)
+    if found is None:
+        return None
+    origin, at = found
+    entry = origin.outcomes.get(identity)
+    if entry is not None and entry.confirmed_at is not None:
+        at = min(at, entry.confirmed_at)
+    return origin, at

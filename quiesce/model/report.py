@@ -31,6 +31,8 @@ class QuietOptions:
     """The app's Fly ``kill_timeout`` (``--kill-timeout``): running jobs are compared with it."""
     sidekiq_timeout_s: float | None = None
     """Sidekiq's shutdown timeout ``-t`` (``--sidekiq-timeout``), when known."""
+    scope: str | None = None
+    """The fleet's scope (``record.scope_of``); None: the namespace and filters'."""
 
     @property
     def reads_jobs(self) -> bool:

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 from quiesce.model.fleet import BEAT_CLOCK_SLACK_S, ProcessRecord, ProcessState, ServerInfo
-from quiesce.model.record import DeployRecord
+from quiesce.model.record import LEDGER_SIZE, DeployRecord
 from quiesce.sidekiq.keys import SIGNAL_TTL_S
 from quiesce.sidekiq.versions import QUIET_SIGNAL
 
@@ -59,18 +59,44 @@ class FleetSnapshot:
     """Epoch seconds on the Redis clock when the snapshot was read."""
     servers: tuple[ServerInfo, ...] = ()
     latest_deploy: DeployRecord | None = None
+    """The scope's newest record: ``history[0]`` (kept apart: most readers need only it)."""
     deploy_problem: str | None = None
     """Why a stored deploy record was ignored or partly dropped (one line), if it was."""
+    history: tuple[DeployRecord, ...] = ()
+    """The scope's records, newest first (``record.LEDGER_SIZE`` at most); without a
+    scope, or for a scope with no ledger yet, the pre-ledger latest record alone."""
+    scope: str | None = None
+    """The scope whose history was read (None: none given)."""
+    legacy_history: bool = False
+    """The history is the pre-ledger ``quiesce:deploy:latest`` record (older quiesce)."""
+    ledger_drop: tuple[str, ...] = ()
+    """Ledger entries the next write deletes (unreadable, expired, past the caps)."""
+    keyspace: tuple[tuple[str, int, int], ...] = ()
+    """Per server: ``(label, db, keys)`` of the databases ``INFO keyspace`` lists."""
+
+    def __post_init__(self) -> None:
+        # One source of truth for callers that set only one of the two.
+        if self.history and self.latest_deploy is None:
+            object.__setattr__(self, "latest_deploy", self.history[0])
+        elif self.latest_deploy is not None and not self.history:
+            object.__setattr__(self, "history", (self.latest_deploy,))
 
     @classmethod
     def merge(cls, parts: Sequence[FleetSnapshot]) -> FleetSnapshot:
         """One view over several Redis servers (apps that shard Sidekiq).
 
-        The newest deploy record of any server is the latest; every server's processes
-        are judged against it on that server's own clock (``taken_at``).
+        Every server holds the same records (each deploy writes to each): the histories
+        are joined by deploy id, newest first; every server's processes are judged
+        against the newest on that server's own clock (``taken_at``).
         """
-        deploys = [p.latest_deploy for p in parts if p.latest_deploy is not None]
-        latest = max(deploys, key=lambda d: d.started_at, default=None)
+        by_id: dict[str, DeployRecord] = {}
+        for part in parts:
+            for record in part.history:
+                by_id.setdefault(record.deploy_id, record)
+        history = tuple(
+            sorted(by_id.values(), key=lambda d: (d.started_at, d.deploy_id), reverse=True)
+        )[:LEDGER_SIZE]
+        latest = history[0] if history else None
         problems = [p.deploy_problem for p in parts if p.deploy_problem]
         return cls(
             processes=tuple(
@@ -82,6 +108,11 @@ class FleetSnapshot:
             servers=tuple(s for part in parts for s in part.servers),
             latest_deploy=latest,
             deploy_problem="; ".join(problems) or None,
+            history=history,
+            scope=next((p.scope for p in parts), None),
+            legacy_history=any(p.legacy_history for p in parts),
+            ledger_drop=tuple(dict.fromkeys(d for p in parts for d in p.ledger_drop)),
+            keyspace=tuple(k for p in parts for k in p.keyspace),
         )
 
     def by_machine(self) -> dict[str, list[ProcessRecord]]:

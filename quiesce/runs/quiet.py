@@ -37,8 +37,22 @@ from quiesce.errors import (
 )
 from quiesce.model.drain import Grace, advice, drain_plan, longest
 from quiesce.model.fleet import ProcessRecord
-from quiesce.model.quiet import FAILED_OUTCOMES, Filters, Outcome, QuietPlan, plan_quiet
-from quiesce.model.record import DeployRecord, OutcomeEntry, mark_stamp, new_deploy_id
+from quiesce.model.quiet import (
+    FAILED_OUTCOMES,
+    Filters,
+    Outcome,
+    QuietPlan,
+    plan_quiet,
+    scope_of,
+)
+from quiesce.model.record import (
+    LEDGER_SIZE,
+    DeployRecord,
+    OutcomeEntry,
+    mark_stamp,
+    new_deploy_id,
+    quiet_since_any,
+)
 from quiesce.model.report import (
     Event,
     Notice,
@@ -62,7 +76,7 @@ from quiesce.model.verdict import (
 )
 from quiesce.runs.read import FleetReader, empty_fleet_notes, observe
 from quiesce.sidekiq import keys as k
-from quiesce.sidekiq.rows import Poll, Push
+from quiesce.sidekiq.rows import LedgerWrite, Poll, Push
 from quiesce.sidekiq.work import longest_first, work_suffixes
 
 log = logging.getLogger(__name__)
@@ -92,10 +106,15 @@ class FleetStore(FleetReader, Protocol):
         records: Sequence[tuple[str, str, int]] = (),
         *,
         deadline: float | None = None,
+        ledger: Sequence[LedgerWrite] = (),
     ) -> Push: ...
 
     def save_records(
-        self, records: Sequence[tuple[str, str, int]], *, deadline: float | None = None
+        self,
+        records: Sequence[tuple[str, str, int]],
+        *,
+        deadline: float | None = None,
+        ledger: Sequence[LedgerWrite] = (),
     ) -> None: ...
 
     def mark_deploy(self, label: str, datecode: str, stamp: str) -> bool: ...
@@ -152,6 +171,7 @@ class QuietRun:
         store: FleetStore,
         targets: Sequence[Target],
         records: Sequence[tuple[str, str, int]] = (),
+        ledger: Sequence[LedgerWrite] = (),
     ) -> bool:
         """Push TSTP to ``targets`` (and write ``records``) in one atomic round trip.
 
@@ -168,6 +188,7 @@ class QuietRun:
                 QUIET_SIGNAL,
                 records,
                 deadline=self.store_deadline(),
+                ledger=ledger,
             )
         except RedisUnavailable as exc:
             self._unreachable(store, exc)
@@ -298,10 +319,23 @@ def _why_again(before: Target, after: Target) -> str:
 
 
 def _record_writes(keys: k.Keys, deploy_id: str, body: str) -> list[tuple[str, str, int]]:
-    """The record under its id and as ``latest``: serialised once, written per server."""
+    """The record under its id and as ``latest`` (what quiesce before the ledger reads):
+    serialised once, written per server."""
     return [
         (keys.deploy_record(deploy_id), body, k.DEPLOY_RECORD_TTL_S),
         (keys.latest_deploy, body, k.DEPLOY_RECORD_TTL_S),
+    ]
+
+
+def _ledger_writes(
+    keys: k.Keys, record: DeployRecord, body: str, fleet: FleetSnapshot
+) -> list[LedgerWrite]:
+    """The record into its scope's history, dropping what the history no longer keeps:
+    with this one added, ``LEDGER_SIZE`` records at most."""
+    oldest = [r.deploy_id for r in fleet.history[LEDGER_SIZE - 1 :]]
+    drop = tuple(dict.fromkeys([*fleet.ledger_drop, *oldest]))
+    return [
+        LedgerWrite(keys.ledger(record.scope), record.deploy_id, body, k.DEPLOY_RECORD_TTL_S, drop)
     ]
 
 
@@ -338,8 +372,15 @@ def quiet_fleet(
     on_event: Callable[[Event], None] | None = None,
 ) -> QuietReport:
     run = QuietRun(stores, options, clock, sleep, on_event)
+    scope = options.scope or scope_of(
+        None, stores[0].keys.namespace if stores else "", options.filters
+    )
     observed = observe(
-        stores, detail=False, allow_newer=options.allow_newer, jobs=options.reads_jobs
+        stores,
+        detail=False,
+        allow_newer=options.allow_newer,
+        jobs=options.reads_jobs,
+        scope=scope,
     )
     fleet = observed.fleet
     run.run_ids.update(observed.run_ids)
@@ -372,19 +413,15 @@ def quiet_fleet(
             advice=advice,
         )
 
-    if not any(p.alive for p in fleet.processes):
+    live = any(p.alive for p in fleet.processes)
+    if not live:
         for text in empty_fleet_notes(stores, default_url=options.default_url):
             run.notes.append(text)
-        return report((), None)
-    if options.before_push is not None:
+    elif options.before_push is not None:
         options.before_push(fleet)
     if options.dry_run:
         return report(tuple(ProcessOutcome(p, Outcome.PLANNED) for p in plan.targets), None)
-    if not plan.targets:
-        return report((), None)
 
-    run.preflight(plan.targets)
-    _warn_short_timeout(run, plan.targets)
     record = DeployRecord.start(
         deploy_id=new_deploy_id(fleet.taken_at, secrets.token_hex(3)),
         release=options.release,
@@ -395,16 +432,26 @@ def quiet_fleet(
         processes=fleet.processes,
         servers=fleet.servers,
         quiesce_version=__version__,
+        scope=scope,
     )
     # pushed_at stays unknown until the push returns: the final record has it exactly.
     record = record.with_outcomes(
-        {p.identity: OutcomeEntry(o.value) for p, o in plan.skipped}
+        {p.identity: _skipped_entry(p, o, fleet) for p, o in plan.skipped}
         | {p.identity: OutcomeEntry(Outcome.PENDING.value) for p in plan.targets}
     )
+    if not plan.targets:
+        # Nothing to signal (a retried deploy finds every process quiet; a first deploy
+        # finds none): the record is still written, so later commands judge this deploy.
+        _save_now(stores, record.finish(fleet.taken_at + (clock() - run.started)), fleet)
+        marks = _mark(run, options, fleet.taken_at) if live else ()
+        return report((), record.deploy_id, marks)
+
+    run.preflight(plan.targets)
+    _warn_short_timeout(run, plan.targets)
     for store in stores:
         run.targets[store.label] = [Target(p) for p in plan.targets if p.redis == store.label]
     body = record.to_json()
-    _first_push(run, record.deploy_id, body)
+    _first_push(run, record, body, fleet)
     signalled = [p for p in plan.targets if not p.quiet]
     run.on_event(Pushed(len(signalled), len({p.machine for p in signalled})))
     if options.wait:
@@ -427,7 +474,7 @@ def quiet_fleet(
     failed = run.error is not None or any(e.outcome in FAILED_OUTCOMES for e in entries)
     failure = _failure_text(run.error, entries) if failed else None
     record = record.finish(fleet.taken_at + (clock() - run.started), failure=failure)
-    saved = _save(run, record.deploy_id, record.to_json())
+    saved = _save(run, record, record.to_json(), fleet)
     marks = () if failed else _mark(run, options, fleet.taken_at)
     return report(entries, record.deploy_id, marks, saved, _advice(options, plan, entries))
 
@@ -465,14 +512,42 @@ def _failure_text(error: QuiesceError | None, entries: Sequence[ProcessOutcome])
     return f"{n} process{'es' if n != 1 else ''} not confirmed quiet"
 
 
-def _first_push(run: QuietRun, deploy_id: str, body: str) -> None:
+def _skipped_entry(proc: ProcessRecord, outcome: Outcome, fleet: FleetSnapshot) -> OutcomeEntry:
+    """An already-quiet process carries the deploy of its scope that quieted it, and when:
+    "quiet since deploy X" outlives X's record."""
+    if outcome is not Outcome.ALREADY_QUIET:
+        return OutcomeEntry(outcome.value)
+    since = quiet_since_any(fleet.history, proc.identity)
+    if since is None:
+        return OutcomeEntry(outcome.value)
+    origin, at = since
+    return OutcomeEntry(outcome.value, confirmed_at=at, quiet_since_deploy=origin.deploy_id)
+
+
+def _save_now(stores: Sequence[FleetStore], record: DeployRecord, fleet: FleetSnapshot) -> None:
+    """The record of a run that signalled nothing. Nothing is lost by failing here: an
+    exit 0 without its record would leave later commands judging by an older deploy."""
+    body = record.to_json()
+    for store in stores:
+        store.save_records(
+            _record_writes(store.keys, record.deploy_id, body),
+            ledger=_ledger_writes(store.keys, record, body, fleet),
+        )
+
+
+def _first_push(run: QuietRun, record: DeployRecord, body: str, fleet: FleetSnapshot) -> None:
     """Every server's atomic push, with the record. A refusal before any signal went
     out is an ordinary error; after some server took its pushes, it ends the run."""
     done_any = False
     for store in run.stores:
         targets = run.targets[store.label]
         try:
-            run.push(store, targets, _record_writes(store.keys, deploy_id, body))
+            run.push(
+                store,
+                targets,
+                _record_writes(store.keys, record.deploy_id, body),
+                _ledger_writes(store.keys, record, body, fleet),
+            )
         except RedisProblem as exc:
             if not done_any:
                 raise type(exc)(f"{exc.reason}; nothing was signalled", url=exc.url) from exc
@@ -486,7 +561,7 @@ def _first_push(run: QuietRun, deploy_id: str, body: str) -> None:
         done_any = True
 
 
-def _save(run: QuietRun, deploy_id: str, body: str) -> bool:
+def _save(run: QuietRun, record: DeployRecord, body: str, fleet: FleetSnapshot) -> bool:
     """Write the final record, once per server, never past the deadline plus one attempt;
     a server that was unreachable at the end is not waited for again."""
     saved = True
@@ -496,7 +571,11 @@ def _save(run: QuietRun, deploy_id: str, body: str) -> bool:
             continue
         try:
             # A deadline already past: one attempt, no retries (the wait's time is spent).
-            store.save_records(_record_writes(store.keys, deploy_id, body), deadline=0.0)
+            store.save_records(
+                _record_writes(store.keys, record.deploy_id, body),
+                deadline=0.0,
+                ledger=_ledger_writes(store.keys, record, body, fleet),
+            )
         except QuiesceError as exc:
             log.warning("could not save the deploy record on %s: %s", store.label, exc)
             saved = False

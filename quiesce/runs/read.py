@@ -27,7 +27,9 @@ class FleetReader(Protocol):
     @property
     def label(self) -> str: ...
 
-    def read_fleet(self, *, detail: bool = True, jobs: bool = False) -> RawSnapshot: ...
+    def read_fleet(
+        self, *, detail: bool = True, jobs: bool = False, scope: str | None = None
+    ) -> RawSnapshot: ...
 
     def empty_fleet_hints(self) -> EmptyFleetHints: ...
 
@@ -45,13 +47,13 @@ def observe(
     detail: bool = True,
     allow_newer: bool = False,
     jobs: bool = False,
+    scope: str | None = None,
 ) -> Observed:
-    """``jobs``: also read every process's running jobs (same single pipeline)."""
+    """``jobs``: also read every process's running jobs (same single pipeline). ``scope``
+    (``record.scope_of``): whose deploy history to read; None reads only the pre-ledger
+    latest record, whichever scope wrote it."""
     with _no_cycle_collection():
-        raws = [
-            s.read_fleet(detail=detail, jobs=True) if jobs else s.read_fleet(detail=detail)
-            for s in stores
-        ]
+        raws = [s.read_fleet(detail=detail, jobs=jobs, scope=scope) for s in stores]
         refuse_duplicates(raws, [s.keys.namespace for s in stores])
         fleet = FleetSnapshot.merge([decode_snapshot(r, allow_newer=allow_newer) for r in raws])
     return Observed(fleet, {r.redis: r.run_id for r in raws})
@@ -77,8 +79,9 @@ def read_fleet(
     detail: bool = True,
     allow_newer: bool = False,
     jobs: bool = False,
+    scope: str | None = None,
 ) -> FleetSnapshot:
-    return observe(stores, detail=detail, allow_newer=allow_newer, jobs=jobs).fleet
+    return observe(stores, detail=detail, allow_newer=allow_newer, jobs=jobs, scope=scope).fleet
 
 
 def refuse_duplicates(raws: Sequence[RawSnapshot], namespaces: Sequence[str]) -> None:

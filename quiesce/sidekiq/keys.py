@@ -10,6 +10,7 @@ always with a TTL.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 HEARTBEAT_TTL_S = 60
 """Sidekiq refreshes ``EXPIRE <identity> 60`` on every beat."""
@@ -28,6 +29,9 @@ DEPLOY_RECORD_TTL_S = 14 * 24 * 60 * 60
 
 PROCESS_FIELDS = ("info", "busy", "beat", "quiet", "rss", "rtt_us", "concurrency")
 """The hash fields ``ProcessSet#each`` reads (8.1.2+ list; older versions lack some)."""
+
+LEDGER_SCOPE_MAX = 200
+"""A scope longer than this is hashed into its ledger key (``Keys.ledger``)."""
 
 POLL_FIELDS = ("quiet", "beat")
 """What the confirmation loop needs from a process hash on every poll."""
@@ -86,7 +90,19 @@ class Keys:
 
     @property
     def latest_deploy(self) -> str:
+        """The newest record of any scope: what quiesce before the ledger judged by. Still
+        written (older readers), read only as a fallback for a scope without a ledger."""
         return self._k("quiesce:deploy:latest")
+
+    def ledger(self, scope: str) -> str:
+        """A scope's history: a hash, deploy id -> record JSON, with the record TTL.
+
+        A long scope (many filters) is named by its SHA-256 instead: records carry their
+        scope, so a reader still checks each one belongs to it."""
+        if len(scope) > LEDGER_SCOPE_MAX:
+            scope = "sha256:" + hashlib.sha256(scope.encode("utf-8", "surrogateescape")).hexdigest()
+        # Under quiesce:deploy: so the release role's one key pattern covers it.
+        return self._k(f"quiesce:deploy:ledger:{scope}")
 
     # -- exporter: Sidekiq's queue and job-set keys --------------------------------
     @property

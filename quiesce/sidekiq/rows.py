@@ -42,6 +42,12 @@ class RawSnapshot:
     """``INFO server`` run_id (None when INFO is refused): tells two URLs of one server apart
     from two servers, and a restarted server from the one the snapshot read."""
     db: int = 0
+    scope: str | None = None
+    """The scope whose ledger was read (None: no scope given, only ``latest_deploy``)."""
+    ledger: Mapping[str, str] | None = None
+    """``HGETALL`` of the scope's ledger: deploy id -> record JSON (None: not read)."""
+    keyspace: Mapping[int, int] | None = None
+    """``INFO keyspace``: key count per database of this server (None: refused)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +70,18 @@ class PollRow:
     @property
     def hash_alive(self) -> bool:
         return self.pttl_ms is not None and self.pttl_ms != -2
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LedgerWrite:
+    """One record into a scope's ledger hash (``HSET`` + ``EXPIRE``), and the entries to
+    drop from it (``HDEL``: past the history's caps, unreadable or expired)."""
+
+    key: str
+    deploy_id: str
+    body: str
+    ttl_s: int
+    drop: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from quiesce.sidekiq import keys as k
 from quiesce.sidekiq.queue_rows import RawQueue, RawQueues
 from quiesce.sidekiq.rows import (
     EmptyFleetHints,
+    LedgerWrite,
     Poll,
     PollRow,
     Push,
@@ -418,8 +419,11 @@ class SidekiqStore:
 
         return self._call(scan, deadline=deadline, command=("SSCAN", self.keys.processes))
 
-    def read_fleet(self, *, detail: bool = True, jobs: bool = False) -> RawSnapshot:
-        """Every registered process, the server's identity and clients, the latest record.
+    def read_fleet(
+        self, *, detail: bool = True, jobs: bool = False, scope: str | None = None
+    ) -> RawSnapshot:
+        """Every registered process, the server's identity, clients and keyspace, the latest
+        record and, given a ``scope``, that scope's ledger (its deploy history).
 
         ``detail=False`` (the release command's plan) skips TTLs and pending signal
         names: at 5,000 processes every command per process costs. ``jobs`` adds an
@@ -427,12 +431,14 @@ class SidekiqStore:
         is only known once the row is decoded): still the same one pipeline.
         """
         members = self.members()
-        commands = self._fleet_commands(members, detail=detail, jobs=jobs)
+        commands = self._fleet_commands(members, detail=detail, jobs=jobs, scope=scope)
         probe = self._release_probe(members) if not detail else []
         results = self._pipeline([*commands, *probe], deadline=None)
         for reply in results[len(commands) :]:  # the release command's probe
             self._refusal(reply)
-        return self._fleet_snapshot(members, results[: len(commands)], detail=detail, jobs=jobs)
+        return self._fleet_snapshot(
+            members, results[: len(commands)], detail=detail, jobs=jobs, scope=scope
+        )
 
     def _release_probe(self, members: Sequence[str]) -> list[Command]:
         """What the release command will need after its plan, asked with its plan so a
@@ -534,12 +540,7 @@ class SidekiqStore:
         found: tuple[str, ...] = ()
         if isinstance(scan, list | tuple) and len(scan) == 2:
             found = tuple(sorted(str(x) for x in scan[1]))[:5]
-        dbs: dict[int, int] = {}
-        for name, value in _parse_info(info).items():
-            if name.startswith("db") and name[2:].isdigit() and int(name[2:]) != self.db:
-                count = value.split(",", 1)[0].removeprefix("keys=")
-                if count.isdigit():
-                    dbs[int(name[2:])] = int(count)
+        dbs = {db: n for db, n in (_keyspace(info) or {}).items() if db != self.db}
         return EmptyFleetHints(namespaced=found, other_dbs=dbs)
 
     # -- exporter: one scrape (processes, queues, job sets, clients) ---------------------
@@ -594,17 +595,25 @@ class SidekiqStore:
         return snapshot, self._queues(now_ms, names, results[split:], client_list)
 
     def _fleet_commands(
-        self, members: Sequence[str], *, detail: bool = True, jobs: bool = False
+        self,
+        members: Sequence[str],
+        *,
+        detail: bool = True,
+        jobs: bool = False,
+        scope: str | None = None,
     ) -> list[Command]:
-        """The snapshot pipeline: TIME, INFO, the latest record, then per process its
-        hash fields (with ``detail`` its TTL and pending signals, with ``jobs`` both work
-        hash names: the version, which picks one, is only known once the row is decoded)."""
+        """The snapshot pipeline: TIME, INFO, the latest record, INFO keyspace, the scope's
+        ledger, then per process its hash fields (with ``detail`` its TTL and pending
+        signals, with ``jobs`` both work hash names: the version, which picks one, is
+        only known once the row is decoded)."""
         keys = self.keys
         commands: list[Command] = [
             ("TIME",),
             ("INFO", "server"),
             ("INFO", "clients"),
             ("GET", keys.latest_deploy),
+            ("INFO", "keyspace"),
+            ("HGETALL", keys.ledger(scope)) if scope is not None else ("PING",),
         ]
         for m in members:
             commands.append(("HMGET", keys.process(m), *k.PROCESS_FIELDS))
@@ -622,13 +631,16 @@ class SidekiqStore:
         *,
         detail: bool = True,
         jobs: bool = False,
+        scope: str | None = None,
     ) -> RawSnapshot:
-        # TIME and INFO are optional (a restricted user degrades); the deploy record and
+        # TIME and INFO are optional (a restricted user degrades); the deploy records and
         # the process rows are not.
-        for reply in results[3:]:
+        for reply in (results[3], *results[5:]):
             self._refusal(reply)
-        now_ms, server_reply, clients_reply, deploy = results[:4]
-        rows = results[4:]
+        now_ms, server_reply, clients_reply, deploy, keyspace, ledger = results[:6]
+        rows = results[6:]
+        if scope is not None and isinstance(ledger, Exception):
+            raise classify(ledger, self.target, self._read_timeout_s)
         per = (3 if detail else 1) + (len(k.WORK_SUFFIXES) if jobs else 0)
         clients = _parse_info(clients_reply)
         server = self._server(server_reply)
@@ -644,6 +656,9 @@ class SidekiqStore:
             latest_deploy=deploy if isinstance(deploy, str) else None,
             run_id=server.run_id,
             db=self.db,
+            scope=scope,
+            ledger=_hash_reply(ledger) if scope is not None else None,
+            keyspace=_keyspace(keyspace),
         )
 
     def _queues(
@@ -701,9 +716,11 @@ class SidekiqStore:
         records: Sequence[tuple[str, str, int]] = (),
         *,
         deadline: float | None = None,
+        ledger: Sequence[LedgerWrite] = (),
     ) -> Push:
         """``Sidekiq::Process#signal`` for every identity, plus quiesce's own records
-        ``(key, value, ttl_s)``, in one ``MULTI``/``EXEC`` and one round trip.
+        ``(key, value, ttl_s)`` and ledger entries, in one ``MULTI``/``EXEC`` and one
+        round trip.
 
         A command Redis refuses while queueing (ACL, ``maxmemory``) aborts the whole
         transaction: nothing was pushed, and this raises. A command that fails inside
@@ -716,6 +733,7 @@ class SidekiqStore:
             commands.append(("LPUSH", keys.signals(ident), signal))
             commands.append(("EXPIRE", keys.signals(ident), k.SIGNAL_TTL_S))
         commands.extend(("SET", key, value, "EX", ttl) for key, value, ttl in records)
+        commands.extend(_ledger_commands(ledger))
         commands.append(("EXEC",))
         # TIME goes before the MULTI, not in it: a TIME refused or renamed away must not
         # abort the pushes (the clock falls back), only a refused push may.
@@ -744,10 +762,15 @@ class SidekiqStore:
         return Push(pushed_at_ms=self._time_ms(replies[0]), errors=errors)
 
     def save_records(
-        self, records: Sequence[tuple[str, str, int]], *, deadline: float | None = None
+        self,
+        records: Sequence[tuple[str, str, int]],
+        *,
+        deadline: float | None = None,
+        ledger: Sequence[LedgerWrite] = (),
     ) -> None:
-        """quiesce's own keys (``quiesce:*``), each with its TTL."""
-        commands = [("SET", key, value, "EX", ttl) for key, value, ttl in records]
+        """quiesce's own keys (``quiesce:*``), each with its TTL, and ledger entries."""
+        commands: list[Command] = [("SET", key, value, "EX", ttl) for key, value, ttl in records]
+        commands.extend(_ledger_commands(ledger))
         for reply in self._pipeline(commands, deadline=deadline):
             if isinstance(reply, Exception):
                 raise classify(reply, self.target, self._read_timeout_s)
@@ -784,6 +807,19 @@ class SidekiqStore:
         finishes its jobs and exits, and its supervisor (Fly's restart policy) starts a
         new one. Refusals are handled as for ``push_quiet``."""
         return self.push_quiet(identities, "TERM", deadline=deadline)
+
+
+def _ledger_commands(writes: Sequence[LedgerWrite]) -> list[Command]:
+    """``HSET`` the record, ``HDEL`` what the history no longer keeps, ``EXPIRE`` the hash
+    (a scope that stops deploying loses its history 14 days after its last deploy)."""
+    commands: list[Command] = []
+    for w in writes:
+        commands.append(("HSET", w.key, w.deploy_id, w.body))
+        drop = [d for d in w.drop if d != w.deploy_id]
+        if drop:
+            commands.append(("HDEL", w.key, *drop))
+        commands.append(("EXPIRE", w.key, w.ttl_s))
+    return commands
 
 
 def _queue(pipe: Any, *command: str | int | float) -> None:
@@ -829,6 +865,34 @@ def _parse_info(reply: Any) -> dict[str, str]:
         return {}
     pairs = (line.split(":", 1) for line in reply.splitlines() if ":" in line)
     return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _keyspace(reply: Any) -> dict[int, int] | None:
+    """``INFO keyspace`` as db -> key count (``db3:keys=12,expires=0,...``); None: refused."""
+    if isinstance(reply, Exception) or reply is None:
+        return None
+    dbs: dict[int, int] = {}
+    parsed = reply.items() if isinstance(reply, Mapping) else _parse_info(reply).items()
+    for name, value in parsed:
+        name = str(name)
+        if not (name.startswith("db") and name[2:].isdigit()):
+            continue
+        if isinstance(value, Mapping):  # redis-py parsed it: {"keys": 12, ...}
+            count = str(value.get("keys", ""))
+        else:
+            count = str(value).split(",", 1)[0].removeprefix("keys=")
+        if count.isdigit():
+            dbs[int(name[2:])] = int(count)
+    return dbs
+
+
+def _hash_reply(reply: Any) -> dict[str, str]:
+    """An ``HGETALL`` reply as field -> value (a dict, or RESP2's flat list)."""
+    if isinstance(reply, Mapping):
+        return {str(f): str(v) for f, v in reply.items()}
+    if isinstance(reply, list | tuple):
+        return {str(f): str(v) for f, v in zip(reply[::2], reply[1::2], strict=False)}
+    return {}
 
 
 def _opt_int(value: Any) -> int | None:

@@ -1,0 +1,101 @@
+"""The deploy ledger against a real redis-server: per-scope history, retried deploys."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from quiesce.adapters.redis.store import SidekiqStore
+from quiesce.model.quiet import Outcome, scope_of
+from quiesce.model.record import LEDGER_SIZE, DeployState, quiet_since_any
+from quiesce.model.report import QuietOptions
+from quiesce.model.verdict import Until
+from quiesce.runs.quiet import quiet_fleet
+from quiesce.runs.read import read_fleet
+from quiesce.settings import build_settings
+from quiesce.sidekiq import keys as k
+from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
+from tests.support import simulated_fleet
+
+FleetFactory = Callable[..., SimulatedFleet]
+
+
+def store_for(url: str, namespace: str = "") -> SidekiqStore:
+    settings = build_settings(urls=[url], environ={}, namespace=namespace)
+    return SidekiqStore(settings.redis[0], settings)
+
+
+@pytest.fixture
+def start_fleet(redis_url: str) -> Iterator[FleetFactory]:
+    fleets: list[SimulatedFleet] = []
+
+    def start(processes: list[SimulatedProcess], beat: float = 0.3) -> SimulatedFleet:
+        fleet: SimulatedFleet = simulated_fleet(redis_url, processes, beat_interval_s=beat, seed=1)
+        fleets.append(fleet.start())
+        return fleet
+
+    yield start
+    for fleet in fleets:
+        fleet.stop()
+
+
+def quiet(url: str, scope: str, **options: object) -> object:
+    store = store_for(url)
+    try:
+        return quiet_fleet([store], QuietOptions(scope=scope, timeout_s=10, **options))  # type: ignore[arg-type]
+    finally:
+        store.close()
+
+
+def history(url: str, scope: str | None) -> tuple[object, ...]:
+    store = store_for(url)
+    try:
+        return read_fleet([store], scope=scope).history
+    finally:
+        store.close()
+
+
+def test_two_apps_in_one_redis_never_see_each_others_deploys(
+    start_fleet: FleetFactory, redis_url: str
+) -> None:
+    start_fleet(make_processes(2, tag="app1", seed=1) + make_processes(2, tag="app2", seed=2))
+    app1, app2 = scope_of("app1", ""), scope_of("app2", "")
+    from quiesce.model.quiet import Filters
+
+    one = quiet(redis_url, app1, filters=Filters(tags=("app1",)))
+    two = quiet(redis_url, app2, filters=Filters(tags=("app2",)))
+    seen1 = [r.deploy_id for r in history(redis_url, app1)]  # type: ignore[attr-defined]
+    seen2 = [r.deploy_id for r in history(redis_url, app2)]  # type: ignore[attr-defined]
+    assert seen1 == [one.deploy_id] and seen2 == [two.deploy_id]  # type: ignore[attr-defined]
+
+
+def test_a_retried_deploy_with_every_process_quiet_writes_its_record(
+    start_fleet: FleetFactory, redis_url: str, raw: redis.Redis
+) -> None:
+    start_fleet(make_processes(3, seed=3))
+    scope = scope_of("app", "")
+    first = quiet(redis_url, scope, release="r64", until=Until.QUIET)
+    again = quiet(redis_url, scope, release="r65")
+    assert first.ok and again.ok and again.deploy_id is not None  # type: ignore[attr-defined]
+    records = history(redis_url, scope)
+    assert [r.release for r in records] == ["r65", "r64"]  # type: ignore[attr-defined]
+    newest = records[0]
+    assert newest.state is DeployState.COMPLETE  # type: ignore[attr-defined]
+    for identity, entry in newest.outcomes.items():  # type: ignore[attr-defined]
+        assert entry.outcome == Outcome.ALREADY_QUIET
+        origin, _ = quiet_since_any(records, identity)  # type: ignore[arg-type,misc]
+        assert origin.deploy_id == first.deploy_id  # type: ignore[attr-defined]
+    assert 0 < raw.ttl(k.Keys().ledger(scope)) <= k.DEPLOY_RECORD_TTL_S
+
+
+def test_history_keeps_the_newest_twenty(
+    start_fleet: FleetFactory, redis_url: str, raw: redis.Redis
+) -> None:
+    start_fleet(make_processes(1, seed=4))
+    scope = scope_of("app", "")
+    ids = [quiet(redis_url, scope, release=f"r{i}").deploy_id for i in range(LEDGER_SIZE + 3)]  # type: ignore[attr-defined]
+    records = history(redis_url, scope)
+    assert [r.deploy_id for r in records] == ids[::-1][:LEDGER_SIZE]  # type: ignore[attr-defined]
+    assert raw.hlen(k.Keys().ledger(scope)) == LEDGER_SIZE
