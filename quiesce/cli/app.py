@@ -1182,11 +1182,15 @@ def rejoin(
         timeout_s = _duration(timeout)
         progress = _RejoinProgress()
         with (
-            _stores(_settings(ctx)) as stores,
+            _stores(settings := _settings(ctx)) as stores,
             _fly_client(app_name, use=fly) as (client, why),
         ):
+            filters = RejoinFilters(tags=tuple(tag or ()), hostnames=tuple(hostname or ()))
             options = RejoinOptions(
-                filters=RejoinFilters(tags=tuple(tag or ()), hostnames=tuple(hostname or ())),
+                filters=filters,
+                scope=_scope(
+                    settings, app_name, Filters(hostnames=filters.hostnames, tags=filters.tags)
+                ),
                 release=release,
                 process_group=process_group,
                 allow_newer=allow_newer,
@@ -1271,11 +1275,17 @@ def recover(
         if not 0 < after_s <= MAX_TIMEOUT_S:
             raise ConfigError(f"--after {after!r} must be above 0 and at most {MAX_TIMEOUT_S:g}s")
         action = "restart" if restart else "stop" if stop else "none"
-        with _stores(_settings(ctx)) as stores, _fly_client(app_name) as (client, why):
+        with (
+            _stores(settings := _settings(ctx)) as stores,
+            _fly_client(app_name) as (client, why),
+        ):
             if restart and client is None:
                 raise ConfigError(f"--restart needs the Fly API: {why}")
-            snapshot = read_fleet(stores, jobs=True)
             filters = RejoinFilters(tags=tuple(tag or ()), hostnames=tuple(hostname or ()))
+            scope = _scope(
+                settings, app_name, Filters(hostnames=filters.hostnames, tags=filters.tags)
+            )
+            snapshot = read_fleet(stores, jobs=True, scope=scope)
             problem = filters_problem(filters, snapshot, snapshot.latest_deploy)
             if problem is not None:
                 raise ConfigError(problem)

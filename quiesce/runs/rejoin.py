@@ -56,6 +56,8 @@ class RejoinOptions:
     """Why the Fly API is not used (no token, no app), said in the report."""
     stopped_ok: bool = False
     """Machines Fly shows stopped are not expected back (``--stopped-ok``)."""
+    scope: str | None = None
+    """Whose deploy history to judge (``quiet.scope_of``, as ``quiesce quiet`` wrote it)."""
 
 
 class RejoinWatch:
@@ -111,7 +113,9 @@ class RejoinWatch:
             return dataclasses.replace(report, notes=notes)
 
     def snapshot(self) -> FleetSnapshot:
-        return read_fleet(self.stores, allow_newer=self.options.allow_newer)
+        return read_fleet(
+            self.stores, allow_newer=self.options.allow_newer, scope=self.options.scope
+        )
 
     def poll(self, deadline: float | None, *, final: bool = False) -> RejoinReport:
         """One snapshot, at most one Machine list, one report. ``deadline`` is on the
