@@ -535,9 +535,7 @@ def _notes(record: DeployRecord, with_fly: bool, target: Target, by_tag: str) ->
     elif not target.known:
         out.append("the deployed release is unknown: the Machines' images are not compared")
     if by_tag:
-        out.append(
-            f"Fly process group unknown for {by_tag} of the Machines: grouped by Sidekiq tag"
-        )
+        out.append(f"Fly process group unknown for {by_tag} Machines: grouped by Sidekiq tag")
     if record.state is DeployState.FAILED:
         out.append(f"the quiet of this deploy failed: {record.failure or 'no reason'}")
     return out
