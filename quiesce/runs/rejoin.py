@@ -128,9 +128,11 @@ class RejoinWatch:
             self._note("deploy record gone from Redis (restarted empty?): using the one read first")
         if record is None:
             problem = f" ({snapshot.deploy_problem})" if snapshot.deploy_problem else ""
+            scope = f" for {self.options.scope}" if self.options.scope else ""
             raise ConfigError(
-                "no quiesce deploy record in Redis: run `quiesce quiet` as the release "
-                f"command first{problem}"
+                f"no quiesce deploy record{scope} in Redis: run `quiesce quiet` as the "
+                "release command first (on Fly it records the app: give the same --app or "
+                f"FLY_APP_NAME here){problem}"
             )
         if self._record is None:
             unmatched = filters_problem(self.options.filters, snapshot, record)
