@@ -17,7 +17,7 @@ from quiesce.errors import FlyRefused, FlyUnavailable
 from quiesce.model.machines import parse_machine
 from tests.support.fly import FakeFly, fake_fly
 
-__all__ = ["fake_fly"]  # the fixture
+__all__ = ["FakeFly", "fake_fly"]  # the fixture, and the server other tests import
 TOKEN = "FlyV1 fm2_secret-token-value"
 APP = "my-app"
 

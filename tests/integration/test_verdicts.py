@@ -72,7 +72,7 @@ class Fleets:
             pid=self.counter,
             version="6.4.1",
             tag=tag,
-            **({"started_at": started_at} if started_at is not None else {}),
+            started_at=time.time() if started_at is None else started_at,
         )
         self.start([process])
         return process
