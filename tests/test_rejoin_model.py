@@ -253,10 +253,10 @@ def test_clock_skew_is_measured_per_process_from_its_beat() -> None:
     assert r.machines[0].rejoined_at == T0 + 20  # moved onto the Redis clock
     # A process that really started before the quiet is not a rejoin, however fast its clock.
     r = report(rec, [new("m1", at=T0 - 60, skew=+50.0)])
-    assert states(r)["m1"] is S.PENDING
+    assert states(r)["m1"] is S.OLD_RUNNING
     # Unmeasurable offset (no beat age): no slack either, and it has not been seen beating.
     r = report(rec, [new("m1", at=T0 - 10, beat_age=None), new("m2", at=T0 + 60, beat_age=None)])
-    assert states(r) == {"m1": S.PENDING, "m2": S.STARTING}
+    assert states(r) == {"m1": S.OLD_RUNNING, "m2": S.STARTING}
 
 
 def test_mixed_sidekiq_versions() -> None:
@@ -291,7 +291,7 @@ def test_release_label_and_start_time_must_both_say_new() -> None:
         new("m2", at=T0 - 900, labels=(NEW_IMAGE,)),
     ]
     r = report(rec, live)
-    assert states(r) == {"m1": S.PENDING, "m2": S.PENDING}
+    assert states(r) == {"m1": S.OLD_RUNNING, "m2": S.OLD_RUNNING}
     r = report(rec, [new("m2", at=T0 + 30, labels=(NEW_IMAGE,))])
     assert states(r)["m2"] is S.REJOINED
     assert release_label(["reliable", "release:v42"]) == "v42"

@@ -73,8 +73,9 @@ class MachineState(enum.StrEnum):
     QUIET_IDLE = "quiet-idle"
     """An old process alive, quiet, running nothing: waiting to be replaced."""
     OLD_RUNNING = "old-running"
-    """An old process alive and not quiet (nor quieting, ``fleet.is_quieting``): it still
-    takes jobs with the old code."""
+    """An old process alive and not quiet (nor quieting, ``fleet.is_quieting``), or a
+    process not in the record that is not new (started before the quiet, or labelled with
+    another release): it takes jobs with the old code."""
     OLD_IMAGE = "old-image"
     """Fly lists it started on another release or image than the deploy's."""
     PENDING = "pending"
@@ -593,7 +594,9 @@ def _machine(
 ) -> MachineRejoin | None:
     machine = fly.get(name) if fly is not None else None
     counted = [p for p in host.new if kept_beating(p)]
-    state, why = _state(host, counted, machine, fly is not None, target, stopped_ok)
+    recorded = record.machines.get(name)
+    was = recorded.process_group if recorded is not None else ""
+    state, why = _state(host, counted, machine, fly is not None, target, stopped_ok, was)
     if state is None:
         return None
     quiet_times = [
@@ -636,10 +639,12 @@ def _state(
     with_fly: bool,
     target: Target,
     stopped_ok: bool,
+    recorded_group: str = "",
 ) -> tuple[MachineState | None, str]:
-    """The Machine's state and, for the broken ones, why (None: not a Machine to report)."""
+    """The Machine's state and, for the broken ones, why (None: not a Machine to report).
+    ``recorded_group``: its Fly process group at the quiet, if the record has it."""
     if with_fly:
-        judged = _fly_state(host, machine, target, stopped_ok)
+        judged = _fly_state(host, machine, target, stopped_ok, recorded_group)
         if judged is not None:
             return judged
     if not host.old:
@@ -650,10 +655,22 @@ def _state(
 
 
 def _fly_state(
-    host: _Host, machine: FlyMachine | None, target: Target, stopped_ok: bool
+    host: _Host, machine: FlyMachine | None, target: Target, stopped_ok: bool, recorded_group: str
 ) -> tuple[MachineState | None, str] | None:
     """What Fly's view alone decides (None: the heartbeats decide)."""
     fresh = bool(host.new or host.other)
+    if (
+        fresh
+        and machine is not None
+        and recorded_group
+        and machine.process_group
+        and machine.process_group != recorded_group
+    ):
+        # A Machine keeps its group for life: the process's hostname is not this Machine.
+        return MachineState.CONFLICT, (
+            f"a live process claims it; Fly lists it in group {machine.process_group}, "
+            f"it was in {recorded_group} at the quiet"
+        )
     if machine is None or machine.gone:
         if fresh:
             listed = "lists it " + machine.state if machine else "does not list it"
@@ -679,12 +696,14 @@ def _fly_state(
 
 
 def _heartbeat_state(host: _Host, counted: Sequence[ProcessRecord], up: bool) -> MachineState:
+    if host.other or any(not (p.quiet or p.quieting) for p in host.live_old):
+        # Taking jobs and not new: started before the quiet without being quieted, or
+        # labelled with another release. Old code, whatever else runs beside it.
+        return MachineState.OLD_RUNNING
     if len(counted) >= len(host.old) and up:
         return MachineState.REJOINED
     if counted and up:
         return MachineState.PARTIAL
-    if any(not (p.quiet or p.quieting) for p in host.live_old):
-        return MachineState.OLD_RUNNING
     if host.new:
         return MachineState.STARTING
     if any((p.busy or 0) > 0 for p in host.live_old):

@@ -394,4 +394,4 @@ def test_a_process_started_1_7_s_before_the_quiet_is_not_new(
     _wait_for("its beats", lambda: bool(raw.exists(early.identity)))
     code, report = _rejoin(redis_url)
     assert code == ExitCode.NOT_WHOLE
-    assert _states(report) == {old[0].hostname: "pending"}
+    assert _states(report) == {old[0].hostname: "old-running"}

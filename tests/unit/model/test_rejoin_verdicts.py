@@ -100,7 +100,7 @@ def test_an_old_release_label_is_not_back_even_when_started_after_the_quiet() ->
     rec = record(before)
     old_label = f"release:{OLD_RELEASE}"
     r = report(rec, [new("A", labels=(old_label,)), new("B", labels=(f"release:{rec.release}",))])
-    assert states(r) == {"A": S.PENDING, "B": S.REJOINED}
+    assert states(r) == {"A": S.OLD_RUNNING, "B": S.REJOINED}
 
 
 # -- Why 2: groups from Fly, replaced Machines ------------------------------------------
@@ -178,6 +178,14 @@ def test_a_process_claiming_a_stopped_machine_is_a_conflict() -> None:
     assert "Fly lists it stopped" in next(m.why for m in r.machines if m.machine == "B")
 
 
+def test_a_process_claiming_a_machine_of_another_group_is_a_conflict() -> None:
+    before = [proc("A"), proc("B")]
+    rec = record(before, groups={"A": "worker", "B": "worker"})
+    r = report(rec, [new("A"), new("B")], [fly("A"), fly("B", group="web")])
+    assert states(r) == {"A": S.REJOINED, "B": S.CONFLICT} and not r.whole
+    assert "group web" in r.not_back[0].why
+
+
 def test_a_process_that_beat_once_is_starting_not_back() -> None:
     before = [proc("A")]
     rec = record(before, groups=WORKERS)
@@ -192,7 +200,8 @@ def test_a_process_started_before_the_quiet_is_not_new_whatever_its_clock() -> N
     before = [proc("A"), proc("B")]
     rec = record(before)
     r = report(rec, [new("A", at=T0 - 1.7), new("B", at=T0 - 1.7, skew=+30.0)])
-    assert states(r) == {"A": S.PENDING, "B": S.PENDING}
+    # Not quieted, taking jobs, maybe with the old code: old-running, never back.
+    assert states(r) == {"A": S.OLD_RUNNING, "B": S.OLD_RUNNING}
     r = report(rec, [new("A", at=T0 + 0.5, skew=-120.0)])
     assert states(r)["A"] is S.REJOINED
 
