@@ -115,6 +115,25 @@ def measure(argv: list[str]) -> tuple[float, float, float, int]:
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, child.returncode
 
 
+def fill_history(url: str, earlier: int) -> None:
+    """``earlier`` deploys of the same scope before the measured ones: one real quiet, its
+    record copied under older ids and times (writing them straight in keeps every copy
+    full-size: the simulated heartbeats are not refreshed, so real runs a minute apart
+    would find a shrinking fleet)."""
+    measure(commands(url)[0][1])
+    direct = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        ledger = k.Keys().ledger("redis-ns:")
+        (body,) = direct.hvals(ledger)
+        for i in range(1, earlier):
+            data = json.loads(body)
+            data["deploy_id"] = f"{data['deploy_id']}-earlier{i:02d}"
+            data["started_at"] -= i * 3600
+            direct.hset(ledger, data["deploy_id"], json.dumps(data, separators=(",", ":")))
+    finally:
+        direct.close()
+
+
 def profile(url: str, name: str) -> None:
     from typer.testing import CliRunner
 
@@ -136,6 +155,14 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=10_000)
     parser.add_argument("--queues", type=int, default=10_000)
     parser.add_argument("--profile", metavar="COMMAND", help="e.g. 'status' or 'status --json'")
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Deploys in the ledger when the reads run (each a full record: every read "
+        "command reads the whole history). Default 1; the ledger keeps 20.",
+    )
     args = parser.parse_args()
     server: Any = importlib.import_module("tests.support").RedisServer()
     try:
@@ -151,6 +178,8 @@ def main() -> None:
                 measure(commands(url)[0][1])  # the deploy record the others read
             profile(url, args.profile)
             return
+        if args.history > 1:
+            fill_history(url, args.history - 1)
         print(f"{'command':<28}{'wall s':>8}{'CPU s':>8}{'peak RSS MB':>13}{'exit':>6}")
         for name, argv in commands(url):
             wall, cpu, rss, code = measure(argv)
@@ -160,12 +189,15 @@ def main() -> None:
             size = int(direct.strlen(k.Keys().latest_deploy))
             ttl = int(direct.ttl(k.Keys().latest_deploy))
             copies = len(list(direct.scan_iter(match="quiesce:deploy:*", count=1000)))
+            ledger = k.Keys().ledger("redis-ns:")
+            kept = [len(v) for v in direct.hvals(ledger)]  # as the last write left it
         finally:
             direct.close()
         print(
             f"deploy record: {size:,} bytes ({size / args.processes:.0f} per process),"
             f" {copies} keys, TTL {ttl / 86400:.0f} days"
         )
+        print(f"ledger: {len(kept)} records, {sum(kept):,} bytes (read by every command above)")
     finally:
         server.stop()
 

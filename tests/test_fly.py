@@ -94,7 +94,7 @@ def test_list_keeps_what_rejoin_needs_and_drops_release_console_canary(fake_fly:
         "worker",
         "63",
     )
-    assert m.image_ref == "my-app:deployment-01J9Z3F0ABCDEF0123456789XY"
+    assert m.image_ref == "registry.fly.io/my-app:deployment-01J9Z3F0ABCDEF0123456789XY"
     assert m.instance_id == "01J9Z3K8Q7V6T5R4P3N2M1L0KJ"
     assert m.updated_at == 1741105267.0
     method, path, headers = fake_fly.requests[0]

@@ -28,10 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZES = (10, 300)
 
 STATUS_MAX = 3
-"""SSCAN, then one pipeline (TIME, INFO, every process's fields), plus one to spare."""
+"""SSCAN, then one pipeline (TIME, INFO, the scope's deploy history, every process's
+fields), plus one to spare."""
 QUIET_NO_WAIT_MAX = 7
-"""SSCAN, the snapshot, the pre-push poll, the push (one MULTI), the deploy record,
-Sidekiq's deploy mark (lock, then mark)."""
+"""SSCAN, the snapshot (with the scope's history), the pre-push poll, the push (one MULTI,
+with the record into the history), the final record, Sidekiq's deploy mark (lock, then
+mark)."""
 POLL_MAX = 1
 HANDSHAKE_MAX = 2
 """Per connection: redis-py may send CLIENT SETINFO / SELECT before its first command."""

@@ -188,8 +188,11 @@ class FlyClient:
             log.warning("Fly API: %d Machine entries without an id were ignored", bad)
         return machines
 
-    def get_machine(self, machine_id: str) -> FlyMachine:
-        data = self._json("GET", self._path(machine_id), what=f"Machine {machine_id}")
+    def get_machine(self, machine_id: str, *, budget_s: float | None = None) -> FlyMachine:
+        """One Machine; ``budget_s`` bounds the call, retries included (as ``list_machines``)."""
+        data = self._json(
+            "GET", self._path(machine_id), what=f"Machine {machine_id}", budget_s=budget_s
+        )
         machine = parse_machine(data)
         if machine is None:
             raise FlyUnavailable(f"Fly API: Machine {machine_id} came back without an id")

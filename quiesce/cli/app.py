@@ -486,6 +486,27 @@ def _scope(settings: Settings, app_name: str | None, filters: Filters | None) ->
     return scope_of(app_name or os.environ.get("FLY_APP_NAME"), settings.namespace, filters)
 
 
+def _scope_notes(snapshot: FleetSnapshot) -> list[str]:
+    """A command that found no deploy of its scope says whose the newest deploy is."""
+    other = snapshot.other_scope
+    if snapshot.latest_deploy is not None or other is None:
+        return []
+    hint = f" (--app {other.removeprefix('app:')})" if other.startswith("app:") else ""
+    return [
+        f"no deploy recorded for {snapshot.scope}; the newest deploy in this Redis is of "
+        f"{other}{hint}"
+    ]
+
+
+def _refuse_unmatched(snapshot: FleetSnapshot, filters: Filters) -> None:
+    """Filters that leave nothing of a live fleet are a typo: exit 2, listing what exists."""
+    from quiesce.model.quiet import unmatched_filters
+
+    problem = unmatched_filters(snapshot.processes, filters)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 def _release_label(explicit: str | None) -> str | None:
     for value in (explicit, os.environ.get("RELEASE_LABEL"), os.environ.get("FLY_IMAGE_REF")):
         if value and value.strip():
@@ -703,6 +724,27 @@ def quiet(
             show_default=False,
         ),
     ] = None,
+    min_processes: Annotated[
+        int | None,
+        typer.Option(
+            "--min-processes",
+            metavar="N",
+            min=0,
+            help="Exit 2, nothing signalled, when fewer than N live processes are "
+            "targeted (already quiet ones count). Default: only warn when under half of "
+            "the previous deploy's.",
+            show_default=False,
+        ),
+    ] = None,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            "--allow-empty",
+            help="No live process here while a live Sidekiq fleet is registered under "
+            "another namespace or database is a wrong target (exit 2); this deploys anyway "
+            "(a first deploy beside another app).",
+        ),
+    ] = False,
 ) -> None:
     """Send TSTP to every live Sidekiq process and confirm each one took it.
 
@@ -710,8 +752,10 @@ def quiet(
     (repeat one to accept any of its values; different filters must all match).
     Embedded processes are skipped (Sidekiq ignores signals there), already-quiet ones
     are left alone. A signal that expires unconsumed is pushed again while the deadline
-    allows. Records the deploy under quiesce:deploy:* (14 days) and writes Sidekiq's
-    deploy mark for the release label (--no-mark to skip).
+    allows. Records the deploy in its scope's history, quiesce:deploy:ledger:<scope>
+    (14 days; the scope is --app / $FLY_APP_NAME, else the namespace and filters), with
+    $FLY_API_TOKEN what Fly lists for the app. Writes Sidekiq's deploy mark for the
+    release label (--no-mark to skip).
     """
     from quiesce.model.report import QuietOptions
     from quiesce.runs.quiet import quiet_fleet
@@ -739,21 +783,33 @@ def quiet(
         allow_newer=allow_newer,
         kill_timeout_s=kill_timeout,
         sidekiq_timeout_s=sidekiq_timeout,
+        min_processes=min_processes,
+        allow_empty=allow_empty,
     )
     if until is Until.DRAINED and not wait:
         raise _UsageFailure("--until drained waits for the jobs: it cannot be used with --no-wait")
     progress = _ProgressLine(until.value, timeout, wait)
     # A release command cut off by its timeout gets TERM: end the wait with a full report.
     signal.signal(signal.SIGTERM, _interrupt)
-    with _guard(best_effort=best_effort), _stores(settings := _settings(ctx)) as stores:
+    with (
+        _guard(best_effort=best_effort),
+        _stores(settings := _settings(ctx)) as stores,
+        _quiet_fly(app_name) as (fly, fly_missing),
+    ):
         options = dataclasses.replace(
             options,
             default_url=settings.default_url,
             scope=_scope(settings, app_name, options.filters),
+            fly_app=(app_name or os.environ.get("FLY_APP_NAME") or "").strip() or None,
+            image_ref=os.environ.get("FLY_IMAGE_REF", "").strip() or None,
+            release_machine=os.environ.get("FLY_MACHINE_ID", "").strip() or None,
+            fly_missing=fly_missing,
         )
         options = _bluegreen(options, max_connections_ratio, postgres_url)
         try:
-            report = quiet_fleet(stores, options, on_event=None if json_output else progress)
+            report = quiet_fleet(
+                stores, options, on_event=None if json_output else progress, fly=fly
+            )
         finally:
             progress.close()
     with _output(best_effort=best_effort):
@@ -883,6 +939,7 @@ def status(
         scope = _scope(settings, app_name, None)
         while True:
             snapshot = read_fleet(stores, allow_newer=allow_newer, jobs=jobs, scope=scope)
+            _refuse_unmatched(snapshot, excludes)
             notes = _empty_fleet_notes(stores, snapshot, ctx)
             snapshot, excluded = filter_snapshot(snapshot, excludes)
             if json_output:
@@ -900,7 +957,7 @@ def status(
                     typer.echo(excluded_text(excluded))
                 if jobs:
                     typer.echo("\n".join(jobs_text(snapshot, args=show_args)))
-                for note in notes:
+                for note in [*notes, *_scope_notes(snapshot)]:
                     typer.echo(safe(f"note: {note}"))
             if not watch:
                 break
@@ -1049,6 +1106,21 @@ def _fly_client(app_name: str | None, *, use: bool = True) -> Iterator[tuple[Any
         yield client, None
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def _quiet_fly(app_name: str | None) -> Iterator[tuple[Any, str | None]]:
+    """The release command's Fly client: a bad Fly setting is said in the report, never a
+    failed deploy (the signal matters more than what Fly would add to the record)."""
+    from quiesce.adapters.fly import FlyConfig
+
+    try:
+        FlyConfig.from_env(os.environ, app=app_name)
+    except ConfigError as exc:
+        yield None, str(exc)
+        return
+    with _fly_client(app_name) as pair:
+        yield pair
 
 
 _APP_HELP = "Fly app whose Machines to list. Default: $FLY_APP_NAME. Token: $FLY_API_TOKEN."

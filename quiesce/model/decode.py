@@ -57,6 +57,7 @@ def decode_snapshot(raw: RawSnapshot, *, allow_newer: bool = False) -> FleetSnap
         legacy_history=history.legacy,
         ledger_drop=history.drop,
         keyspace=tuple((raw.redis, db, n) for db, n in sorted((raw.keyspace or {}).items())),
+        other_scope=history.other_scope,
     )
 
 

@@ -32,7 +32,8 @@ class FlyMachine:
     instance_id: str = ""
     """Changes on every update (``FLY_MACHINE_VERSION``)."""
     image_ref: str = ""
-    """``repository:tag`` (the tag is ``deployment-<ULID>``), or ``@digest``."""
+    """``registry/repository:tag`` as ``FLY_IMAGE_REF`` spells it (the tag is
+    ``deployment-<ULID>``), or ``@digest``; ``config.image`` when ``image_ref`` is absent."""
     process_group: str = ""
     release_version: str = ""
     """``config.metadata.fly_release_version``: the release the Machine runs."""
@@ -75,7 +76,11 @@ def _image(data: Any) -> str:
     if not isinstance(data, Mapping):
         return ""
     repository, tag = _str(data.get("repository")), _str(data.get("tag"))
-    digest = _str(data.get("digest"))
+    digest, registry = _str(data.get("digest")), _str(data.get("registry"))
+    # Spelled as FLY_IMAGE_REF and config.image spell it (registry/repository:tag), so
+    # the image a Machine runs compares equal to the image a deploy targets.
+    if registry and repository:
+        repository = f"{registry}/{repository}"
     if tag:
         return f"{repository}:{tag}"
     return f"{repository}@{digest}" if digest else repository
@@ -97,7 +102,10 @@ def parse_machine(data: Any) -> FlyMachine | None:
         state=_str(data.get("state")),
         region=_str(data.get("region")),
         instance_id=_str(data.get("instance_id")),
-        image_ref=_image(data.get("image_ref")),
+        # ``image_ref`` is what runs; ``config.image`` what the config asks for (the same
+        # once an update finished): the second only when the first is missing.
+        image_ref=_image(data.get("image_ref"))
+        or (_str(config.get("image")) if isinstance(config, Mapping) else ""),
         process_group=group,
         release_version=str(release) if isinstance(release, str | int) else "",
         updated_at=_time(data.get("updated_at")),

@@ -9,6 +9,7 @@ import urllib.parse
 from collections.abc import Sequence
 
 from quiesce.model.fleet import ProcessRecord, ProcessState
+from quiesce.model.record import DeployRecord
 from quiesce.model.snapshot import FleetSnapshot
 
 
@@ -213,10 +214,14 @@ def scope_of(app: str | None, namespace: str, filters: Filters | None = None) ->
     return scope
 
 
-def unmatched(filters: Filters, live: Sequence[ProcessRecord]) -> str | None:
-    """Filters that select none of a live fleet are a typo, not an empty fleet: the one
-    line saying so and listing what exists (None: they select something, or there is
-    nothing to select). ``quiet``, ``rejoin`` and ``recover`` fail with it (exit 2)."""
+# -- checks before anything is signalled -------------------------------------------------
+
+
+def unmatched_filters(processes: Sequence[ProcessRecord], filters: Filters) -> str | None:
+    """Filters that leave nothing of a live fleet are a typo, not an empty fleet: the
+    one-line reason (listing what exists), or None. Shared by every command that takes
+    filters (quiet, status, rejoin, recover)."""
+    live = [p for p in processes if p.alive]
     if not live or not filters.active or any(filters.selects(p) for p in live):
         return None
     return f"the filters match none of the {len(live)} live processes; " + "; ".join(
@@ -225,7 +230,7 @@ def unmatched(filters: Filters, live: Sequence[ProcessRecord]) -> str | None:
 
 
 def existing_values(live: Sequence[ProcessRecord]) -> list[str]:
-    """The tags, labels and hostnames a fleet has (a few of each), to name after a typo."""
+    """The tags, labels and hostnames that do exist (a few of each)."""
 
     def few(values: set[str]) -> str:
         shown = sorted(v for v in values if v)[:8]
@@ -237,3 +242,47 @@ def existing_values(live: Sequence[ProcessRecord]) -> list[str]:
         f"labels: {few({x for p in live for x in p.labels})}",
         f"hostnames: {few({p.hostname for p in live})}",
     ]
+
+
+_TARGETED = frozenset(
+    {
+        Outcome.CONFIRMED,
+        Outcome.ALREADY_QUIET,
+        Outcome.DRAINED,
+        Outcome.SIGNALLED,
+        Outcome.STILL_BUSY,
+        Outcome.VANISHED,
+        Outcome.NOT_CONFIRMED,
+        Outcome.PENDING,
+        Outcome.STALLED,
+        Outcome.SIGNAL_FAILED,
+        Outcome.NOT_SIGNALLED,
+        Outcome.LOST,
+    }
+)
+"""Outcomes of processes a deploy found live and meant to quiet."""
+
+
+def live_targets(plan: QuietPlan) -> int:
+    """The live processes of the scope this run is about: to signal, or already quiet."""
+    return len(plan.targets) + sum(1 for _, o in plan.skipped if o is Outcome.ALREADY_QUIET)
+
+
+def targeted(record: DeployRecord) -> int:
+    """How many live processes a recorded deploy meant to quiet."""
+    return sum(1 for e in record.outcomes.values() if e.outcome in _TARGETED)
+
+
+def shrink_warning(previous: DeployRecord | None, live: int) -> str | None:
+    """Far fewer live targets than the scope's previous deploy quieted (under half): said,
+    not refused -- fleets autoscale between deploys (``--min-processes`` refuses)."""
+    if previous is None:
+        return None
+    before = targeted(previous)
+    if before == 0 or live * 2 >= before:
+        return None
+    return (
+        f"only {live} live process{'es' if live != 1 else ''} to quiet, but the previous "
+        f"deploy of this scope ({previous.deploy_id}) quieted {before}: is the target right "
+        "(--namespace, database, filters)?"
+    )

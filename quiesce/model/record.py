@@ -55,6 +55,7 @@ from quiesce.sidekiq.keys import DEPLOY_RECORD_TTL_S
 
 if TYPE_CHECKING:  # fleet.py reads DeployRecord too: no import cycle at run time
     from quiesce.model.fleet import ProcessRecord, ServerInfo
+    from quiesce.model.machines import FlyMachine
 
 SCHEMA_VERSION = 4
 CAP_IDENTITY = 1024
@@ -68,9 +69,11 @@ CAP_MACHINES = 10_000
 """Most Fly Machines a record stores (Fly's own limit per app is far below)."""
 LEDGER_SIZE = 20
 """Most records a scope's history keeps (newest first)."""
-LEDGER_MAX_CHARS = 16_000_000
-"""Most characters of records a scope's history keeps, the newest always: at 10,000
-processes a record is about 1 MB, and every ``status`` reads the whole history."""
+LEDGER_MAX_CHARS = 4_000_000
+"""Most characters of records a scope's history keeps, the newest always: every command
+reads the whole history, and at 10,000 processes a record is about 1 MB (so such a fleet
+keeps about 4; up to 2,000 processes keep 20). What the history is for survives the
+cut: a retried deploy copies "quiet since" forward into its own record."""
 T = TypeVar("T")
 
 
@@ -126,6 +129,11 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+def _plain_number(value: Any) -> bool:
+    """None, or a finite int or float (never a bool): the fast paths' check."""
+    return value is None or (type(value) in (int, float) and math.isfinite(value))
 
 
 def _integer(value: Any) -> int | None:
@@ -328,8 +336,25 @@ class OutcomeEntry:
 
     @classmethod
     def from_compact(cls, data: Mapping[str, Any]) -> OutcomeEntry:
-        """Schema 3 (``data`` already merged over ``outcomes_common``)."""
-        return cls.from_json(data, _OUTCOME_KEYS_COMPACT)
+        """Schema 3+ (``data`` already merged over ``outcomes_common``)."""
+        get = data.get
+        outcome, pushed_at, confirmed_at = get("o"), get("p"), get("c")
+        pushes, since = get("n"), get("d")
+        if (  # what quiesce writes: built directly (every read decodes 10,000 of these)
+            type(outcome) is str
+            and _plain_number(pushed_at)
+            and _plain_number(confirmed_at)
+            and type(pushes) in (int, type(None))
+            and type(since) in (str, type(None))
+        ):
+            return cls(
+                outcome,
+                None if pushed_at is None else float(pushed_at),
+                None if confirmed_at is None else float(confirmed_at),
+                pushes or 0,
+                since,
+            )
+        return cls.from_json(data, _OUTCOME_KEYS_COMPACT)  # names what is wrong
 
     def to_compact(self) -> dict[str, Any]:
         data: dict[str, Any] = {"o": self.outcome[:CAP_TEXT], "p": self.pushed_at, "n": self.pushes}
@@ -442,6 +467,10 @@ class MachineEntry:
             release_version=_opt(data, "v", _text, "a string") or "",
             state=_opt(data, "s", _text, "a string") or "",
         )
+
+    @classmethod
+    def from_machine(cls, m: FlyMachine) -> MachineEntry:
+        return cls(m.id, m.process_group, m.image_ref, m.release_version, m.state)
 
     def to_compact(self) -> dict[str, Any]:
         return {
@@ -782,6 +811,9 @@ class History:
     problems: tuple[str, ...] = ()
     legacy: bool = False
     """The history is the single pre-ledger record (``quiesce:deploy:latest``)."""
+    other_scope: str | None = None
+    """The scope of the newest deploy in this Redis when it is not the one asked for and
+    the asked scope has no history (a command run without ``--app``, say)."""
 
 
 def select_history(
@@ -829,8 +861,11 @@ def select_history(
         return History(tuple(records), tuple(drop), tuple(problems))
     record, problem = parse_deploy_record(legacy)
     problems.extend([problem] if problem else [])
-    if record is None or (scope is not None and record.version >= 4):
+    if record is None:
         return History((), tuple(drop), tuple(problems))
+    if scope is not None and record.version >= 4:
+        other = record.scope if record.scope != scope else None
+        return History((), tuple(drop), tuple(problems), other_scope=other)
     return History((record,), tuple(drop), tuple(problems), legacy=True)
 
 

@@ -46,7 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from quiesce.model.fleet import ProcessRecord, ProcessState
 from quiesce.model.machines import FlyMachine
-from quiesce.model.quiet import Filters, unmatched
+from quiesce.model.quiet import Filters, unmatched_filters
 from quiesce.model.record import DeployRecord, DeployState, FleetEntry
 from quiesce.model.snapshot import FleetSnapshot, is_quieting
 
@@ -141,13 +141,14 @@ def filters_problem(
     filters: RejoinFilters, snapshot: FleetSnapshot, record: DeployRecord | None
 ) -> str | None:
     """Filters that select nothing, neither in the record nor live, are a typo: the line
-    ``quiet`` fails with too (``quiet.unmatched``), else None."""
+    ``quiet`` fails with too (``quiet.unmatched_filters``), else None."""
     if not filters.active:
         return None
     if record is not None and any(filters.matches(e.hostname, e.tag) for e in record.fleet):
         return None
-    live = [p for p in snapshot.processes if p.alive]
-    return unmatched(Filters(hostnames=filters.hostnames, tags=filters.tags), live)
+    return unmatched_filters(
+        snapshot.processes, Filters(hostnames=filters.hostnames, tags=filters.tags)
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

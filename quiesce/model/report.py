@@ -32,7 +32,19 @@ class QuietOptions:
     sidekiq_timeout_s: float | None = None
     """Sidekiq's shutdown timeout ``-t`` (``--sidekiq-timeout``), when known."""
     scope: str | None = None
-    """The fleet's scope (``record.scope_of``); None: the namespace and filters'."""
+    """The fleet's scope (``quiet.scope_of``); None: the namespace and filters'."""
+    fly_app: str | None = None
+    """The Fly app being deployed (``--app``, ``FLY_APP_NAME``), when known."""
+    image_ref: str | None = None
+    """``FLY_IMAGE_REF`` of the release Machine: the image being deployed."""
+    release_machine: str | None = None
+    """``FLY_MACHINE_ID`` of the release Machine (its metadata names the target release)."""
+    fly_missing: str | None = None
+    """Why the Fly API is not used (no token, no app), said once in the report."""
+    min_processes: int | None = None
+    """``--min-processes``: fewer live targets than this fails before any signal."""
+    allow_empty: bool = False
+    """``--allow-empty``: an empty target beside a live fleet elsewhere is not refused."""
 
     @property
     def reads_jobs(self) -> bool:

@@ -73,6 +73,8 @@ class FleetSnapshot:
     """Ledger entries the next write deletes (unreadable, expired, past the caps)."""
     keyspace: tuple[tuple[str, int, int], ...] = ()
     """Per server: ``(label, db, keys)`` of the databases ``INFO keyspace`` lists."""
+    other_scope: str | None = None
+    """No history for ``scope``, but the newest deploy in this Redis is of this scope."""
 
     def __post_init__(self) -> None:
         # One source of truth for callers that set only one of the two.
@@ -98,6 +100,7 @@ class FleetSnapshot:
         )[:LEDGER_SIZE]
         latest = history[0] if history else None
         problems = [p.deploy_problem for p in parts if p.deploy_problem]
+        others = [p for p in parts if p.other_scope is not None]
         return cls(
             processes=tuple(
                 proc
@@ -113,6 +116,7 @@ class FleetSnapshot:
             legacy_history=any(p.legacy_history for p in parts),
             ledger_drop=tuple(dict.fromkeys(d for p in parts for d in p.ledger_drop)),
             keyspace=tuple(k for p in parts for k in p.keyspace),
+            other_scope=others[0].other_scope if others and not history else None,
         )
 
     def by_machine(self) -> dict[str, list[ProcessRecord]]:

@@ -21,8 +21,10 @@ already quiet are waited for without a new signal, and a timeout lists the jobs 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -37,17 +39,23 @@ from quiesce.errors import (
 )
 from quiesce.model.drain import Grace, advice, drain_plan, longest
 from quiesce.model.fleet import ProcessRecord
+from quiesce.model.machines import FlyMachine
 from quiesce.model.quiet import (
     FAILED_OUTCOMES,
     Filters,
     Outcome,
     QuietPlan,
+    live_targets,
     plan_quiet,
     scope_of,
+    shrink_warning,
+    unmatched_filters,
 )
 from quiesce.model.record import (
     LEDGER_SIZE,
     DeployRecord,
+    FlyTarget,
+    MachineEntry,
     OutcomeEntry,
     mark_stamp,
     new_deploy_id,
@@ -74,7 +82,7 @@ from quiesce.model.verdict import (
     server_lost_data,
     settle,
 )
-from quiesce.runs.read import FleetReader, empty_fleet_notes, observe
+from quiesce.runs.read import FleetReader, look_elsewhere, observe
 from quiesce.sidekiq import keys as k
 from quiesce.sidekiq.rows import LedgerWrite, Poll, Push
 from quiesce.sidekiq.work import longest_first, work_suffixes
@@ -118,6 +126,23 @@ class FleetStore(FleetReader, Protocol):
     ) -> None: ...
 
     def mark_deploy(self, label: str, datecode: str, stamp: str) -> bool: ...
+
+
+class FlyReader(Protocol):
+    """What the quiet needs of Fly; ``quiesce.adapters.fly.FlyClient`` implements it."""
+
+    app: str
+
+    def list_machines(
+        self, process_group: str | None = None, *, budget_s: float | None = None
+    ) -> list[FlyMachine]: ...
+
+    def get_machine(self, machine_id: str, *, budget_s: float | None = None) -> FlyMachine: ...
+
+
+FLY_BUDGET_S = 15.0
+"""Most time the quiet gives Fly (Machine list, then the release Machine), retries
+included: the signal is out already, and the wait must not lose much to a hung API."""
 
 
 class QuietRun:
@@ -318,13 +343,11 @@ def _why_again(before: Target, after: Target) -> str:
     return "the signal expired unconsumed"
 
 
-def _record_writes(keys: k.Keys, deploy_id: str, body: str) -> list[tuple[str, str, int]]:
-    """The record under its id and as ``latest`` (what quiesce before the ledger reads):
-    serialised once, written per server."""
-    return [
-        (keys.deploy_record(deploy_id), body, k.DEPLOY_RECORD_TTL_S),
-        (keys.latest_deploy, body, k.DEPLOY_RECORD_TTL_S),
-    ]
+def _record_writes(keys: k.Keys, body: str) -> list[tuple[str, str, int]]:
+    """The record as ``latest``, for quiesce before the ledger (serialised once, written
+    per server). The ledger holds it under its id: no ``quiesce:deploy:<id>`` copy any
+    more (nothing read it, and at 10,000 processes each held 1 MB for 14 days)."""
+    return [(keys.latest_deploy, body, k.DEPLOY_RECORD_TTL_S)]
 
 
 def _ledger_writes(
@@ -340,27 +363,40 @@ def _ledger_writes(
 
 
 def _check_plan(plan: QuietPlan, fleet: FleetSnapshot, filters: Filters) -> None:
-    """Filters that leave nothing of a live fleet are a typo, not an empty fleet."""
-    live = [p for p in fleet.processes if p.alive]
-    if not live or plan.targets or plan.skipped or not filters.active:
-        return
-    raise ConfigError(
-        f"the filters match none of the {len(live)} live processes; "
-        + "; ".join(_existing_values(live))
-    )
+    problem = unmatched_filters(fleet.processes, filters)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
-def _existing_values(live: Sequence[ProcessRecord]) -> list[str]:
-    def few(values: set[str]) -> str:
-        shown = sorted(v for v in values if v)[:8]
-        more = len(values) - len(shown)
-        return ", ".join(shown) + (f" (+{more} more)" if more > 0 else "") or "(none)"
-
-    return [
-        f"tags: {few({p.tag for p in live})}",
-        f"labels: {few({x for p in live for x in p.labels})}",
-        f"hostnames: {few({p.hostname for p in live})}",
-    ]
+def _check_target(
+    run: QuietRun, plan: QuietPlan, fleet: FleetSnapshot, stores: Sequence[FleetStore]
+) -> None:
+    """Before anything is signalled or written: an empty target beside a live fleet it
+    does not read (another namespace or database) is a wrong target, exit 2; fewer live
+    targets than ``--min-processes`` too. Far fewer than the scope's last deploy is said."""
+    options = run.options
+    live = live_targets(plan)
+    if not any(p.alive for p in fleet.processes):
+        found = look_elsewhere(stores, default_url=options.default_url)
+        if found.fleets and not options.allow_empty:
+            read = ", ".join(f"{s.keys.processes} on {s.label}" for s in stores)
+            raise ConfigError(
+                f"no live Sidekiq process in {read}, but a live fleet is elsewhere: "
+                + "; ".join(found.fleets)
+                + "; check --namespace and the database in the Redis URL (nothing was "
+                "signalled or written; --allow-empty deploys anyway)"
+            )
+        run.notes.extend(found.fleets)
+        run.notes.extend(found.notes)
+    if options.min_processes is not None and live < options.min_processes:
+        raise ConfigError(
+            f"--min-processes {options.min_processes}: only {live} live "
+            f"process{'es' if live != 1 else ''} to quiet (nothing was signalled or written)"
+        )
+    previous = None if fleet.legacy_history else fleet.latest_deploy
+    warning = shrink_warning(previous, live)
+    if warning is not None:
+        (run.note if plan.targets else run.notes.append)(warning)
 
 
 def quiet_fleet(
@@ -370,7 +406,10 @@ def quiet_fleet(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     on_event: Callable[[Event], None] | None = None,
+    fly: FlyReader | None = None,
 ) -> QuietReport:
+    """``fly``: the app's Machines API, when a token and the app are known (what it says
+    is recorded; when it fails the quiet goes on, ``fly_checked`` false)."""
     run = QuietRun(stores, options, clock, sleep, on_event)
     scope = options.scope or scope_of(
         None, stores[0].keys.namespace if stores else "", options.filters
@@ -386,6 +425,7 @@ def quiet_fleet(
     run.run_ids.update(observed.run_ids)
     plan = plan_quiet(fleet, options.filters)
     _check_plan(plan, fleet, options.filters)
+    _check_target(run, plan, fleet, stores)
     if options.until is Until.DRAINED:
         plan = drain_plan(plan)
     skipped = tuple(ProcessOutcome(p, o, reason=p.problem) for p, o in plan.skipped)
@@ -414,10 +454,7 @@ def quiet_fleet(
         )
 
     live = any(p.alive for p in fleet.processes)
-    if not live:
-        for text in empty_fleet_notes(stores, default_url=options.default_url):
-            run.notes.append(text)
-    elif options.before_push is not None:
+    if live and options.before_push is not None:
         options.before_push(fleet)
     if options.dry_run:
         return report(tuple(ProcessOutcome(p, Outcome.PLANNED) for p in plan.targets), None)
@@ -442,6 +479,7 @@ def quiet_fleet(
     if not plan.targets:
         # Nothing to signal (a retried deploy finds every process quiet; a first deploy
         # finds none): the record is still written, so later commands judge this deploy.
+        record = _with_fly(run, record, fly)
         _save_now(stores, record.finish(fleet.taken_at + (clock() - run.started)), fleet)
         marks = _mark(run, options, fleet.taken_at) if live else ()
         return report((), record.deploy_id, marks)
@@ -454,10 +492,14 @@ def quiet_fleet(
     _first_push(run, record, body, fleet)
     signalled = [p for p in plan.targets if not p.quiet]
     run.on_event(Pushed(len(signalled), len({p.machine for p in signalled})))
+    # Fly after the push: the signal matters more, and flyctl changes no Machine while
+    # the release command runs, so the list is the same before and after.
+    fly_read = _FlyInBackground(run, fly)
     if options.wait:
         run.wait()
     elif run.unreachable:
         run.error = next(iter(run.unreachable.values()))
+    record = fly_read.apply(record)
     run.finish()
     entries = tuple(_outcome(t, options.wait) for t in run.all_targets())
     record = record.with_outcomes(
@@ -524,13 +566,94 @@ def _skipped_entry(proc: ProcessRecord, outcome: Outcome, fleet: FleetSnapshot) 
     return OutcomeEntry(outcome.value, confirmed_at=at, quiet_since_deploy=origin.deploy_id)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FlyView:
+    target: FlyTarget | None
+    machines: tuple[MachineEntry, ...] = ()
+    checked: bool = False
+    notes: tuple[str, ...] = ()
+
+
+def _read_fly(options: QuietOptions, fly: FlyReader | None, budget_s: float) -> _FlyView:
+    """What Fly says: the app's Machines and the target release (the release Machine's
+    metadata), within ``budget_s`` per call. Any failure is one note, ``checked`` false."""
+    app = fly.app if fly is not None else options.fly_app
+    target = None
+    if app:
+        target = FlyTarget(app, options.image_ref or "", None, options.release_machine)
+    if fly is None:
+        return _FlyView(
+            target,
+            notes=(
+                f"Fly not checked ({options.fly_missing or 'no Fly API client'}): the deploy "
+                "record has no Machine list, so rejoin cannot verify images (give the "
+                "release command FLY_API_TOKEN)",
+            ),
+        )
+    try:
+        machines = fly.list_machines(budget_s=budget_s)
+    except QuiesceError as exc:
+        return _FlyView(
+            target, notes=(f"Fly not checked: {exc}; the deploy record has no Machine list",)
+        )
+    notes: tuple[str, ...] = ()
+    if target is not None and options.release_machine:
+        try:
+            own = fly.get_machine(options.release_machine, budget_s=budget_s)
+        except QuiesceError as exc:
+            notes = (f"target release not recorded: {exc}",)
+        else:
+            target = dataclasses.replace(target, release_version=own.release_version or None)
+    entries = tuple(MachineEntry.from_machine(m) for m in machines)
+    return _FlyView(target, entries, True, notes)
+
+
+class _FlyInBackground:
+    """The Fly read beside the wait, so a slow or hung Fly API never takes time from the
+    confirmations: started after the push, collected when the wait ends, and given up
+    (one note, ``fly_checked`` false) if it is still running at the wait's deadline."""
+
+    def __init__(self, run: QuietRun, fly: FlyReader | None) -> None:
+        self.run = run
+        self.fly = fly
+        self.view: _FlyView | None = None
+        self.thread = threading.Thread(target=self._read, name="quiesce-fly", daemon=True)
+        if fly is not None:
+            self.thread.start()
+
+    def _read(self) -> None:
+        self.view = _read_fly(self.run.options, self.fly, FLY_BUDGET_S)
+
+    def apply(self, record: DeployRecord) -> DeployRecord:
+        run = self.run
+        if self.fly is None:
+            view = _read_fly(run.options, None, 0.0)
+        else:
+            self.thread.join(min(FLY_BUDGET_S, max(0.0, run.deadline - run.clock())))
+            view = self.view or _FlyView(
+                _read_fly(run.options, None, 0.0).target,
+                notes=("Fly not checked: no answer from the Fly API by the deadline",),
+            )
+        for text in view.notes:
+            run.note(text)
+        return record.with_fly(view.target, view.machines, checked=view.checked)
+
+
+def _with_fly(run: QuietRun, record: DeployRecord, fly: FlyReader | None) -> DeployRecord:
+    """The record with what Fly says, read now (nothing was signalled: no wait to spare);
+    notes go into the report only."""
+    view = _read_fly(run.options, fly, min(FLY_BUDGET_S, max(0.0, run.deadline - run.clock())))
+    run.notes.extend(view.notes)
+    return record.with_fly(view.target, view.machines, checked=view.checked)
+
+
 def _save_now(stores: Sequence[FleetStore], record: DeployRecord, fleet: FleetSnapshot) -> None:
     """The record of a run that signalled nothing. Nothing is lost by failing here: an
     exit 0 without its record would leave later commands judging by an older deploy."""
     body = record.to_json()
     for store in stores:
         store.save_records(
-            _record_writes(store.keys, record.deploy_id, body),
+            _record_writes(store.keys, body),
             ledger=_ledger_writes(store.keys, record, body, fleet),
         )
 
@@ -545,7 +668,7 @@ def _first_push(run: QuietRun, record: DeployRecord, body: str, fleet: FleetSnap
             run.push(
                 store,
                 targets,
-                _record_writes(store.keys, record.deploy_id, body),
+                _record_writes(store.keys, body),
                 _ledger_writes(store.keys, record, body, fleet),
             )
         except RedisProblem as exc:
@@ -572,7 +695,7 @@ def _save(run: QuietRun, record: DeployRecord, body: str, fleet: FleetSnapshot) 
         try:
             # A deadline already past: one attempt, no retries (the wait's time is spent).
             store.save_records(
-                _record_writes(store.keys, record.deploy_id, body),
+                _record_writes(store.keys, body),
                 deadline=0.0,
                 ledger=_ledger_writes(store.keys, record, body, fleet),
             )

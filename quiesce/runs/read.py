@@ -99,9 +99,19 @@ def refuse_duplicates(raws: Sequence[RawSnapshot], namespaces: Sequence[str]) ->
         seen[key] = raw.redis
 
 
-def empty_fleet_notes(stores: Sequence[FleetReader], *, default_url: str | None) -> list[str]:
-    """Why no process may be registered: looked up only when the fleet is empty."""
-    notes = []
+@dataclasses.dataclass(frozen=True, slots=True)
+class Elsewhere:
+    """What an empty target may mean: ``fleets`` are live Sidekiq fleets on the same
+    servers that the target does not read (another namespace or database), each named
+    in one phrase; ``notes`` are softer hints."""
+
+    fleets: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def look_elsewhere(stores: Sequence[FleetReader], *, default_url: str | None) -> Elsewhere:
+    """Where Sidekiq might be when nothing is registered here (bounded lookups)."""
+    notes, fleets = [], []
     if default_url is not None:
         notes.append(f"no Redis URL given (--redis-url, REDIS_URL): used the default {default_url}")
     for store in stores:
@@ -109,10 +119,25 @@ def empty_fleet_notes(stores: Sequence[FleetReader], *, default_url: str | None)
             hints = store.empty_fleet_hints()
         except QuiesceError:
             continue  # the hints are a courtesy: a refused SCAN or INFO is not an error
+        beating = [f for f in hints.elsewhere if f.live > 0]
+        for found in beating:
+            where = found.key if found.same_db else f"db {found.db}: {found.key}"
+            fleets.append(
+                f"{store.label}: {where} ({found.live} of {found.sampled} sampled members beating)"
+            )
+        if beating:
+            continue
         if hints.namespaced:
-            found = ", ".join(hints.namespaced)
-            notes.append(f"{store.label} has {found}: is Sidekiq namespaced? (--namespace)")
+            found_keys = ", ".join(hints.namespaced)
+            notes.append(f"{store.label} has {found_keys}: is Sidekiq namespaced? (--namespace)")
         if hints.other_dbs:
             dbs = ", ".join(f"db {db} ({n} keys)" for db, n in sorted(hints.other_dbs.items()))
             notes.append(f"{store.label}: other databases hold keys: {dbs}; wrong database?")
-    return notes
+    return Elsewhere(tuple(fleets), tuple(notes))
+
+
+def empty_fleet_notes(stores: Sequence[FleetReader], *, default_url: str | None) -> list[str]:
+    """Why no process may be registered: looked up only when the fleet is empty."""
+    found = look_elsewhere(stores, default_url=default_url)
+    live = [f"a live Sidekiq fleet is elsewhere: {f}" for f in found.fleets]
+    return [*live, *found.notes]

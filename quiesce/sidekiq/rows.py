@@ -120,3 +120,19 @@ class EmptyFleetHints:
     """Keys ending in ``:processes`` (a redis-namespace prefix not given)."""
     other_dbs: Mapping[int, int]
     """Other databases of this server and their key counts (``INFO keyspace``)."""
+    elsewhere: tuple[FleetElsewhere, ...] = ()
+    """Sidekiq ``processes`` sets this target does not read, with live members."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetElsewhere:
+    """A Sidekiq process set of this server that the target does not read: another
+    namespace, no namespace, or another database."""
+
+    db: int
+    key: str
+    live: int
+    """Of the sampled members, how many still have their heartbeat hash."""
+    sampled: int
+    same_db: bool = True
+    """In the target's own database (another namespace, or none)."""

@@ -31,7 +31,7 @@ def store_for(url: str, namespace: str = "") -> SidekiqStore:
 def start_fleet(redis_url: str) -> Iterator[FleetFactory]:
     fleets: list[SimulatedFleet] = []
 
-    def start(processes: list[SimulatedProcess], beat: float = 0.3) -> SimulatedFleet:
+    def start(processes: list[SimulatedProcess], beat: float | None = 0.3) -> SimulatedFleet:
         fleet: SimulatedFleet = simulated_fleet(redis_url, processes, beat_interval_s=beat, seed=1)
         fleets.append(fleet.start())
         return fleet

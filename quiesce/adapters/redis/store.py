@@ -46,6 +46,7 @@ from quiesce.sidekiq import keys as k
 from quiesce.sidekiq.queue_rows import RawQueue, RawQueues
 from quiesce.sidekiq.rows import (
     EmptyFleetHints,
+    FleetElsewhere,
     LedgerWrite,
     Poll,
     PollRow,
@@ -69,6 +70,15 @@ SCAN_COUNT = 10_000
 
 HINT_SCAN_COUNT = 1_000
 """One bounded ``SCAN`` looking for a namespaced ``*:processes`` when the fleet is empty."""
+
+HINT_MAX_DBS = 16
+"""Other databases looked into when the fleet is empty (Redis has 16 by default)."""
+
+HINT_MAX_SETS = 10
+"""Process sets found elsewhere whose members are sampled."""
+
+HINT_SAMPLE = 5
+"""Members of each such set checked for a live heartbeat."""
 
 T = TypeVar("T")
 Command = tuple[str | int | float, ...]
@@ -527,21 +537,84 @@ class SidekiqStore:
         return Poll(self._time_ms(results[0]), self._server(results[1]), tuple(rows))
 
     def empty_fleet_hints(self) -> EmptyFleetHints:
-        """Two bounded reads: one ``SCAN`` page for ``*:processes``, ``INFO keyspace``."""
+        """Where a Sidekiq fleet might be when this target has none, in at most four
+        bounded round trips (only ever asked when the fleet is empty): ``INFO keyspace``
+        and one ``SCAN`` page for ``*processes`` here, the same in each other database
+        that holds keys, then a sample of each set found and whether its members still
+        beat. A refused ``SCAN`` still checks the plain ``processes`` of each database."""
+        own = self.keys.processes
 
         def look() -> tuple[Any, Any]:
             pipe = self._client.pipeline(transaction=False)
-            _queue(pipe, "SCAN", 0, "MATCH", "*:processes", "COUNT", HINT_SCAN_COUNT)
             _queue(pipe, "INFO", "keyspace")
-            scan, info = pipe.execute(raise_on_error=False)
-            return scan, info
+            _queue(pipe, "SCAN", 0, "MATCH", "*processes", "COUNT", HINT_SCAN_COUNT)
+            info, scan = pipe.execute(raise_on_error=False)
+            return info, scan
 
-        scan, info = self._call(look)
-        found: tuple[str, ...] = ()
-        if isinstance(scan, list | tuple) and len(scan) == 2:
-            found = tuple(sorted(str(x) for x in scan[1]))[:5]
-        dbs = {db: n for db, n in (_keyspace(info) or {}).items() if db != self.db}
-        return EmptyFleetHints(namespaced=found, other_dbs=dbs)
+        info, scan = self._call(look)
+        dbs = {db: n for db, n in (_keyspace(info) or {}).items() if db != self.db and n > 0}
+        found: dict[tuple[int, str], None] = {}
+        if self.keys.namespace:
+            found[(self.db, "processes")] = None
+        found.update(((self.db, key), None) for key in _scanned(scan))
+        others = sorted(dbs)[:HINT_MAX_DBS]
+        if others:
+            commands: list[Command] = []
+            for db in others:
+                commands += [
+                    ("SELECT", db),
+                    ("SCAN", 0, "MATCH", "*processes", "COUNT", HINT_SCAN_COUNT),
+                ]
+            replies = self._in_dbs(commands)
+            for i, db in enumerate(others):
+                found[(db, "processes")] = None
+                if not isinstance(replies[2 * i], Exception):
+                    found.update(((db, key), None) for key in _scanned(replies[2 * i + 1]))
+        candidates = [c for c in found if c != (self.db, own)][:HINT_MAX_SETS]
+        namespaced = tuple(sorted(k for db, k in candidates if db == self.db and k != "processes"))
+        return EmptyFleetHints(
+            namespaced=namespaced[:5],
+            other_dbs=dbs,
+            elsewhere=self._live_sets(candidates),
+        )
+
+    def _in_dbs(self, commands: Sequence[Command]) -> list[Any]:
+        """One pipeline that ``SELECT``s other databases, and back to ours at its end (the
+        connection goes back to the pool). Its final ``SELECT`` reply is left off."""
+        return self._pipeline([*commands, ("SELECT", self.db)], deadline=None)[:-1]
+
+    def _live_sets(self, candidates: Sequence[tuple[int, str]]) -> tuple[FleetElsewhere, ...]:
+        """Per ``(db, key)``: up to ``HINT_SAMPLE`` members and how many still beat."""
+        if not candidates:
+            return ()
+        commands: list[Command] = []
+        for db, key in candidates:
+            commands += [("SELECT", db), ("SRANDMEMBER", key, HINT_SAMPLE)]
+        replies = self._in_dbs(commands)
+        samples: list[tuple[int, str, list[str]]] = []
+        for i, (db, key) in enumerate(candidates):
+            selected, members = replies[2 * i], replies[2 * i + 1]
+            if isinstance(selected, Exception) or not isinstance(members, list):
+                continue  # not a set, or the database could not be entered: no finding
+            if members:
+                samples.append((db, key, [str(m) for m in members]))
+        if not samples:
+            return ()
+        commands = []
+        for db, key, members in samples:
+            prefix = key.removesuffix("processes")
+            commands.append(("SELECT", db))
+            commands += [("EXISTS", prefix + m) for m in members]
+        replies = self._in_dbs(commands)
+        out, at = [], 0
+        for db, key, members in samples:
+            selected, exists = replies[at], replies[at + 1 : at + 1 + len(members)]
+            at += 1 + len(members)
+            if isinstance(selected, Exception):
+                continue
+            live = sum(1 for e in exists if isinstance(e, int) and e > 0)
+            out.append(FleetElsewhere(db, key, live, len(members), same_db=db == self.db))
+        return tuple(out)
 
     # -- exporter: one scrape (processes, queues, job sets, clients) ---------------------
     def read_scrape(
@@ -865,6 +938,14 @@ def _parse_info(reply: Any) -> dict[str, str]:
         return {}
     pairs = (line.split(":", 1) for line in reply.splitlines() if ":" in line)
     return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _scanned(reply: Any) -> list[str]:
+    """Sidekiq process sets in one ``SCAN`` page (``processes``, ``<namespace>:processes``)."""
+    if not (isinstance(reply, list | tuple) and len(reply) == 2):
+        return []
+    keys = sorted(str(x) for x in reply[1])
+    return [key for key in keys if key == "processes" or key.endswith(":processes")]
 
 
 def _keyspace(reply: Any) -> dict[int, int] | None:
