@@ -7,14 +7,11 @@ Machine here, so they cannot disagree.
 quieted the fleet (the deploy record's fleet; on Fly the hostname Sidekiq reports is the
 Machine id), minus those whose processes the quiet left alone (embedded, dead, unreadable).
 
-*A new process* (``process_generation``, also the exporter's ``generation`` label) is not
-in the record and started after the quiet: its ``started_at`` (its own clock) is moved
-onto the Redis clock with the offset measured from its last beat, and compared with the
-record's start with no slack (a process started 1.7 s before the quiet is old: it may run
-the old code). When the process carries a release label (``release:<x>`` or an image
-reference), it must also be the deployed one. A new process counts only once it has kept
-beating for a heartbeat interval (``kept_beating``): Sidekiq beats once at boot, so a
-process that beats once and dies never counts.
+*A new process* and *a counted process* follow the one rule of
+``quiesce.model.generation`` (also the exporter's ``generation`` label): not in the
+record, started after the quiet (skew-corrected, no slack), the deployed release label
+if it carries one, and kept beating for a heartbeat interval to count. A live process
+not in the record that is not new makes its Machine ``old-running``.
 
 *A Machine is back* when it hosts as many counted new processes as it had old ones,
 and, when Fly's Machine list is known, Fly shows it ``started`` on the deployed release or
@@ -40,101 +37,71 @@ the deploy did not put there.
 from __future__ import annotations
 
 import dataclasses
-import enum
-import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from quiesce.model.fleet import ProcessRecord, ProcessState
+from quiesce.model.generation import (
+    KEPT_BEATING_SLACK_S,
+    clock_offset,
+    is_new_process,
+    kept_beating,
+    process_generation,
+    release_label,
+    same_image,
+    start_on_redis_clock,
+)
+from quiesce.model.machine_states import (
+    BACK,
+    BROKEN,
+    NO_FILTERS,
+    NO_TARGET,
+    NOT_BACK,
+    SETTLED,
+    WAITING,
+    GroupCount,
+    MachineRejoin,
+    MachineState,
+    RejoinFilters,
+    RejoinReport,
+    Target,
+)
 from quiesce.model.machines import FlyMachine
 from quiesce.model.quiet import Filters, unmatched_filters
 from quiesce.model.record import DeployRecord, DeployState, FleetEntry
 from quiesce.model.snapshot import FleetSnapshot, is_quieting
 
-KEPT_BEATING_SLACK_S = 1.0
-"""A second beat comes ``BEAT_PAUSE`` plus the beat's own work after the first (protocol
-doc 1.2), so ``beat - started_at`` reaches the interval less this only by rounding; a
-process that beat once is at about 0."""
+__all__ = [
+    "BACK",
+    "BROKEN",
+    "KEPT_BEATING_SLACK_S",
+    "NOT_BACK",
+    "NO_FILTERS",
+    "NO_TARGET",
+    "SETTLED",
+    "WAITING",
+    "GroupCount",
+    "MachineRejoin",
+    "MachineState",
+    "RejoinFilters",
+    "RejoinReport",
+    "Target",
+    "clock_offset",
+    "deploy_target",
+    "filters_problem",
+    "is_new_process",
+    "kept_beating",
+    "process_generation",
+    "rejoin_report",
+    "release_label",
+    "same_image",
+    "snapshot_rejoin",
+    "start_on_redis_clock",
+]
 
 _SKIPPED = frozenset({"embedded", "dead", "unreadable"})
 """Record outcomes of processes the quiet left alone: their Machines are not waited for."""
 
 _UP = "started"
-
-
-class MachineState(enum.StrEnum):
-    REJOINED = "rejoined"
-    """As many counted new processes as it had before (on the deployed image, with Fly)."""
-    PARTIAL = "partial"
-    """Some counted new processes, fewer than before (a swarm still booting)."""
-    STARTING = "starting"
-    """A new process that has not yet beaten for a whole heartbeat interval."""
-    DRAINING = "draining"
-    """An old process alive, quiet and still running jobs."""
-    QUIET_IDLE = "quiet-idle"
-    """An old process alive, quiet, running nothing: waiting to be replaced."""
-    OLD_RUNNING = "old-running"
-    """An old process alive and not quiet (nor quieting, ``fleet.is_quieting``), or a
-    process not in the record that is not new (started before the quiet, or labelled with
-    another release): it takes jobs with the old code."""
-    OLD_IMAGE = "old-image"
-    """Fly lists it started on another release or image than the deploy's."""
-    PENDING = "pending"
-    """No live process yet."""
-    MISSING = "missing"
-    """Still not back at the deadline."""
-    GONE = "gone"
-    """Fly no longer lists it (or lists it destroyed), and no new Machine of its group
-    took its slot yet."""
-    REPLACED = "replaced"
-    """Gone (or, bluegreen, a quiet blue), and a new Machine of its group took its slot."""
-    STOPPED = "stopped"
-    """Ran Sidekiq at the quiet, Fly says stopped now: not back (``--stopped-ok``)."""
-    NOT_EXPECTED = "not-expected"
-    """Stopped, and the user said stopped Machines are expected (``--stopped-ok``)."""
-    CONFLICT = "conflict"
-    """A live process claims this Machine id, but Fly lists it stopped, gone or not at all."""
-    NEW = "new"
-    """Not in the record, back: bluegreen's green Machines, a new id, or a scale-up."""
-
-
-BACK = frozenset({MachineState.REJOINED, MachineState.NEW})
-SETTLED = BACK | {MachineState.REPLACED, MachineState.NOT_EXPECTED}
-"""Expected Machines in these states do not keep the fleet from being whole."""
-WAITING = frozenset(
-    {
-        MachineState.PARTIAL,
-        MachineState.STARTING,
-        MachineState.DRAINING,
-        MachineState.QUIET_IDLE,
-        MachineState.OLD_RUNNING,
-        MachineState.PENDING,
-        MachineState.MISSING,
-    }
-)
-BROKEN = frozenset({MachineState.OLD_IMAGE, MachineState.STOPPED, MachineState.CONFLICT})
-"""Not back, and waiting will not fix it: someone must look."""
-NOT_BACK = WAITING | BROKEN | {MachineState.GONE}
-"""What the report lists as not back."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RejoinFilters:
-    """Processes of other apps in the same Redis are left out by tag or hostname glob."""
-
-    tags: tuple[str, ...] = ()
-    hostnames: tuple[str, ...] = ()
-
-    def matches(self, hostname: str, tag: str) -> bool:
-        if self.tags and tag not in self.tags:
-            return False
-        return not self.hostnames or any(fnmatch.fnmatchcase(hostname, g) for g in self.hostnames)
-
-    @property
-    def active(self) -> bool:
-        return bool(self.tags or self.hostnames)
-
-
-NO_FILTERS = RejoinFilters()
 
 
 def filters_problem(
@@ -149,240 +116,6 @@ def filters_problem(
     return unmatched_filters(
         snapshot.processes, Filters(hostnames=filters.hostnames, tags=filters.tags)
     )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Target:
-    """What the deploy put on the Machines, as far as it is known."""
-
-    release_version: str = ""
-    image_ref: str = ""
-    source: str = ""
-    """``record`` (the release command asked Fly), ``fly-newest`` (the newest release in
-    Fly's list: the record has none), ``label`` (``--release``/the record's label, an image
-    reference), or ``""`` (unknown: the image is not checked)."""
-
-    @property
-    def known(self) -> bool:
-        return bool(self.release_version or self.image_ref)
-
-    def matches(self, machine: FlyMachine) -> bool | None:
-        """Whether Fly shows ``machine`` on this target; None when it cannot be told."""
-        if self.release_version and machine.release_version:
-            return machine.release_version == self.release_version
-        if self.image_ref and machine.image_ref:
-            return same_image(machine.image_ref, self.image_ref)
-        return None
-
-    def describe(self) -> str:
-        parts = [f"release {self.release_version}" if self.release_version else ""]
-        parts.append(f"image {self.image_ref}" if self.image_ref else "")
-        return ", ".join(p for p in parts if p) or "unknown"
-
-
-NO_TARGET = Target()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class MachineRejoin:
-    machine: str
-    state: MachineState
-    group: str
-    expected: bool
-    old_processes: int
-    """Processes it hosted when the fleet was quieted (0 for a new Machine)."""
-    new_processes: int
-    """Counted new processes now (live, not quiet, kept beating; on target with Fly)."""
-    busy: int = 0
-    """Jobs its old, quiet processes are still running."""
-    quiet_at: float | None = None
-    """When this deploy confirmed its processes quiet (Redis clock), the earliest."""
-    rejoined_at: float | None = None
-    """When its last needed new process started (Redis clock, skew-corrected)."""
-    fly_state: str | None = None
-    region: str = ""
-    release_version: str = ""
-    process_group: str = ""
-    image_ref: str = ""
-    why: str = ""
-    """For a state that needs one: what it rests on (``old-image``: which release)."""
-
-    @property
-    def paused_s(self) -> float | None:
-        """From the quiet confirmation to the new process: how long it took no jobs."""
-        if self.quiet_at is None or self.rejoined_at is None:
-            return None
-        return max(0.0, self.rejoined_at - self.quiet_at)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class GroupCount:
-    group: str
-    expected: int
-    """Expected Machines, stopped ones the user expects (not-expected) left out."""
-    back: int
-    """Rejoined expected Machines plus new ones."""
-    not_expected: int = 0
-    replaced: int = 0
-
-    @property
-    def whole(self) -> bool:
-        return self.back >= self.expected
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RejoinReport:
-    deploy_id: str
-    release: str | None
-    strategy: str
-    quiet_at: float
-    """The record's start (Redis clock)."""
-    now: float
-    machines: tuple[MachineRejoin, ...]
-    groups: tuple[GroupCount, ...]
-    whole: bool
-    with_fly: bool
-    notes: tuple[str, ...] = ()
-    deadline: float | None = None
-    target: Target = NO_TARGET
-    grouped_by: str = "fly"
-    """``fly`` (process groups) or ``tag`` (Fly never told us: Sidekiq tags)."""
-
-    @property
-    def since_quiet_s(self) -> float:
-        return max(0.0, self.now - self.quiet_at)
-
-    def counts(self) -> dict[MachineState, int]:
-        out = dict.fromkeys(MachineState, 0)
-        for m in self.machines:
-            out[m.state] += 1
-        return out
-
-    @property
-    def not_back(self) -> tuple[MachineRejoin, ...]:
-        return tuple(m for m in self.machines if m.state in NOT_BACK)
-
-    @property
-    def expected(self) -> int:
-        return sum(g.expected for g in self.groups)
-
-    @property
-    def back(self) -> int:
-        return sum(min(g.back, g.expected) for g in self.groups)
-
-    def _rejoins(self) -> list[MachineRejoin]:
-        return [m for m in self.machines if m.state in BACK and m.rejoined_at is not None]
-
-    @property
-    def first_rejoin_s(self) -> float | None:
-        times = [m.rejoined_at for m in self._rejoins() if m.rejoined_at is not None]
-        return max(0.0, min(times) - self.quiet_at) if times else None
-
-    @property
-    def last_rejoin_s(self) -> float | None:
-        times = [m.rejoined_at for m in self._rejoins() if m.rejoined_at is not None]
-        return max(0.0, max(times) - self.quiet_at) if times else None
-
-    @property
-    def longest_pause(self) -> MachineRejoin | None:
-        paused = [m for m in self.machines if m.paused_s is not None]
-        return max(paused, key=lambda m: m.paused_s or 0.0, default=None)
-
-
-# -- the one new-process rule ------------------------------------------------------------
-
-
-def clock_offset(proc: ProcessRecord, taken_at: float) -> float | None:
-    """The process's clock minus Redis's, from its last beat; None when unmeasurable."""
-    if proc.beat is None or proc.beat_age_s is None:
-        return None
-    return proc.beat - (taken_at - proc.beat_age_s)
-
-
-def release_label(labels: Iterable[str]) -> str | None:
-    """The release a process says it runs: a ``release:<x>`` label, else a label that is an
-    image reference (``FLY_IMAGE_REF``, ``registry.fly.io/app:deployment-...``)."""
-    labels = list(labels)
-    for label in labels:
-        if label.startswith("release:"):
-            return label.removeprefix("release:")
-    for label in labels:
-        if "/" in label and ":" in label.rsplit("/", 1)[-1]:
-            return label
-    return None
-
-
-def same_image(a: str, b: str) -> bool:
-    """Equal, or the same image tag or digest (one side may omit the registry)."""
-    if a == b:
-        return True
-    a_digest, b_digest = a.partition("@")[2], b.partition("@")[2]
-    if a_digest and b_digest:
-        return a_digest == b_digest
-    a_tag = a.partition("@")[0].rsplit("/", 1)[-1]
-    b_tag = b.partition("@")[0].rsplit("/", 1)[-1]
-    return ":" in a_tag and ":" in b_tag and a_tag.rsplit(":", 1)[1] == b_tag.rsplit(":", 1)[1]
-
-
-_same_release = same_image
-
-
-def start_on_redis_clock(proc: ProcessRecord, taken_at: float | None) -> float | None:
-    """``started_at`` moved onto the Redis clock by the offset measured from the last beat
-    (unmeasurable, or no ``taken_at``: taken as is)."""
-    if proc.started_at is None:
-        return None
-    offset = None if taken_at is None else clock_offset(proc, taken_at)
-    return proc.started_at - (offset or 0.0)
-
-
-def process_generation(
-    proc: ProcessRecord,
-    record: DeployRecord | None,
-    old: frozenset[str] | None,
-    taken_at: float | None,
-    release: str | None = None,
-) -> str:
-    """``old`` (in the record, started before its quiet, or labelled with another
-    release), ``new`` (the rule in the module docstring) or ``unknown`` (no record, or no
-    start time). ``old``: the record's identities, built once per snapshot."""
-    if record is None:
-        return "unknown"
-    if old is None:
-        old = frozenset(e.identity for e in record.fleet)
-    if proc.identity in old:
-        return "old"
-    label = release_label(proc.labels)
-    release = release or record.release
-    if label is not None and release and not same_image(label, release):
-        return "old"
-    start = start_on_redis_clock(proc, taken_at)
-    if start is None:
-        return "unknown"
-    # No slack: a process that started before the quiet was not quieted by it and may
-    # run the old code; the offset's own error only makes a start look later.
-    return "new" if start > record.started_at else "old"
-
-
-def kept_beating(proc: ProcessRecord) -> bool:
-    """It beat again a heartbeat interval after its first beat (which is its start)."""
-    if proc.beat is None or proc.started_at is None or proc.is_stalled:
-        return False
-    return proc.beat - proc.started_at >= proc.beat_interval_s - KEPT_BEATING_SLACK_S
-
-
-def is_new_process(
-    proc: ProcessRecord,
-    record: DeployRecord,
-    old: frozenset[str],
-    taken_at: float,
-    release: str | None,
-) -> bool:
-    """A live, readable, running (not quiet) process of the new deploy, kept beating or
-    not (``kept_beating`` says whether it counts yet)."""
-    if not proc.alive or proc.state is not ProcessState.RUNNING:
-        return False
-    return process_generation(proc, record, old, taken_at, release) == "new"
 
 
 # -- the report --------------------------------------------------------------------------
