@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from quiesce.cli.app import app
 from quiesce.errors import ExitCode
 from tests.support.fly import FakeFly, fake_fly
-from tests.support.sidekiq import Machines, machines
+from tests.support.machines import Machines, machines
 from tests.support.verdicts import APP, OLD_RELEASE, machine_json
 
 __all__ = ["fake_fly", "machines"]  # the fixtures
