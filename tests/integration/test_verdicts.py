@@ -395,3 +395,18 @@ def test_a_process_started_1_7_s_before_the_quiet_is_not_new(
     code, report = _rejoin(redis_url)
     assert code == ExitCode.NOT_WHOLE
     assert _states(report) == {old[0].hostname: "old-running"}
+
+
+def test_recover_dry_run_lists_each_machines_running_jobs(redis_url: str, fleets: Fleets) -> None:
+    old = _old(1, seed=25)
+    fleets.start(old)
+    old[0].start_job(600, job_class="InvoiceJob", queue="billing")
+    _quiet(redis_url)
+    time.sleep(0.2)
+    code, out, _ = run("--redis-url", redis_url, "recover", "--after", "0.1s")
+    assert code == 0, out
+    assert f"stranded {old[0].hostname}: 1 quiet process" in out and "1 job running" in out
+    assert "    InvoiceJob (billing, " in out
+    code, out, _ = run("--redis-url", redis_url, "recover", "--after", "0.1s", "--json")
+    (machine,) = json.loads(out)["machines"]
+    assert machine["busy"] == 1 and machine["jobs"][0].startswith("InvoiceJob (billing, ")
