@@ -1,7 +1,8 @@
 """The one exception tree, and the exit codes the CLI maps it to.
 
     QuiesceError                    exit 1 (unexpected; a bug if you see it)
-    ├── ConfigError                 exit 2: bad option, bad URL, missing file, no such db
+    ├── ConfigError                 exit 2: bad option, bad URL, missing file, no such db,
+    │                               a wrong target (quiet: the fleet is elsewhere)
     ├── Interrupted                 exit 130: Ctrl-C or TERM (quiesce.runs.quiet)
     ├── RedisProblem                (carries the masked URL)
     │   ├── RedisUnavailable        exit 4: refused, unreachable, timed out, went away

@@ -187,7 +187,6 @@ def own_keys(admin: redis.Redis) -> list[str]:
 Commands = tuple[tuple[str, ...], ...]
 NEVER: Commands = (
     ("KEYS", "*"),
-    ("SCAN", "0"),
     ("CONFIG", "GET", "maxmemory"),
     ("CLIENT", "LIST"),
     ("CLIENT", "KILL", "ID", "1"),
@@ -207,11 +206,17 @@ BOTH: Commands = (
     ("LRANGE", "x-signals", "0", "-1"),
     ("GET", "quiesce:deploy:latest"),
     ("INFO", "server"),
+    ("HGETALL", "quiesce:deploy:ledger:app:my-app"),
+    # Only when the target is empty, one page: is a fleet registered under another namespace?
+    ("SCAN", "0", "MATCH", "*processes", "COUNT", "1000"),
 )
 RELEASE_ONLY: Commands = (
     ("LPUSH", "host:1:abc-signals", "TSTP"),
     ("EXPIRE", "host:1:abc-signals", "60"),
     ("SET", "quiesce:deploy:latest", "{}", "EX", "10"),
+    ("HSET", "quiesce:deploy:ledger:app:my-app", "20261126T072500Z-abc123", "{}"),
+    ("HDEL", "quiesce:deploy:ledger:app:my-app", "20261112T072500Z-def456"),
+    ("EXPIRE", "quiesce:deploy:ledger:app:my-app", "1209600"),
     ("SET", "deploylock-v42", "x", "NX", "EX", "60"),
     ("HSETNX", "20261126-marks", "stamp", "v42"),
     ("EXPIRE", "20261126-marks", "60"),
@@ -224,6 +229,8 @@ RELEASE_NEVER: Commands = (
     ("EXPIRE", "processes", "60"),
     ("HSETNX", "host:1:abc", "quiet", "true"),
     ("HSETNX", "x-marks", "a", "b"),  # marks are <YYYYMMDD>-marks
+    ("HSET", "processes-history", "a", "b"),  # the ledger's writes only on quiesce:deploy:*
+    ("HDEL", "host:1:abc", "quiet"),
 )
 
 
@@ -336,7 +343,7 @@ RELEASE_SELECTORS = ("(+lpush", "(+set")
 """The selectors the push transaction needs: losing one aborts the whole MULTI."""
 MARK_ONLY = ("(+hsetnx",)
 """Only the deploy mark needs it: said, never fatal."""
-OPTIONAL = ("+time", "+info", "+ping", "+select", "+smembers", "+zcount", "+lindex")
+OPTIONAL = ("+time", "+info", "+ping", "+select", "+smembers", "+zcount", "+lindex", "+scan")
 """Optional (degrade) or needed by other commands only."""
 
 

@@ -221,15 +221,17 @@ def test_filters_that_match_no_live_process_are_a_usage_error(
     assert raw.keys("*-signals") == [] and raw.keys("quiesce:*") == [] and not raw.keys("*marks")
 
 
-def test_an_empty_fleet_says_where_sidekiq_might_be(redis_url: str, raw: redis.Redis) -> None:
+def test_an_empty_fleet_beside_a_namespaced_one_is_a_wrong_target(
+    redis_url: str, raw: redis.Redis
+) -> None:
+    """Issue 15, Why item 5: this said OK (exit 0) while every old worker kept taking jobs."""
     sim: SimulatedFleet = simulated_fleet(
         redis_url, make_processes(2, seed=31, version="6.4.1"), namespace="myapp"
     )
     with sim:
         code, out, err, _ = cli("--redis-url", redis_url, "quiet", "--release", "v1")
-    assert code == ExitCode.OK
-    assert "no live Sidekiq processes" in out and "myapp:processes" in out + err
-    assert "--namespace" in out + err
+    assert code == ExitCode.USAGE, out + err
+    assert "myapp:processes" in err and "--namespace" in err
     assert raw.keys("quiesce:*") == [] and not raw.keys("*marks")
 
 

@@ -74,6 +74,8 @@ LEDGER_MAX_CHARS = 4_000_000
 reads the whole history, and at 10,000 processes a record is about 1 MB (so such a fleet
 keeps about 4; up to 2,000 processes keep 20). What the history is for survives the
 cut: a retried deploy copies "quiet since" forward into its own record."""
+FUTURE_SLACK_S = 3600.0
+"""A ledger record started more than this after the reader's Redis clock is ignored."""
 T = TypeVar("T")
 
 
@@ -839,6 +841,11 @@ def select_history(
         record, problem = parse_deploy_record(text)
         if problem:
             problems.append(problem)
+        if record is not None and record.started_at > now + FUTURE_SLACK_S:
+            # Would be "the latest deploy" for as long as it is kept: a clock far off, or
+            # a hand-made entry.
+            problems.append(f"deploy record {record.deploy_id[:60]} starts in the future")
+            record = None
         if (
             record is None
             or record.deploy_id != field

@@ -386,7 +386,7 @@ def _check_target(
                 + "; check --namespace and the database in the Redis URL (nothing was "
                 "signalled or written; --allow-empty deploys anyway)"
             )
-        run.notes.extend(found.fleets)
+        run.notes.extend(f"a live Sidekiq fleet is elsewhere: {f}" for f in found.fleets)
         run.notes.extend(found.notes)
     if options.min_processes is not None and live < options.min_processes:
         raise ConfigError(
@@ -629,7 +629,9 @@ class _FlyInBackground:
         if self.fly is None:
             view = _read_fly(run.options, None, 0.0)
         else:
-            self.thread.join(min(FLY_BUDGET_S, max(0.0, run.deadline - run.clock())))
+            # An interrupted or broken run reports at once: Fly is not waited for then.
+            wait_s = 0.0 if run.error is not None else run.deadline - run.clock()
+            self.thread.join(min(FLY_BUDGET_S, max(0.0, wait_s)))
             view = self.view or _FlyView(
                 _read_fly(run.options, None, 0.0).target,
                 notes=("Fly not checked: no answer from the Fly API by the deadline",),

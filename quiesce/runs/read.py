@@ -50,7 +50,7 @@ def observe(
     scope: str | None = None,
 ) -> Observed:
     """``jobs``: also read every process's running jobs (same single pipeline). ``scope``
-    (``record.scope_of``): whose deploy history to read; None reads only the pre-ledger
+    (``quiet.scope_of``): whose deploy history to read; None reads only the pre-ledger
     latest record, whichever scope wrote it."""
     with _no_cycle_collection():
         raws = [s.read_fleet(detail=detail, jobs=jobs, scope=scope) for s in stores]

@@ -4,7 +4,9 @@ another database is named, exit 2, nothing written; an empty Redis is a first de
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -146,3 +148,32 @@ def test_status_filters_that_match_nothing_fail(start_fleet: FleetFactory, redis
     assert code == ExitCode.USAGE, out + err
     line = error_line(err)
     assert "match none of the 2 live processes" in line and "tags: app" in line
+
+
+def release_role_url(server: RedisServer) -> str:
+    """A user made from the shipped ``quiesce-release`` line (deploy/redis-acl.txt)."""
+    acl = Path(__file__).resolve().parents[2] / "deploy" / "redis-acl.txt"
+    (line,) = [x for x in acl.read_text().splitlines() if "SETUSER quiesce-release" in x]
+    words = [w.replace(">CHANGE-ME", ">pw") for w in shlex.split(line)]
+    client = server.client()
+    try:
+        client.execute_command(*words)
+    finally:
+        client.close()
+    return f"redis://quiesce-release:pw@127.0.0.1:{server.port}/0"
+
+
+def test_the_shipped_release_role_finds_the_fleet_elsewhere(
+    start_fleet: FleetFactory, redis_url: str, redis_server: RedisServer, admin: redis.Redis
+) -> None:
+    start_fleet(make_processes(2, seed=10), namespace="myapp")
+    start_fleet(make_processes(1, seed=11), url=redis_url.rsplit("/", 1)[0] + "/4")
+    url = release_role_url(redis_server)
+    try:
+        code, out, err = run_cli("-r", url, "quiet", "--timeout", "5")
+    finally:
+        admin.execute_command("ACL", "DELUSER", "quiesce-release")
+    assert code == ExitCode.USAGE, out + err
+    line = error_line(err)
+    assert "myapp:processes (2 of 2" in line and "db 4: processes (1 of 1" in line
+    assert written(admin) == []

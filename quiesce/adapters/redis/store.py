@@ -584,35 +584,40 @@ class SidekiqStore:
         return self._pipeline([*commands, ("SELECT", self.db)], deadline=None)[:-1]
 
     def _live_sets(self, candidates: Sequence[tuple[int, str]]) -> tuple[FleetElsewhere, ...]:
-        """Per ``(db, key)``: up to ``HINT_SAMPLE`` members and how many still beat."""
+        """Per ``(db, key)``: up to ``HINT_SAMPLE`` members and how many still beat (their
+        heartbeat hash exists). A set the user may not read is no finding."""
         if not candidates:
             return ()
+        # SSCAN and PTTL, not SRANDMEMBER and EXISTS: the shipped ACL roles grant these.
         commands: list[Command] = []
         for db, key in candidates:
-            commands += [("SELECT", db), ("SRANDMEMBER", key, HINT_SAMPLE)]
+            commands += [("SELECT", db), ("SSCAN", key, 0, "COUNT", HINT_SAMPLE)]
         replies = self._in_dbs(commands)
         samples: list[tuple[int, str, list[str]]] = []
         for i, (db, key) in enumerate(candidates):
-            selected, members = replies[2 * i], replies[2 * i + 1]
-            if isinstance(selected, Exception) or not isinstance(members, list):
-                continue  # not a set, or the database could not be entered: no finding
+            selected, scanned = replies[2 * i], replies[2 * i + 1]
+            if isinstance(selected, Exception) or not (
+                isinstance(scanned, list | tuple) and len(scanned) == 2
+            ):
+                continue  # not a set, refused, or the database could not be entered
+            members = [str(m) for m in scanned[1]][:HINT_SAMPLE]
             if members:
-                samples.append((db, key, [str(m) for m in members]))
+                samples.append((db, key, members))
         if not samples:
             return ()
         commands = []
         for db, key, members in samples:
             prefix = key.removesuffix("processes")
             commands.append(("SELECT", db))
-            commands += [("EXISTS", prefix + m) for m in members]
+            commands += [("PTTL", prefix + m) for m in members]
         replies = self._in_dbs(commands)
         out, at = [], 0
         for db, key, members in samples:
-            selected, exists = replies[at], replies[at + 1 : at + 1 + len(members)]
+            selected, ttls = replies[at], replies[at + 1 : at + 1 + len(members)]
             at += 1 + len(members)
             if isinstance(selected, Exception):
                 continue
-            live = sum(1 for e in exists if isinstance(e, int) and e > 0)
+            live = sum(1 for t in ttls if isinstance(t, int) and t != -2)  # -2: no such key
             out.append(FleetElsewhere(db, key, live, len(members), same_db=db == self.db))
         return tuple(out)
 

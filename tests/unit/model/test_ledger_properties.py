@@ -174,3 +174,11 @@ def test_a_legacy_record_is_only_a_fallback() -> None:
     assert select_history({}, "app:x", NOW, legacy=other).records == ()
     assert select_history(None, None, NOW, legacy=other).records[0].deploy_id == "x"
     assert DeployState.PENDING is record("p", "s", NOW).state
+
+
+def test_a_record_from_the_future_is_never_the_latest() -> None:
+    ahead = record("ahead", "s", NOW + 86_400.0).to_json()
+    now = record("now", "s", NOW - 1).to_json()
+    history = select_history({"ahead": ahead, "now": now}, "s", NOW)
+    assert [r.deploy_id for r in history.records] == ["now"]
+    assert history.drop == ("ahead",) and "starts in the future" in history.problems[0]
