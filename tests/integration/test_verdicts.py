@@ -410,3 +410,42 @@ def test_recover_dry_run_lists_each_machines_running_jobs(redis_url: str, fleets
     code, out, _ = run("--redis-url", redis_url, "recover", "--after", "0.1s", "--json")
     (machine,) = json.loads(out)["machines"]
     assert machine["busy"] == 1 and machine["jobs"][0].startswith("InvoiceJob (billing, ")
+
+
+def test_the_release_commands_fly_target_judges_machines_merely_restarted_on_the_old_release(
+    redis_url: str, fleets: Fleets, fly_env: FakeFly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deploy failed before updating any Machine; they were restarted on release 63.
+    Fly's newest release is then 63 itself: only the target the release command recorded
+    (its own Machine's release, 64) shows them on the old image. Old code: whole, exit 0."""
+    old = _old(2, seed=26)
+    fleet = fleets.start(old)
+    a, b = (p.hostname for p in old)
+    release_machine = "e784079b449483"
+    before = [machine_json(a, release=OLD_RELEASE), machine_json(b, release=OLD_RELEASE)]
+    fly_env.answer(
+        "GET",
+        LIST,
+        200,
+        [*before, machine_json(release_machine, group="fly_app_release_command")],
+    )
+    fly_env.answer("GET", f"{LIST}/{release_machine}", 200, machine_json(release_machine))
+    # The release command, as Fly runs it: its own Machine id and the new image.
+    monkeypatch.setenv("FLY_MACHINE_ID", release_machine)
+    monkeypatch.setenv("FLY_IMAGE_REF", f"registry.fly.io/{APP}:deployment-{NEW_RELEASE}")
+    code, out, err = run("--redis-url", redis_url, "quiet", "--until", "quiet")
+    assert code == 0, out + err
+    monkeypatch.delenv("FLY_MACHINE_ID")
+    monkeypatch.delenv("FLY_IMAGE_REF")
+    _leave(fleet, *old)
+    fleets.new(a)
+    fleets.new(b)
+    _wait_for("the restarted processes to keep beating", _settled(redis_url))
+    code, report = _rejoin(redis_url)
+    assert code == ExitCode.NOT_WHOLE, report
+    assert report["target"] == {
+        "release_version": NEW_RELEASE,
+        "image_ref": f"registry.fly.io/{APP}:deployment-{NEW_RELEASE}",
+        "source": "record",
+    }
+    assert _states(report) == {a: "old-image", b: "old-image"}
