@@ -209,7 +209,12 @@ def rejoin_report(
         groups=groups,
         whole=whole,
         with_fly=fly is not None,
-        notes=(*notes, *target_notes, *_notes(record, fly is not None, target, by_tag)),
+        notes=(
+            *notes,
+            *target_notes,
+            *_notes(record, fly is not None, target, by_tag),
+            *_unverified(rows, fly, target),
+        ),
         deadline=deadline,
         target=target,
         grouped_by="tag" if by_tag else "fly",
@@ -258,6 +263,23 @@ def _hosts(
             # Fly does not list it: another app's process sharing the Redis.
             hosts[proc.hostname] = _Host(new=[proc], tag=proc.tag)
     return hosts
+
+
+def _unverified(
+    rows: Sequence[MachineRejoin], fly: Mapping[str, FlyMachine] | None, target: Target
+) -> list[str]:
+    """Machines counted back although Fly shows neither their release nor their image."""
+    if fly is None or not target.known:
+        return []
+    blind = [
+        r.machine
+        for r in rows
+        if r.state in BACK and (m := fly.get(r.machine)) is not None and target.matches(m) is None
+    ]
+    if not blind:
+        return []
+    shown = ", ".join(blind[:5]) + (f" (+{len(blind) - 5} more)" if len(blind) > 5 else "")
+    return [f"Fly shows no release or image for {shown}: counted back on heartbeats alone"]
 
 
 def _notes(record: DeployRecord, with_fly: bool, target: Target, by_tag: str) -> list[str]:

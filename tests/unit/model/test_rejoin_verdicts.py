@@ -88,6 +88,14 @@ def test_without_a_target_the_newest_fly_release_is_the_target_and_said() -> Non
     assert any("newest release Fly lists (64)" in n for n in r.notes)
 
 
+def test_a_machine_fly_shows_without_release_or_image_is_said_unverified() -> None:
+    before = [proc("A")]
+    rec = record(before, groups={"A": "worker"})
+    r = report(rec, [new("A")], [FlyMachine("A", state="started", process_group="worker")])
+    assert r.whole
+    assert any("Fly shows no release or image for A" in n for n in r.notes)
+
+
 def test_without_fly_the_report_says_the_image_is_not_verified() -> None:
     before = [proc("A")]
     r = report(record(before), [new("A")])
