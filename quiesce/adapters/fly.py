@@ -288,6 +288,13 @@ class FlyClient:
             return FlyRefused(
                 f"Fly API: {what} not found (404{said}); check --app / FLY_APP_NAME", status=code
             )
+        if code == 409:
+            # A lease: flyctl holds one on every Machine it is updating.
+            return FlyUnavailable(
+                f"Fly API: {what} is leased by someone else (409{said}): a deploy may be "
+                "updating it",
+                status=code,
+            )
         if code == 429:
             return FlyUnavailable(
                 f"Fly API rate limit still hit after retries (429{said})", status=code

@@ -38,6 +38,7 @@ from quiesce.cli.progress import QuietProgress, RejoinProgress
 from quiesce.cli.usage import Group, UsageError, exit_codes_help, is_help_request, usage_error
 from quiesce.errors import ConfigError, ExitCode
 from quiesce.model.quiet import Filters
+from quiesce.model.recover import DEFAULT_AFTER_S
 from quiesce.model.verdict import Until
 from quiesce.settings import EXPORTER_PORT, Settings, Tls
 from quiesce.text import safe
@@ -831,14 +832,25 @@ def rejoin(
     show_all: Annotated[
         bool, typer.Option("--all", help="List every Machine, not only those not back.")
     ] = False,
+    stopped_ok: Annotated[
+        bool,
+        typer.Option(
+            "--stopped-ok",
+            help="Machines that ran Sidekiq at the quiet and Fly shows stopped now are not "
+            "expected back (default: they are not back).",
+        ),
+    ] = False,
 ) -> None:
     """Say which Machines came back after the deploy: exit 0 only when the fleet is whole.
 
     Judges the latest deploy record (written by `quiesce quiet`) against the live
-    heartbeats and, with FLY_API_TOKEN and an app, Fly's Machine list: per Machine
-    rejoined, partial, draining, quiet-idle, old-running, pending, missing, gone,
-    not-expected (stopped) or new; per group "N of N back"; how long each Machine took
-    no jobs. Reads only. Exit 7 when not whole (at the --timeout deadline with --wait).
+    heartbeats and, with FLY_API_TOKEN and an app, Fly's Machine list: a Machine is back
+    when Fly shows it started on the deployed release and it runs a new, non-quiet
+    process that kept beating. Per Machine rejoined, partial, starting, draining,
+    quiet-idle, old-running, old-image, pending, missing, gone, replaced, stopped,
+    not-expected, conflict or new; per Fly process group "N of N back"; how long each
+    Machine took no jobs. Without Fly the image is not verified (said). Reads only.
+    Exit 7 when not whole (at the --timeout deadline with --wait).
     """
     from quiesce.model.rejoin import RejoinFilters
     from quiesce.runs.rejoin import RejoinOptions, RejoinWatch
@@ -848,15 +860,19 @@ def rejoin(
         timeout_s = timeout
         progress = RejoinProgress()
         with (
-            open_stores(_settings(ctx)) as stores,
+            open_stores(settings := _settings(ctx)) as stores,
             _fly_client(app_name, use=fly) as (client, why),
         ):
+            filters = RejoinFilters(
+                tags=tuple(tag or ()),
+                hostnames=tuple(hostname or ()),
+                exclude_tags=tuple(exclude_tag or ()),
+                exclude_hostnames=tuple(exclude_hostname or ()),
+            )
             options = RejoinOptions(
-                filters=RejoinFilters(
-                    tags=tuple(tag or ()),
-                    hostnames=tuple(hostname or ()),
-                    exclude_tags=tuple(exclude_tag or ()),
-                    exclude_hostnames=tuple(exclude_hostname or ()),
+                filters=filters,
+                scope=_scope(
+                    settings, app_name, Filters(hostnames=filters.hostnames, tags=filters.tags)
                 ),
                 release=release,
                 process_group=process_group,
@@ -864,6 +880,7 @@ def rejoin(
                 timeout_s=timeout_s,
                 interval_s=interval,
                 fly_note=why if fly else None,
+                stopped_ok=stopped_ok,
             )
             watch = RejoinWatch(stores, client, options)
             signal.signal(signal.SIGTERM, _interrupt)
@@ -893,7 +910,7 @@ def recover(
             parser=positive_duration,
             show_default="5m",
         ),
-    ] = 300.0,
+    ] = DEFAULT_AFTER_S,
     yes: Annotated[bool, typer.Option("--yes", help="Do it (default: print the plan).")] = False,
     restart: Annotated[
         bool, typer.Option("--restart", help="Restart those Machines through the Fly API.")
@@ -925,14 +942,17 @@ def recover(
 ) -> None:
     """Replace processes a failed deploy left quiet (Sidekiq cannot un-quiet them).
 
-    Finds Machines whose every live process was quieted by the latest deploy longer than
-    --after ago, with no new process. Prints what it would do; with --yes, --restart
+    Acts on whole Machines: one whose every live process (whatever its tag) was quieted
+    by a recorded deploy of this fleet longer than --after ago and still beats. With
+    FLY_API_TOKEN and an app, Fly's view is read first: Machines starting, being
+    replaced, stopped or already on the deployed release are skipped, saying why.
+    Prints what it would do, with each Machine's running jobs; with --yes, --restart
     restarts each through the Fly API (one a second, one line per Machine, going on past
     failures) or --stop sends TERM so the supervisor starts a new process. Never touches
     a Machine that still runs a non-quiet process.
     """
     from quiesce.model.recover import RecoverReport, stranded
-    from quiesce.model.rejoin import RejoinFilters
+    from quiesce.model.rejoin import RejoinFilters, Target, deploy_target, filters_problem
     from quiesce.runs.read import read_fleet
     from quiesce.runs.recover import restart_all, stop_all
     from quiesce.views.rejoin import recover_json, recover_text
@@ -944,29 +964,54 @@ def recover(
             raise ConfigError("--yes needs --restart or --stop")
         after_s = after
         action = "restart" if restart else "stop" if stop else "none"
-        with open_stores(_settings(ctx)) as stores:
-            snapshot = read_fleet(stores)
+        with (
+            open_stores(settings := _settings(ctx)) as stores,
+            _fly_client(app_name) as (client, why),
+        ):
+            if restart and client is None:
+                raise ConfigError(f"--restart needs the Fly API: {why}")
             filters = RejoinFilters(
                 tags=tuple(tag or ()),
                 hostnames=tuple(hostname or ()),
                 exclude_tags=tuple(exclude_tag or ()),
                 exclude_hostnames=tuple(exclude_hostname or ()),
             )
-            candidates, notes = stranded(
-                snapshot, snapshot.latest_deploy, after_s=after_s, filters=filters
+            scope = _scope(
+                settings, app_name, Filters(hostnames=filters.hostnames, tags=filters.tags)
             )
+            snapshot = read_fleet(stores, jobs=True, scope=scope)
+            problem = filters_problem(filters, snapshot, snapshot.latest_deploy)
+            if problem is not None:
+                raise ConfigError(problem)
+            notes: list[str] = []
+            machines = None
+            if client is not None:
+                machines = client.list_machines()
+            else:
+                notes.append(f"Fly API not used ({why}): the Machines' state and image not checked")
+            target = Target()
+            if snapshot.latest_deploy is not None:
+                # The record's target only: Fly's newest release may be the very one the
+                # stranded Machines run when the deploy failed before updating any.
+                target, _ = deploy_target(snapshot.latest_deploy, None)
+            candidates, skipped = stranded(
+                snapshot,
+                snapshot.history,
+                after_s=after_s,
+                filters=filters,
+                machines=machines,
+                target=target,
+            )
+            notes.extend(skipped)
             results: dict[str, str] = {}
             if yes and candidates and restart:
-                with _fly_client(app_name) as (client, why):
-                    if client is None:
-                        raise ConfigError(f"--restart needs the Fly API: {why}")
-                    results = restart_all(
-                        client,
-                        candidates,
-                        None
-                        if json_output
-                        else lambda m, r: print(safe(f"restart {m}: {r}"), file=sys.stderr),
-                    )
+                results = restart_all(
+                    client,
+                    candidates,
+                    None
+                    if json_output
+                    else lambda m, r: print(safe(f"restart {m}: {r}"), file=sys.stderr),
+                )
             elif yes and candidates and stop:
                 results = stop_all(stores, candidates)
         report = RecoverReport(

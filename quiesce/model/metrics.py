@@ -24,13 +24,9 @@ from quiesce.model.capacity import (
 from quiesce.model.fleet import BEAT_MARGIN_S, ProcessRecord, ProcessState
 from quiesce.model.queues import PauseReason, QueuesView, view_queues
 from quiesce.model.record import DeployRecord
-from quiesce.model.rejoin import snapshot_rejoin
+from quiesce.model.rejoin import process_generation, snapshot_rejoin
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.sidekiq.rows import RawQueues
-
-GENERATION_SLACK_S = 5.0
-"""A process started this long before the deploy record still counts as new (its clock
-is the host's, the record's is Redis's)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,22 +88,21 @@ class ScrapeData:
 
 
 def generation(
-    proc: ProcessRecord, deploy: DeployRecord | None, old: frozenset[str] | None = None
+    proc: ProcessRecord,
+    deploy: DeployRecord | None,
+    old: frozenset[str] | None = None,
+    taken_at: float | None = None,
 ) -> str:
-    """``old``: in the latest deploy record's fleet (running when it started);
-    ``new``: started since; ``unknown``: no record, or no start time to tell.
+    """``old``: in the latest deploy record's fleet, or started before its quiet; ``new``:
+    started since (``rejoin.process_generation``: the rule rejoin and status use);
+    ``unknown``: no record, or no start time to tell.
 
     ``old``: the record's identities, built once per scrape (a fleet of 10,000 would
-    otherwise compare every process with every entry)."""
+    otherwise compare every process with every entry). ``taken_at``: the snapshot's Redis
+    time, which measures each process's clock offset (None: left unmeasured)."""
     if deploy is None:
         return "unknown"
-    if old is None:
-        old = frozenset(e.identity for e in deploy.fleet)
-    if proc.identity in old:
-        return "old"
-    if proc.started_at is None:
-        return "unknown"
-    return "new" if proc.started_at >= deploy.started_at - GENERATION_SLACK_S else "old"
+    return process_generation(proc, deploy, old, taken_at)
 
 
 def _version(proc: ProcessRecord) -> str:
@@ -121,7 +116,7 @@ def _count(samples: dict[tuple[str, ...], float], key: tuple[str, ...], n: float
 def process_families(f: _Families, fleet: FleetSnapshot, *, per_machine: bool) -> None:
     deploy = fleet.latest_deploy
     old = frozenset(e.identity for e in deploy.fleet) if deploy is not None else None
-    gens = {p.identity: generation(p, deploy, old) for p in fleet.processes}
+    gens = {p.identity: generation(p, deploy, old, fleet.taken_at) for p in fleet.processes}
     release = (deploy.release or "") if deploy is not None else ""
     by_state: dict[tuple[str, ...], float] = {(s.value,): 0.0 for s in ProcessState}
     by_release: dict[tuple[str, ...], float] = {}
@@ -243,7 +238,8 @@ def deploy_families(f: _Families, fleet: FleetSnapshot) -> None:
             _count(machines, (machine.state.value,))
         f.add(
             "quiesce_rejoin_machines",
-            "Machines per rejoin state after the latest deploy (heartbeats only).",
+            "Machines per rejoin state after the latest deploy (heartbeats and release labels: "
+            "the exporter does not ask Fly).",
             machines,
             ("state",),
         )

@@ -7,13 +7,14 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from quiesce.errors import FlyProblem, QuiesceError, RedisRefused
+from quiesce.model.machines import FlyMachine
 from quiesce.model.recover import Candidate
 from quiesce.runs.read import FleetReader
 from quiesce.sidekiq.rows import Push
 
 
 class Restarter(Protocol):
-    def list_machines(self, process_group: str | None = None) -> list[object]: ...
+    def get_machine(self, machine_id: str) -> FlyMachine: ...
 
     def restart_machine(self, machine_id: str) -> None: ...
 
@@ -27,19 +28,21 @@ def restart_all(
     candidates: Sequence[Candidate],
     on_result: Callable[[str, str], None] | None = None,
 ) -> dict[str, str]:
-    """Restart each candidate Fly lists in the app; go on past failures. ``on_result``
-    hears each Machine's result as it happens (a recovery of 500 Machines takes minutes)."""
-    listed = {getattr(m, "id", None) for m in fly.list_machines()}
+    """Restart each candidate (already checked against Fly's list by ``stranded``); go on
+    past failures. Each Machine's state is read again just before its restart: a
+    recovery of 500 Machines takes minutes, and a deploy may start on one meanwhile.
+    ``on_result`` hears each Machine's result as it happens."""
     results = {}
     for c in candidates:
-        if c.machine not in listed:
-            results[c.machine] = "skipped: not a Machine of this app (Fly does not list it)"
-        else:
-            try:
+        try:
+            state = fly.get_machine(c.machine).state
+            if state != "started":
+                results[c.machine] = f"skipped: Fly lists it {state or 'in no state'} now"
+            else:
                 fly.restart_machine(c.machine)
                 results[c.machine] = "restarted"
-            except FlyProblem as exc:
-                results[c.machine] = f"failed: {exc}"
+        except FlyProblem as exc:
+            results[c.machine] = f"failed: {exc}"
         if on_result is not None:
             on_result(c.machine, results[c.machine])
     return results

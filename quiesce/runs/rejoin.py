@@ -28,7 +28,7 @@ from typing import Protocol
 from quiesce.errors import ConfigError, FlyRefused, FlyUnavailable, RedisUnavailable
 from quiesce.model.machines import FlyMachine
 from quiesce.model.record import DeployRecord
-from quiesce.model.rejoin import RejoinFilters, RejoinReport, rejoin_report
+from quiesce.model.rejoin import RejoinFilters, RejoinReport, filters_problem, rejoin_report
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.runs.read import FleetReader, read_fleet
 
@@ -54,6 +54,10 @@ class RejoinOptions:
     interval_s: float = POLL_INTERVAL_S
     fly_note: str | None = None
     """Why the Fly API is not used (no token, no app), said in the report."""
+    stopped_ok: bool = False
+    """Machines Fly shows stopped are not expected back (``--stopped-ok``)."""
+    scope: str | None = None
+    """Whose deploy history to judge (``quiet.scope_of``, as ``quiesce quiet`` wrote it)."""
 
 
 class RejoinWatch:
@@ -111,7 +115,9 @@ class RejoinWatch:
             return dataclasses.replace(report, notes=notes)
 
     def snapshot(self) -> FleetSnapshot:
-        return read_fleet(self.stores, allow_newer=self.options.allow_newer)
+        return read_fleet(
+            self.stores, allow_newer=self.options.allow_newer, scope=self.options.scope
+        )
 
     def poll(self, deadline: float | None, *, final: bool = False) -> RejoinReport:
         """One snapshot, at most one Machine list, one report. ``deadline`` is on the
@@ -124,10 +130,16 @@ class RejoinWatch:
             self._note("deploy record gone from Redis (restarted empty?): using the one read first")
         if record is None:
             problem = f" ({snapshot.deploy_problem})" if snapshot.deploy_problem else ""
+            scope = f" for {self.options.scope}" if self.options.scope else ""
             raise ConfigError(
-                "no quiesce deploy record in Redis: run `quiesce quiet` as the release "
-                f"command first{problem}"
+                f"no quiesce deploy record{scope} in Redis: run `quiesce quiet` as the "
+                "release command first (on Fly it records the app: give the same --app or "
+                f"FLY_APP_NAME here){problem}"
             )
+        if self._record is None:
+            unmatched = filters_problem(self.options.filters, snapshot, record)
+            if unmatched is not None:
+                raise ConfigError(unmatched)
         self._record = self._record or record
         self._list()
         notes = list(self._notes)
@@ -145,6 +157,8 @@ class RejoinWatch:
             filters=self.options.filters,
             release=self.options.release,
             notes=notes,
+            stopped_ok=self.options.stopped_ok,
+            process_group=self.options.process_group,
         )
 
     def wait(self, on_report: Callable[[RejoinReport, float], None] | None = None) -> RejoinReport:

@@ -52,7 +52,17 @@ def _machine_cells(m: MachineRejoin) -> list[str]:
     procs = f"{m.new_processes}/{m.old_processes} processes" if m.expected else ""
     fly = f" fly:{m.fly_state}" if m.fly_state else ""
     busy = f", {m.busy} busy" if m.busy else ""
-    return [safe(m.machine), safe(m.group), m.state.value, safe(f"{procs}{busy}{fly}".strip())]
+    why = f" ({m.why})" if m.why else ""
+    detail = f"{procs}{busy}{fly}{why}".strip()
+    return [safe(m.machine), safe(m.group), m.state.value, safe(detail)]
+
+
+_TARGET_FROM = {
+    "record": "from the release command's Fly lookup",
+    "fly-newest": "the newest release in Fly's list",
+    "label": "the release label",
+    "": "not verified",
+}
 
 
 def machine_lines(machines: Iterable[MachineRejoin], width: int | None = None) -> list[str]:
@@ -65,11 +75,14 @@ def rejoin_text(report: RejoinReport, *, show_all: bool = False, width: int | No
     lines = [
         f"deploy {report.deploy_id} release {report.release or '-'} ({report.strategy}): "
         f"quieted {duration(report.since_quiet_s)} ago",
+        f"deployed: {report.target.describe()} ({_TARGET_FROM.get(report.target.source, '-')})",
         counts_line(report),
     ]
+    kind = "group" if report.grouped_by == "fly" else "tag"
     for g in report.groups:
-        extra = f", {g.not_expected} stopped (not expected)" if g.not_expected else ""
-        lines.append(f"  group {g.group}: {g.back} of {g.expected} back{extra}")
+        extra = f", {g.replaced} replaced" if g.replaced else ""
+        extra += f", {g.not_expected} stopped (not expected)" if g.not_expected else ""
+        lines.append(f"  {kind} {g.group}: {g.back} of {g.expected} back{extra}")
     shown = report.machines if show_all else report.not_back
     if shown:
         lines.append("Machines not back:" if not show_all else "Machines:")
@@ -107,6 +120,8 @@ def machine_json(m: MachineRejoin) -> dict[str, Any]:
         "region": m.region,
         "release_version": m.release_version,
         "process_group": m.process_group,
+        "image_ref": m.image_ref,
+        "why": m.why,
     }
 
 
@@ -123,6 +138,12 @@ def rejoin_json(report: RejoinReport) -> dict[str, Any]:
         "since_quiet_s": _round(report.since_quiet_s),
         "deadline": report.deadline,
         "with_fly": report.with_fly,
+        "target": {
+            "release_version": report.target.release_version or None,
+            "image_ref": report.target.image_ref or None,
+            "source": report.target.source or None,
+        },
+        "grouped_by": report.grouped_by,
         "expected": report.expected,
         "back": report.back,
         "counts": {s.value: n for s, n in report.counts().items()},
@@ -132,6 +153,7 @@ def rejoin_json(report: RejoinReport) -> dict[str, Any]:
                 "expected": g.expected,
                 "back": g.back,
                 "not_expected": g.not_expected,
+                "replaced": g.replaced,
             }
             for g in report.groups
         ],
@@ -164,17 +186,21 @@ def recover_text(report: RecoverReport) -> str:
     for c in report.candidates:
         what = (
             f"{plural(len(c.identities), 'quiet process', 'quiet processes')}, "
-            f"quiet {duration(c.quiet_for_s)}, no new process"
+            f"quiet {duration(c.quiet_for_s)} (deploy {c.deploy_id or '-'}), "
+            f"{plural(c.busy, 'job')} running"
         )
         if report.applied:
             lines.append(f"{c.machine}: {report.results.get(c.machine, 'not done')} ({what})")
         else:
             lines.append(f"{report.verb(c.machine)} {c.machine}: {what}")
+            lines.extend(f"    {job}" for job in c.jobs)
+            if c.busy > len(c.jobs):
+                lines.append(f"    ... and {c.busy - len(c.jobs)} more")
     for n in report.notes:
         lines.append(f"note: {n}")
     if not report.candidates:
         lines.append(
-            "nothing to recover: no Machine hosts only processes quiet for longer than --after"
+            "nothing to recover: no Machine runs only processes quiet for longer than --after"
         )
     elif not report.applied:
         lines.append("dry run: nothing done (add --yes with --restart or --stop)")
@@ -195,6 +221,9 @@ def recover_json(report: RecoverReport) -> dict[str, Any]:
                 "machine": c.machine,
                 "identities": list(c.identities),
                 "quiet_for_s": _round(c.quiet_for_s),
+                "deploy_id": c.deploy_id or None,
+                "busy": c.busy,
+                "jobs": list(c.jobs),
                 "result": report.results.get(c.machine),
             }
             for c in report.candidates

@@ -234,6 +234,8 @@ def test_every_command_keeps_the_redis_password_and_the_fly_token_out(
     # The Fly API echoes the token in its errors (a proxy that does): it must still not show.
     listed = [machine_json(p.hostname) for p in processes]
     fake_fly.answer("GET", "/v1/apps/secret-app/machines", 200, listed)
+    for machine in listed:  # recover reads each Machine again just before its restart
+        fake_fly.answer("GET", f"/v1/apps/secret-app/machines/{machine['id']}", 200, machine)
     restart = f"/v1/apps/secret-app/machines/{processes[0].hostname}/restart"
     echo = {"error": f"{'x' * 150} token {FLY_TOKEN} and fm2_flyTok3nR5yU refused"}
     fake_fly.answer("POST", restart, 401, echo)

@@ -128,7 +128,7 @@ def test_immediate_all_back_is_whole_and_says_heartbeats_alone() -> None:
     before = [proc("m1"), proc("m2")]
     r = report(record(before), [new("m1", at=T0 + 30), new("m2", at=T0 + 40)])
     assert r.whole
-    assert any("heartbeats alone" in n for n in r.notes)
+    assert any("not verified" in n for n in r.notes)
     assert "fleet whole" in rejoin_text(r)
 
 
@@ -173,7 +173,8 @@ def test_bluegreen_counts_per_group_new_ids_replace_old_ones() -> None:
     green_one = [quieted(blue[0]), quieted(blue[1]), new("g1", at=T0 + 90)]
     machines = [fly("b1"), fly("b2"), fly("g1")]
     r = report(rec, green_one, machines)
-    assert states(r) == {"b1": S.QUIET_IDLE, "b2": S.QUIET_IDLE, "g1": S.NEW}
+    # One green fills one blue's slot (bluegreen: the quiet blues are destroyed next).
+    assert states(r) == {"b1": S.REPLACED, "b2": S.QUIET_IDLE, "g1": S.NEW}
     assert [(g.group, g.back, g.expected) for g in r.groups] == [("worker", 1, 2)]
     assert not r.whole
 
@@ -183,7 +184,7 @@ def test_bluegreen_counts_per_group_new_ids_replace_old_ones() -> None:
 
     # Blues destroyed: Fly no longer lists them; the tag maps them to the same group.
     r = report(rec, both[2:], [fly("g1"), fly("g2")])
-    assert states(r) == {"b1": S.GONE, "b2": S.GONE, "g1": S.NEW, "g2": S.NEW}
+    assert states(r) == {"b1": S.REPLACED, "b2": S.REPLACED, "g1": S.NEW, "g2": S.NEW}
     assert r.whole
     assert [(g.group, g.back, g.expected) for g in r.groups] == [("worker", 2, 2)]
 
@@ -192,7 +193,7 @@ def test_immediate_replacement_with_a_new_id_counts_for_the_gone_machine() -> No
     before = [proc("m1"), proc("m2")]
     rec = record(before)
     r = report(rec, [new("m1", at=T0 + 30), new("m9", at=T0 + 50)], [fly("m1"), fly("m9")])
-    assert states(r) == {"m1": S.REJOINED, "m2": S.GONE, "m9": S.NEW}
+    assert states(r) == {"m1": S.REJOINED, "m2": S.REPLACED, "m9": S.NEW}
     assert r.whole
     r = report(rec, [new("m1", at=T0 + 30)], [fly("m1")])
     assert not r.whole
@@ -212,9 +213,13 @@ def test_swarm_machine_rejoins_when_all_its_processes_are_back() -> None:
     assert r.whole
 
 
-def test_stopped_machine_is_not_expected() -> None:
+def test_stopped_machine_is_not_back_unless_stopped_machines_are_expected() -> None:
     before = [proc("m1"), proc("m2")]
-    r = report(record(before), [new("m1", at=T0 + 30)], [fly("m1"), fly("m2", "stopped")])
+    machines = [fly("m1"), fly("m2", "stopped")]
+    r = report(record(before), [new("m1", at=T0 + 30)], machines)
+    assert states(r) == {"m1": S.REJOINED, "m2": S.STOPPED}
+    assert not r.whole
+    r = report(record(before), [new("m1", at=T0 + 30)], machines, stopped_ok=True)
     assert states(r) == {"m1": S.REJOINED, "m2": S.NOT_EXPECTED}
     assert r.whole
     assert r.groups[0].not_expected == 1 and r.groups[0].expected == 1
@@ -225,9 +230,15 @@ def test_scale_up_machine_is_new_and_does_not_hide_a_missing_one() -> None:
     rec = record(before)
     r = report(rec, [new("m1", at=T0 + 30), new("m2", at=T0 + 31), new("m3", at=T0 + 32)])
     assert states(r)["m3"] is S.NEW and r.whole
+    # Heartbeats alone cannot tell a scale-up from a Machine replaced with a new id.
     r = report(rec, [new("m1", at=T0 + 30), new("m3", at=T0 + 32)])
+    assert states(r)["m2"] is S.REPLACED and r.whole
+    # Fly lists m2 started: it must come back itself.
+    r = report(
+        rec, [new("m1", at=T0 + 30), new("m3", at=T0 + 32)], [fly(m) for m in ("m1", "m2", "m3")]
+    )
     assert states(r)["m2"] is S.PENDING
-    assert not r.whole  # immediate: m2 itself must come back
+    assert not r.whole
 
 
 # -- clocks, versions, other apps, release labels ---------------------------------------
@@ -242,10 +253,10 @@ def test_clock_skew_is_measured_per_process_from_its_beat() -> None:
     assert r.machines[0].rejoined_at == T0 + 20  # moved onto the Redis clock
     # A process that really started before the quiet is not a rejoin, however fast its clock.
     r = report(rec, [new("m1", at=T0 - 60, skew=+50.0)])
-    assert states(r)["m1"] is S.PENDING
-    # Unmeasurable offset (no beat age): the wider tolerance applies.
-    r = report(rec, [new("m1", at=T0 - 10, beat_age=None), new("m2", at=T0 - 60, beat_age=None)])
-    assert states(r) == {"m1": S.REJOINED, "m2": S.PENDING}
+    assert states(r)["m1"] is S.OLD_RUNNING
+    # Unmeasurable offset (no beat age): no slack either, and it has not been seen beating.
+    r = report(rec, [new("m1", at=T0 - 10, beat_age=None), new("m2", at=T0 + 60, beat_age=None)])
+    assert states(r) == {"m1": S.OLD_RUNNING, "m2": S.STARTING}
 
 
 def test_mixed_sidekiq_versions() -> None:
@@ -270,17 +281,19 @@ def test_other_apps_in_the_same_redis_are_filtered_by_tag_or_fly_list() -> None:
     assert states(r) == {"m1": S.REJOINED}
 
 
-def test_release_label_decides_over_start_time() -> None:
+def test_release_label_and_start_time_must_both_say_new() -> None:
     before = [proc("m1", labels=(OLD_IMAGE,)), proc("m2", labels=(OLD_IMAGE,))]
     rec = record(before)
     live = [
         # an old process restarted by its supervisor after the quiet: old code, not back
         new("m1", at=T0 + 30, labels=(OLD_IMAGE,)),
-        # the new release, whose clock claims it started long before: back
+        # the new release label, but it started long before the quiet: not quieted by it
         new("m2", at=T0 - 900, labels=(NEW_IMAGE,)),
     ]
     r = report(rec, live)
-    assert states(r) == {"m1": S.PENDING, "m2": S.REJOINED}
+    assert states(r) == {"m1": S.OLD_RUNNING, "m2": S.OLD_RUNNING}
+    r = report(rec, [new("m2", at=T0 + 30, labels=(NEW_IMAGE,))])
+    assert states(r)["m2"] is S.REJOINED
     assert release_label(["reliable", "release:v42"]) == "v42"
     assert release_label(["reliable", NEW_IMAGE]) == NEW_IMAGE
     assert release_label(["reliable"]) is None
@@ -306,11 +319,11 @@ def test_snapshot_hook_and_recover_candidates() -> None:
     hooked = snapshot_rejoin(snapshot)
     assert hooked is not None and states(hooked)["m2"] is S.REJOINED
     assert snapshot_rejoin(FleetSnapshot(processes=(), taken_at=NOW)) is None
-    candidates, notes = stranded(snapshot, rec, after_s=60)
+    candidates, notes = stranded(snapshot, [rec], after_s=60)
     # m3 still runs a non-quiet process: never touched.
     assert [c.machine for c in candidates] == ["m1"]
     assert candidates[0].quiet_for_s == NOW - (T0 + 5)
-    assert stranded(snapshot, rec, after_s=NOW)[0] == []
+    assert stranded(snapshot, [rec], after_s=NOW)[0] == []
     undated = FleetSnapshot(processes=(proc("x1", quiet=True),), taken_at=NOW, latest_deploy=rec)
-    found, notes = stranded(undated, rec, after_s=60)
+    found, notes = stranded(undated, [rec], after_s=60)
     assert found == [] and notes and "not touched" in notes[0]
