@@ -45,9 +45,9 @@ from quiesce.model.report import QuietOptions  # noqa: E402
 from quiesce.runs.quiet import quiet_fleet  # noqa: E402
 from quiesce.runs.rejoin import RejoinOptions, RejoinWatch  # noqa: E402
 from quiesce.settings import build_settings  # noqa: E402
+from quiesce.sim.fly import machine_json  # noqa: E402
 from quiesce.sim.simulator import SimulatedFleet, make_processes  # noqa: E402
 from quiesce.views.rejoin import rejoin_json, rejoin_text  # noqa: E402
-from tests.unit.adapters.test_fly import machine_json  # noqa: E402
 
 
 def start_private_redis() -> Any:

@@ -23,11 +23,12 @@ from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.errors import ExitCode
 from quiesce.runs.rejoin import RejoinOptions, RejoinWatch
 from quiesce.settings import build_settings
+from quiesce.sim.fly import machine_json
 from quiesce.sim.simulator import make_processes
-from tests.integration.test_rejoin_cli import Fleets, _finish, _seen_waiting, _spawn_rejoin
 from tests.support import RedisServer, client_pause, crash, crash_and_restart, restart
 from tests.support.cli import run
-from tests.unit.adapters.test_fly import FakeFly, fake_fly, machine_json
+from tests.support.fly import FakeFly, fake_fly
+from tests.support.rejoin import Fleets, finish_rejoin, seen_waiting, spawn_rejoin
 
 __all__ = ["fake_fly"]
 
@@ -81,12 +82,12 @@ def test_rejoin_wait_rides_out_a_redis_restart_and_finishes(
     fleet = fleets.start(old)
     code, out, err = run("--redis-url", server.url, "quiet", "--until", "quiet")
     assert code == 0, out + err
-    waiting = _spawn_rejoin(server.url, "--timeout", "50s", "--interval", "0.1")
-    _seen_waiting(waiting)
+    waiting = spawn_rejoin(server.url, "--timeout", "50s", "--interval", "0.1")
+    seen_waiting(waiting)
     crash_and_restart(server)  # every key gone, the deploy record too
     for process in old:
         fleets.replace(process, fleet)
-    code, out, err = _finish(waiting)
+    code, out, err = finish_rejoin(waiting)
     assert code == 0, out + err
     assert "2 of 2 expected Machines back" in out and "fleet whole" in out
     assert "deploy record gone from Redis" in out
@@ -99,12 +100,12 @@ def test_rejoin_wait_with_redis_down_ends_at_the_deadline_with_exit_7(
     fleets.start(make_processes(2, seed=43))
     code, out, err = run("--redis-url", server.url, "quiet", "--until", "quiet")
     assert code == 0, out + err
-    waiting = _spawn_rejoin(
+    waiting = spawn_rejoin(
         server.url, "--timeout", "3s", "--interval", "0.1", "--connect-timeout", "0.5"
     )
-    _seen_waiting(waiting)
+    seen_waiting(waiting)
     crash(server)
-    code, out, err = _finish(waiting)
+    code, out, err = finish_rejoin(waiting)
     assert code == ExitCode.NOT_WHOLE, out + err
     assert "Redis unavailable mid-wait" in out and "fleet NOT whole" in out
     assert "Traceback" not in err
@@ -137,12 +138,12 @@ def test_rejoin_wait_against_a_redis_gone_silent_ends_with_exit_7(
     fleets.start(make_processes(2, seed=47))
     code, out, err = run("--redis-url", server.url, "quiet", "--until", "quiet")
     assert code == 0, out + err
-    waiting = _spawn_rejoin(
+    waiting = spawn_rejoin(
         server.url, "--timeout", "3s", "--interval", "0.1", "--read-timeout", "0.5"
     )
-    _seen_waiting(waiting)
+    seen_waiting(waiting)
     client_pause(server, PAUSE_MS)
-    code, out, err = _finish(waiting)
+    code, out, err = finish_rejoin(waiting)
     assert code == ExitCode.NOT_WHOLE, out + err
     assert "Redis unavailable mid-wait" in out
     assert "Traceback" not in err

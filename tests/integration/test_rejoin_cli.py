@@ -8,109 +8,26 @@ The fleet is quieted by ``quiesce quiet``; then its processes are replaced one b
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import redis
 
 from quiesce.errors import ExitCode
-from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
-from tests.support import simulated_fleet
+from quiesce.sim.fly import machine_json
+from quiesce.sim.simulator import make_processes
 from tests.support.cli import run
-from tests.unit.adapters.test_fly import FakeFly, fake_fly, machine_json
+from tests.support.fly import FakeFly, fake_fly
+from tests.support.rejoin import (
+    Fleets,
+    finish_rejoin,
+    quiet_fleet_cli,
+    seen_waiting,
+    spawn_rejoin,
+    wait_until,
+)
 
 __all__ = ["fake_fly"]  # the fixture, re-used from the Fly client tests
-
-BEAT_S = 0.3
-WAIT_LIMIT_S = 60.0
-"""Upper bound for anything this file waits for (a failure, never a measurement)."""
-
-
-def _wait_for(what: str, probe: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_LIMIT_S
-    while not probe():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-class Fleets:
-    """The old fleet and every replacement process, each heartbeating on its own thread."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.fleets: list[SimulatedFleet] = []
-        self.counter = 100
-
-    def start(self, processes: list[SimulatedProcess]) -> SimulatedFleet:
-        fleet: SimulatedFleet = simulated_fleet(self.url, processes, beat_interval_s=BEAT_S)
-        fleet.start()
-        self.fleets.append(fleet)
-        return fleet
-
-    def replace(self, old: SimulatedProcess, fleet: SimulatedFleet, hostname: str = "") -> str:
-        """The old process exits cleanly; a new one (new pid, new nonce) starts."""
-        fleet.leave([old])
-        host = hostname or old.hostname
-        self.counter += 1
-        new = SimulatedProcess(
-            identity=f"{host}:{self.counter}:n{self.counter:010x}",
-            hostname=host,
-            pid=self.counter,
-            version=old.version,
-            tag=old.tag,
-        )
-        self.start([new])
-        return new.identity
-
-    def close(self) -> None:
-        for fleet in self.fleets:
-            fleet.stop()
-            fleet.client.close()
-
-
-@pytest.fixture
-def fleets(redis_url: str) -> Iterator[Fleets]:
-    f = Fleets(redis_url)
-    yield f
-    f.close()
-
-
-def _quiet(redis_url: str, *extra: str) -> None:
-    code, out, err = run("--redis-url", redis_url, "quiet", "--until", "quiet", *extra)
-    assert code == 0, out + err
-
-
-def _spawn_rejoin(redis_url: str, *args: str, env: dict[str, str] | None = None) -> Any:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "QUIESCE_", "FLY_"))}
-    return subprocess.Popen(
-        [sys.executable, "-m", "quiesce", "--redis-url", redis_url, "rejoin", "--wait", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**base, **(env or {})},
-    )
-
-
-def _finish(proc: Any) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=WAIT_LIMIT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"rejoin --wait did not exit\n{out}\n{err}")
-    return int(proc.returncode), out, err
-
-
-def _seen_waiting(proc: Any) -> None:
-    """The first periodic line: rejoin --wait is running and has judged the fleet once."""
-    line = proc.stderr.readline()
-    assert line.startswith("rejoin: "), line
 
 
 def test_immediate_rejoin_wait_exits_0_when_the_last_machine_is_back(
@@ -118,18 +35,18 @@ def test_immediate_rejoin_wait_exits_0_when_the_last_machine_is_back(
 ) -> None:
     old = make_processes(3, version="6.4.1", seed=1)
     fleet = fleets.start(old)
-    _quiet(redis_url, "--strategy", "immediate")
+    quiet_fleet_cli(redis_url, "--strategy", "immediate")
 
     code, out, _ = run("--redis-url", redis_url, "rejoin", "--json")
     assert code == ExitCode.NOT_WHOLE
     report = json.loads(out)
     assert report["counts"]["quiet-idle"] == 3 and report["with_fly"] is False
 
-    waiting = _spawn_rejoin(redis_url, "--timeout", "50s", "--interval", "0.1")
-    _seen_waiting(waiting)
+    waiting = spawn_rejoin(redis_url, "--timeout", "50s", "--interval", "0.1")
+    seen_waiting(waiting)
     for process in old:
         fleets.replace(process, fleet)
-    code, out, err = _finish(waiting)
+    code, out, err = finish_rejoin(waiting)
     assert code == 0, out + err
     assert "3 of 3 expected Machines back" in out and "fleet whole" in out
     assert "not verified" in out
@@ -141,12 +58,12 @@ def test_rejoin_wait_names_the_machine_never_back_at_the_timeout(
 ) -> None:
     old = make_processes(3, seed=2)
     fleet = fleets.start(old)
-    _quiet(redis_url)
-    waiting = _spawn_rejoin(redis_url, "--timeout", "3s", "--interval", "0.1")
-    _seen_waiting(waiting)
+    quiet_fleet_cli(redis_url)
+    waiting = spawn_rejoin(redis_url, "--timeout", "3s", "--interval", "0.1")
+    seen_waiting(waiting)
     for process in old[:2]:
         fleets.replace(process, fleet)
-    code, out, err = _finish(waiting)
+    code, out, err = finish_rejoin(waiting)
     assert code == ExitCode.NOT_WHOLE, out + err
     assert old[2].hostname in out and "fleet NOT whole" in out
     line = next(li for li in out.splitlines() if old[2].hostname in li)
@@ -158,7 +75,7 @@ def test_bluegreen_new_hostnames_and_the_fly_list(
 ) -> None:
     old = make_processes(2, seed=3)
     fleet = fleets.start(old)
-    _quiet(redis_url, "--strategy", "bluegreen", "--app", "my-app")
+    quiet_fleet_cli(redis_url, "--strategy", "bluegreen", "--app", "my-app")
     greens = ["e0000000000001", "e0000000000002"]
     fake_fly.answer(
         "GET", "/v1/apps/my-app/machines", 200, [machine_json(m) for m in greens]
@@ -168,11 +85,11 @@ def test_bluegreen_new_hostnames_and_the_fly_list(
         "FLY_APP_NAME": "my-app",
         "FLY_API_TOKEN": "FlyV1 fm2_not-shown",
     }
-    waiting = _spawn_rejoin(redis_url, "--timeout", "50s", "--interval", "0.1", env=env)
-    _seen_waiting(waiting)
+    waiting = spawn_rejoin(redis_url, "--timeout", "50s", "--interval", "0.1", env=env)
+    seen_waiting(waiting)
     for process, green in zip(old, greens, strict=True):
         fleets.replace(process, fleet, hostname=green)
-    code, out, err = _finish(waiting)
+    code, out, err = finish_rejoin(waiting)
     assert code == 0, out + err
     assert "group worker: 2 of 2 back" in out
     assert "fm2_not-shown" not in out + err
@@ -182,13 +99,13 @@ def test_bluegreen_new_hostnames_and_the_fly_list(
 def test_status_shows_rejoin_state_per_machine(redis_url: str, fleets: Fleets) -> None:
     old = make_processes(2, version="6.4.1", seed=4)
     fleet = fleets.start(old)
-    _quiet(redis_url)
+    quiet_fleet_cli(redis_url)
     fleets.replace(old[0], fleet)
     code, out, _ = run("--redis-url", redis_url, "status")
     assert code == 0
     # Counted once it has kept beating for its version's interval (5 s for 6.4.1).
     assert any(old[0].hostname in li and "starting" in li for li in out.splitlines()), out
-    _wait_for(
+    wait_until(
         "the new process to have kept beating",
         lambda: (
             "rejoin: 1 of 2 expected Machines back" in run("--redis-url", redis_url, "status")[1]
@@ -211,7 +128,7 @@ def test_recover_dry_run_then_stop_through_the_signal_list(
 ) -> None:
     old = make_processes(3, seed=6)
     fleet = fleets.start(old)
-    _quiet(redis_url)
+    quiet_fleet_cli(redis_url)
     fleets.replace(old[0], fleet)  # came back: not a candidate
     time.sleep(0.2)  # quiet for longer than --after (0.1 s)
 
@@ -225,7 +142,7 @@ def test_recover_dry_run_then_stop_through_the_signal_list(
     code, out, _ = run("--redis-url", redis_url, "recover", "--after", "0.1s", "--yes", "--stop")
     assert code == 0, out
     assert f"{old[1].hostname}: stopped (TERM sent)" in out
-    _wait_for(
+    wait_until(
         "the stranded processes to take TERM and leave", lambda: old[1].stopped and old[2].stopped
     )
     assert old[1].signals_seen[len(signals_before[old[1].identity]) :] == ["TERM"]
@@ -237,7 +154,7 @@ def test_recover_restart_through_the_fly_api(
 ) -> None:
     old = make_processes(2, seed=7)
     fleets.start(old)
-    _quiet(redis_url, "--app", "my-app")
+    quiet_fleet_cli(redis_url, "--app", "my-app")
     time.sleep(0.2)
     listed = old[0].hostname  # the other one is not a Machine of this app
     fake_fly.answer("GET", "/v1/apps/my-app/machines", 200, [machine_json(listed)])

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from quiesce.cli.app import app
 from quiesce.settings import mask_url, validate_url
 from tests.support import RedisServer
-from tests.unit.adapters.test_fly import fake_fly
+from tests.support.fly import fake_fly
 
 __all__ = ["fake_fly"]  # the fixture, re-used from the Fly client tests
 
@@ -220,10 +220,10 @@ def run_all(env: dict[str, str], *args: str) -> tuple[int, str]:
 def test_every_command_keeps_the_redis_password_and_the_fly_token_out(
     guarded: RedisServer, fake_fly: Any, tmp_path: Path
 ) -> None:
+    from quiesce.sim.fly import machine_json
     from quiesce.sim.simulator import make_processes
     from tests.support import simulated_fleet
     from tests.support.processes import FLY_TOML, scrape_exporter
-    from tests.unit.adapters.test_fly import machine_json
 
     admin = guarded.client(password=REDIS_PW)
     admin.flushall()

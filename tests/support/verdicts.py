@@ -9,6 +9,7 @@ from typing import Any
 from quiesce.model.fleet import ProcessRecord, SidekiqVersion
 from quiesce.model.machines import FlyMachine
 from quiesce.model.record import DeployRecord, FleetEntry, FlyTarget, MachineEntry, OutcomeEntry
+from quiesce.sim.fly import machine_json as sim_machine_json
 
 T0 = 1_800_000_000.0
 """The quiet (the record's start, Redis clock)."""
@@ -122,38 +123,13 @@ def fly(
 def machine_json(
     mid: str, group: str = "worker", state: str = "started", release: str = NEW_RELEASE
 ) -> dict[str, Any]:
-    """A Machine object shaped after fly.md's example (the OpenAPI ``Machine`` schema):
-    ``image_ref`` (object), ``config.image``, ``config.metadata.fly_release_version`` and
-    ``fly_process_group``."""
-    tag = f"deployment-{release}"
-    return {
-        "id": mid,
-        "name": f"name-{mid}",
-        "state": state,
-        "region": "iad",
-        "instance_id": "01J9Z3K8Q7V6T5R4P3N2M1L0KJ",
-        "private_ip": "fdaa:0:18:a7b:196:e274:9ce1:2",
-        "created_at": "2025-03-01T10:00:00Z",
-        "updated_at": "2025-03-04T16:21:07Z",
-        "host_status": "ok",
-        "image_ref": {
-            "registry": "registry.fly.io",
-            "repository": APP,
-            "tag": tag,
-            "digest": "sha256:" + release.rjust(64, "0"),
-            "labels": {},
-        },
-        "config": {
-            "image": f"registry.fly.io/{APP}:{tag}",
-            "env": {"FLY_PROCESS_GROUP": group, "PRIMARY_REGION": "iad"},
-            "init": {"cmd": ["bundle", "exec", "sidekiq"]},
-            "metadata": {
-                "fly_platform_version": "v2",
-                "fly_process_group": group,
-                "fly_release_id": f"rel-{release}",
-                "fly_release_version": release,
-            },
-        },
-        "checks": [],
-        "events": [],
-    }
+    """A Machine on ``release`` (the shape is ``quiesce.sim.fly``'s)."""
+    return sim_machine_json(
+        mid,
+        group=group,
+        state=state,
+        app=APP,
+        release=release,
+        digest="sha256:" + release.rjust(64, "0"),
+        metadata={"fly_release_id": f"rel-{release}"},
+    )

@@ -15,53 +15,19 @@ from quiesce.adapters.fly import FlyClient, FlyConfig, _retry_after, _Status, au
 from quiesce.adapters.retry import FLY_ATTEMPTS, FLY_MAX_WAIT_S, _fly_wait
 from quiesce.errors import FlyRefused, FlyUnavailable
 from quiesce.model.machines import parse_machine
+from quiesce.sim.fly import machine_json as sim_machine_json
 from tests.support.fly import FakeFly, fake_fly
 
 __all__ = ["FakeFly", "fake_fly"]  # the fixture, and the server other tests import
 TOKEN = "FlyV1 fm2_secret-token-value"
 APP = "my-app"
+IMAGE = "registry.fly.io/my-app:deployment-01J9Z3F0ABCDEF0123456789XY"
 
 
 def machine_json(mid: str, group: str = "worker", state: str = "started", **meta: str) -> Any:
-    """Shaped after fly.md's example (the OpenAPI ``Machine`` schema), whole: the rejoin
-    benchmark parses 500 of these."""
-    return {
-        "id": mid,
-        "name": f"name-{mid}",
-        "state": state,
-        "region": "iad",
-        "instance_id": "01J9Z3K8Q7V6T5R4P3N2M1L0KJ",
-        "private_ip": "fdaa:0:18:a7b:196:e274:9ce1:2",
-        "created_at": "2025-03-01T10:00:00Z",
-        "updated_at": "2025-03-04T16:21:07Z",
-        "host_status": "ok",
-        "image_ref": {
-            "registry": "registry.fly.io",
-            "repository": "my-app",
-            "tag": "deployment-01J9Z3F0ABCDEF0123456789XY",
-            "digest": "sha256:5615ef423504d56ae345ccff9db54796d589965da953297f5785042df0628452",
-            "labels": {},
-        },
-        "config": {
-            "image": "registry.fly.io/my-app:deployment-01J9Z3F0ABCDEF0123456789XY",
-            "env": {"FLY_PROCESS_GROUP": group, "PRIMARY_REGION": "iad"},
-            "init": {"cmd": ["bundle", "exec", "sidekiq"]},
-            "guest": {"cpu_kind": "shared", "cpus": 2, "memory_mb": 2048},
-            "restart": {"policy": "on-failure", "max_retries": 10},
-            "metadata": {
-                "fly_platform_version": "v2",
-                "fly_process_group": group,
-                "fly_release_id": "Nj7oGMlVVpZ7JToybJoXLLjMl",
-                "fly_release_version": "63",
-                **meta,
-            },
-        },
-        "checks": [],
-        "events": [
-            {"type": "start", "status": "started", "source": "flyd", "timestamp": 1741105267615},
-            {"type": "update", "status": "replacing", "source": "user", "timestamp": 1741105261},
-        ],
-    }
+    return sim_machine_json(
+        mid, group=group, state=state, image=IMAGE, metadata={"fly_release_version": "63", **meta}
+    )
 
 
 def client_for(server: FakeFly, **kw: Any) -> FlyClient:

@@ -1,0 +1,6 @@
+"""The integration tier's shared fixtures."""
+
+from tests.support.fly import fake_fly
+from tests.support.rejoin import fleets
+
+__all__ = ["fake_fly", "fleets"]
