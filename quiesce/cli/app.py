@@ -37,7 +37,7 @@ from quiesce.cli.options import (
 from quiesce.cli.progress import QuietProgress, RejoinProgress
 from quiesce.cli.usage import Group, UsageError, exit_codes_help, is_help_request, usage_error
 from quiesce.errors import ConfigError, ExitCode
-from quiesce.model.quiet import Filters
+from quiesce.model.filters import Filters
 from quiesce.model.recover import DEFAULT_AFTER_S
 from quiesce.model.verdict import Until
 from quiesce.settings import EXPORTER_PORT, Settings, Tls
@@ -132,7 +132,7 @@ def _empty_fleet_notes(
 def _scope(settings: Settings, app_name: str | None, filters: Filters | None) -> str:
     """The fleet's scope (whose deploy history to read and write): the Fly app when known
     (--app, $FLY_APP_NAME), else the namespace and the filters that define the fleet."""
-    from quiesce.model.quiet import scope_of
+    from quiesce.model.filters import scope_of
 
     return scope_of(app_name or os.environ.get("FLY_APP_NAME"), settings.namespace, filters)
 
@@ -151,7 +151,7 @@ def _scope_notes(snapshot: FleetSnapshot) -> list[str]:
 
 def _refuse_unmatched(snapshot: FleetSnapshot, filters: Filters) -> None:
     """Filters that leave nothing of a live fleet are a typo: exit 2, listing what exists."""
-    from quiesce.model.quiet import unmatched_filters
+    from quiesce.model.filters import unmatched_filters
 
     problem = unmatched_filters(snapshot.processes, filters)
     if problem is not None:
@@ -852,7 +852,6 @@ def rejoin(
     Machine took no jobs. Without Fly the image is not verified (said). Reads only.
     Exit 7 when not whole (at the --timeout deadline with --wait).
     """
-    from quiesce.model.rejoin import RejoinFilters
     from quiesce.runs.rejoin import RejoinOptions, RejoinWatch
     from quiesce.views.rejoin import rejoin_json, rejoin_text
 
@@ -863,7 +862,7 @@ def rejoin(
             open_stores(settings := _settings(ctx)) as stores,
             _fly_client(app_name, use=fly) as (client, why),
         ):
-            filters = RejoinFilters(
+            filters = Filters(
                 tags=tuple(tag or ()),
                 hostnames=tuple(hostname or ()),
                 exclude_tags=tuple(exclude_tag or ()),
@@ -952,7 +951,7 @@ def recover(
     a Machine that still runs a non-quiet process.
     """
     from quiesce.model.recover import RecoverReport, stranded
-    from quiesce.model.rejoin import RejoinFilters, Target, deploy_target, filters_problem
+    from quiesce.model.rejoin import Target, deploy_target, filters_problem
     from quiesce.runs.read import read_fleet
     from quiesce.runs.recover import restart_all, stop_all
     from quiesce.views.rejoin import recover_json, recover_text
@@ -970,7 +969,7 @@ def recover(
         ):
             if restart and client is None:
                 raise ConfigError(f"--restart needs the Fly API: {why}")
-            filters = RejoinFilters(
+            filters = Filters(
                 tags=tuple(tag or ()),
                 hostnames=tuple(hostname or ()),
                 exclude_tags=tuple(exclude_tag or ()),

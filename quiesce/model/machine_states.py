@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import fnmatch
 
 from quiesce.model.generation import same_image
 from quiesce.model.machines import FlyMachine
@@ -68,32 +67,6 @@ BROKEN = frozenset({MachineState.OLD_IMAGE, MachineState.STOPPED, MachineState.C
 """Not back, and waiting will not fix it: someone must look."""
 NOT_BACK = WAITING | BROKEN | {MachineState.GONE}
 """What the report lists as not back."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RejoinFilters:
-    """Processes of other apps in the same Redis are left out by tag or hostname glob."""
-
-    tags: tuple[str, ...] = ()
-    hostnames: tuple[str, ...] = ()
-    exclude_tags: tuple[str, ...] = ()
-    exclude_hostnames: tuple[str, ...] = ()
-
-    def matches(self, hostname: str, tag: str) -> bool:
-        if self.tags and tag not in self.tags:
-            return False
-        if tag in self.exclude_tags:
-            return False
-        if any(fnmatch.fnmatchcase(hostname, g) for g in self.exclude_hostnames):
-            return False
-        return not self.hostnames or any(fnmatch.fnmatchcase(hostname, g) for g in self.hostnames)
-
-    @property
-    def active(self) -> bool:
-        return bool(self.tags or self.hostnames or self.exclude_tags or self.exclude_hostnames)
-
-
-NO_FILTERS = RejoinFilters()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -26,10 +26,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+from quiesce.model.filters import NO_FILTERS, Filters
 from quiesce.model.fleet import ProcessRecord, ProcessState
 from quiesce.model.machines import FlyMachine
 from quiesce.model.record import DeployRecord, quiet_since_any
-from quiesce.model.rejoin import NO_FILTERS, NO_TARGET, RejoinFilters, Target
+from quiesce.model.rejoin import NO_TARGET, Target
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.text import duration, plural
 
@@ -93,7 +94,7 @@ def stranded(
     history: Sequence[DeployRecord],
     *,
     after_s: float,
-    filters: RejoinFilters = NO_FILTERS,
+    filters: Filters = NO_FILTERS,
     machines: Sequence[FlyMachine] | None = None,
     target: Target = NO_TARGET,
 ) -> tuple[list[Candidate], list[str]]:
@@ -107,7 +108,7 @@ def stranded(
     fly = {m.id: m for m in machines} if machines is not None else None
     for machine, procs in snapshot.by_machine().items():
         live = [p for p in procs if p.alive]
-        mine = [p for p in live if filters.matches(p.hostname, p.tag)]
+        mine = [p for p in live if filters.selects(p)]
         if not mine or not any(_left_quiet(p) for p in mine):
             continue  # nothing selected on it is quiet: nothing to recover
         why, quiet_for, deploy_id = _blocker(live, mine, history, snapshot.taken_at, filters)
@@ -144,7 +145,7 @@ def _blocker(
     mine: Sequence[ProcessRecord],
     history: Sequence[DeployRecord],
     taken_at: float,
-    filters: RejoinFilters,
+    filters: Filters,
 ) -> tuple[str | None, float, str]:
     """Why the Machine must not be touched (None: it may), how long it has been quiet
     (since its most recently quieted process), and by which deploy."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+from quiesce.model.filters import NO_FILTERS, Filters, unmatched_filters
 from quiesce.model.fleet import ProcessRecord, ProcessState
 from quiesce.model.generation import (
     KEPT_BEATING_SLACK_S,
@@ -53,7 +54,6 @@ from quiesce.model.generation import (
 from quiesce.model.machine_states import (
     BACK,
     BROKEN,
-    NO_FILTERS,
     NO_TARGET,
     NOT_BACK,
     SETTLED,
@@ -61,12 +61,10 @@ from quiesce.model.machine_states import (
     GroupCount,
     MachineRejoin,
     MachineState,
-    RejoinFilters,
     RejoinReport,
     Target,
 )
 from quiesce.model.machines import FlyMachine
-from quiesce.model.quiet import Filters, unmatched_filters
 from quiesce.model.record import DeployRecord, DeployState, FleetEntry
 from quiesce.model.snapshot import FleetSnapshot, is_quieting
 
@@ -75,14 +73,12 @@ __all__ = [
     "BROKEN",
     "KEPT_BEATING_SLACK_S",
     "NOT_BACK",
-    "NO_FILTERS",
     "NO_TARGET",
     "SETTLED",
     "WAITING",
     "GroupCount",
     "MachineRejoin",
     "MachineState",
-    "RejoinFilters",
     "RejoinReport",
     "Target",
     "clock_offset",
@@ -105,17 +101,17 @@ _UP = "started"
 
 
 def filters_problem(
-    filters: RejoinFilters, snapshot: FleetSnapshot, record: DeployRecord | None
+    filters: Filters, snapshot: FleetSnapshot, record: DeployRecord | None
 ) -> str | None:
     """Filters that select nothing, neither in the record nor live, are a typo: the line
     ``quiet`` fails with too (``quiet.unmatched_filters``), else None."""
     if not filters.active:
         return None
-    if record is not None and any(filters.matches(e.hostname, e.tag) for e in record.fleet):
+    if record is not None and any(
+        filters.admits(e.hostname, e.tag, e.labels) for e in record.fleet
+    ):
         return None
-    return unmatched_filters(
-        snapshot.processes, Filters(hostnames=filters.hostnames, tags=filters.tags)
-    )
+    return unmatched_filters(snapshot.processes, filters)
 
 
 # -- the report --------------------------------------------------------------------------
@@ -167,7 +163,7 @@ def rejoin_report(
     *,
     now: float | None = None,
     deadline: float | None = None,
-    filters: RejoinFilters = NO_FILTERS,
+    filters: Filters = NO_FILTERS,
     release: str | None = None,
     notes: Sequence[str] = (),
     stopped_ok: bool = False,
@@ -225,7 +221,7 @@ def _hosts(
     record: DeployRecord,
     snapshot: FleetSnapshot,
     fly: Mapping[str, FlyMachine] | None,
-    filters: RejoinFilters,
+    filters: Filters,
     release: str | None,
 ) -> dict[str, _Host]:
     """Machine -> its processes: old ones from the record and live, new and other live
@@ -240,10 +236,12 @@ def _hosts(
     old = frozenset(e.identity for e in record.fleet)
     hosts: dict[str, _Host] = {}
     for entry in record.fleet:
-        if entry.identity in expected_ids and filters.matches(entry.hostname, entry.tag):
+        if entry.identity in expected_ids and filters.admits(
+            entry.hostname, entry.tag, entry.labels
+        ):
             hosts.setdefault(entry.hostname, _Host(tag=entry.tag)).old.append(entry)
     for proc in snapshot.processes:
-        if not proc.alive or not filters.matches(proc.hostname, proc.tag):
+        if not proc.alive or not filters.selects(proc):
             continue
         if proc.identity in old:
             if proc.hostname in hosts:
@@ -535,7 +533,7 @@ def snapshot_rejoin(
     snapshot: FleetSnapshot,
     machines: Sequence[FlyMachine] | None = None,
     *,
-    filters: RejoinFilters = NO_FILTERS,
+    filters: Filters = NO_FILTERS,
     stopped_ok: bool = False,
 ) -> RejoinReport | None:
     """The rejoin report for the snapshot's latest deploy record, if there is one: the

@@ -7,8 +7,9 @@ import dataclasses
 from collections.abc import Callable
 
 from quiesce.errors import ExitCode, QuiesceError
+from quiesce.model.filters import Filters
 from quiesce.model.fleet import ProcessRecord
-from quiesce.model.quiet import FAILED_OUTCOMES, Filters, Outcome
+from quiesce.model.quiet import FAILED_OUTCOMES, Outcome
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.model.verdict import Until
 from quiesce.sidekiq.work import RunningJob

@@ -38,18 +38,16 @@ from quiesce.errors import (
     RedisUnavailable,
 )
 from quiesce.model.drain import Grace, advice, drain_plan, longest
+from quiesce.model.filters import Filters, scope_of, unmatched_filters
 from quiesce.model.fleet import ProcessRecord
 from quiesce.model.machines import FlyMachine
 from quiesce.model.quiet import (
     FAILED_OUTCOMES,
-    Filters,
     Outcome,
     QuietPlan,
     live_targets,
     plan_quiet,
-    scope_of,
     shrink_warning,
-    unmatched_filters,
 )
 from quiesce.model.record import (
     LEDGER_SIZE,

@@ -26,9 +26,10 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from quiesce.errors import ConfigError, FlyRefused, FlyUnavailable, RedisUnavailable
+from quiesce.model.filters import Filters
 from quiesce.model.machines import FlyMachine
 from quiesce.model.record import DeployRecord
-from quiesce.model.rejoin import RejoinFilters, RejoinReport, filters_problem, rejoin_report
+from quiesce.model.rejoin import RejoinReport, filters_problem, rejoin_report
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.runs.read import FleetReader, read_fleet
 
@@ -46,7 +47,7 @@ class MachineLister(Protocol):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RejoinOptions:
-    filters: RejoinFilters = dataclasses.field(default_factory=RejoinFilters)
+    filters: Filters = dataclasses.field(default_factory=Filters)
     release: str | None = None
     process_group: str | None = None
     allow_newer: bool = False

@@ -13,8 +13,9 @@ import redis
 
 from quiesce.errors import ExitCode
 from quiesce.model.drain import Grace, advice
+from quiesce.model.filters import Filters
 from quiesce.model.fleet import ProcessRecord, SidekiqVersion
-from quiesce.model.quiet import Filters, Outcome
+from quiesce.model.quiet import Outcome
 from quiesce.model.report import Event, Progress, QuietOptions
 from quiesce.model.verdict import Target, Until, Verdict, assess, finalize
 from quiesce.runs.quiet import quiet_fleet

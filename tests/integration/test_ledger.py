@@ -8,7 +8,8 @@ import pytest
 import redis
 
 from quiesce.adapters.redis.store import SidekiqStore
-from quiesce.model.quiet import Outcome, scope_of
+from quiesce.model.filters import scope_of
+from quiesce.model.quiet import Outcome
 from quiesce.model.record import LEDGER_SIZE, DeployState, quiet_since_any
 from quiesce.model.report import QuietOptions
 from quiesce.model.verdict import Until
@@ -62,7 +63,7 @@ def test_two_apps_in_one_redis_never_see_each_others_deploys(
 ) -> None:
     start_fleet(make_processes(2, tag="app1", seed=1) + make_processes(2, tag="app2", seed=2))
     app1, app2 = scope_of("app1", ""), scope_of("app2", "")
-    from quiesce.model.quiet import Filters
+    from quiesce.model.filters import Filters
 
     one = quiet(redis_url, app1, filters=Filters(tags=("app1",)))
     two = quiet(redis_url, app2, filters=Filters(tags=("app2",)))

@@ -82,7 +82,7 @@ def test_two_failed_deploys_in_a_row_stay_in_the_history(
             "-r", redis_url, "quiet", "--timeout", "1", "--release", release, env=env
         )
         assert code == ExitCode.NOT_CONFIRMED, out + err
-    from quiesce.model.quiet import scope_of
+    from quiesce.model.filters import scope_of
     from quiesce.model.record import DeployState
 
     settings = build_settings(urls=[redis_url], environ={})

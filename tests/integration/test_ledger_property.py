@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.errors import ConfigError
-from quiesce.model.quiet import Filters, scope_of
+from quiesce.model.filters import Filters, scope_of
 from quiesce.model.record import parse_deploy_record
 from quiesce.model.report import QuietOptions
 from quiesce.model.verdict import Until

@@ -11,7 +11,8 @@ import redis
 
 from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.errors import ExitCode
-from quiesce.model.quiet import Filters, Outcome
+from quiesce.model.filters import Filters
+from quiesce.model.quiet import Outcome
 from quiesce.model.report import QuietOptions
 from quiesce.model.verdict import Until
 from quiesce.runs.quiet import quiet_fleet

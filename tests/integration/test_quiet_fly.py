@@ -13,7 +13,7 @@ import pytest
 
 from quiesce.adapters.fly import FlyClient, FlyConfig
 from quiesce.adapters.redis.store import SidekiqStore
-from quiesce.model.quiet import scope_of
+from quiesce.model.filters import scope_of
 from quiesce.model.record import DeployRecord, MachineEntry
 from quiesce.model.report import QuietOptions, QuietReport
 from quiesce.runs.quiet import quiet_fleet

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from quiesce.errors import ConfigError
+from quiesce.model.filters import Filters
 from quiesce.model.fleet import ProcessRecord, SidekiqVersion
-from quiesce.model.quiet import Filters, Outcome, plan_quiet
+from quiesce.model.quiet import Outcome, plan_quiet
 from quiesce.model.record import (
     DeployRecord,
     DeployState,

@@ -10,7 +10,7 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quiesce.model.quiet import Filters, scope_of
+from quiesce.model.filters import Filters, scope_of
 from quiesce.model.record import (
     LEDGER_SIZE,
     DeployRecord,

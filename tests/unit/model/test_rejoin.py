@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from quiesce.model.filters import Filters
 from quiesce.model.fleet import ProcessRecord, SidekiqVersion
 from quiesce.model.machines import FlyMachine
 from quiesce.model.record import DeployRecord, FleetEntry, OutcomeEntry
 from quiesce.model.recover import stranded
 from quiesce.model.rejoin import (
     MachineState,
-    RejoinFilters,
     RejoinReport,
     rejoin_report,
     release_label,
@@ -271,10 +271,10 @@ def test_other_apps_in_the_same_redis_are_filtered_by_tag_or_fly_list() -> None:
     mine = [proc("m1"), proc("o1", tag="other")]
     rec = record(mine)
     live = [new("m1", at=T0 + 30), new("o2", at=T0 + 30, tag="other")]
-    r = report(rec, live, filters=RejoinFilters(tags=("app",)))
+    r = report(rec, live, filters=Filters(tags=("app",)))
     assert states(r) == {"m1": S.REJOINED}
     assert r.whole
-    r = report(rec, live, filters=RejoinFilters(hostnames=("m*",)))
+    r = report(rec, live, filters=Filters(hostnames=("m*",)))
     assert states(r) == {"m1": S.REJOINED}
     # With Fly's list, a new hostname the app does not have is another app's process.
     r = report(record([proc("m1")]), live, [fly("m1")])

@@ -3,19 +3,13 @@ verdict and what it rests on."""
 
 from __future__ import annotations
 
+from quiesce.model.filters import Filters
 from quiesce.model.fleet import ProcessRecord
 from quiesce.model.machines import FlyMachine
 from quiesce.model.metrics import ScrapeData, families
 from quiesce.model.record import DeployRecord, DeployState
 from quiesce.model.recover import stranded
-from quiesce.model.rejoin import (
-    MachineState,
-    RejoinFilters,
-    RejoinReport,
-    Target,
-    rejoin_report,
-    snapshot_rejoin,
-)
+from quiesce.model.rejoin import MachineState, RejoinReport, Target, rejoin_report, snapshot_rejoin
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.views.rejoin import rejoin_json, rejoin_text
 from tests.support.verdicts import (
@@ -225,7 +219,7 @@ def test_recover_by_tag_never_restarts_a_machine_shared_with_a_working_app() -> 
         taken_at=NOW,
         latest_deploy=rec,
     )
-    found, notes = stranded(snapshot, [rec], after_s=60, filters=RejoinFilters(tags=("app1",)))
+    found, notes = stranded(snapshot, [rec], after_s=60, filters=Filters(tags=("app1",)))
     assert found == []
     assert any(n.startswith("E: it also runs 1 non-quiet process (tag app2)") for n in notes)
     assert any(n.startswith("F: quiet, but not by a recorded deploy") for n in notes)

@@ -9,17 +9,12 @@ import dataclasses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from quiesce.model.filters import Filters
 from quiesce.model.fleet import ProcessRecord
 from quiesce.model.machines import FlyMachine
 from quiesce.model.metrics import generation
 from quiesce.model.recover import stranded
-from quiesce.model.rejoin import (
-    BACK,
-    RejoinFilters,
-    kept_beating,
-    process_generation,
-    rejoin_report,
-)
+from quiesce.model.rejoin import BACK, kept_beating, process_generation, rejoin_report
 from quiesce.model.snapshot import FleetSnapshot
 from tests.support.verdicts import NEW_RELEASE, NOW, OLD_RELEASE, T0, fly, new, proc, record
 
@@ -238,7 +233,7 @@ def test_recover_never_selects_a_machine_with_a_live_non_quiet_process(
     newer = [record([], deploy_id=f"e{n}", started_at=T0 + n) for n in range(depth, 0, -1)]
     history = [*newer, record(quieted_by, deploy_id="d0")]
     snapshot = FleetSnapshot(processes=tuple(procs), taken_at=NOW)
-    filters = RejoinFilters(tags=(tag,)) if by_tag else RejoinFilters()
+    filters = Filters(tags=(tag,)) if by_tag else Filters()
     candidates, _ = stranded(
         snapshot, history, after_s=60, filters=filters, machines=machines if with_fly else None
     )
