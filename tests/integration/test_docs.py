@@ -6,6 +6,11 @@ The truth comes from the CLI's help output in a subprocess, never from quiesce's
 so the check survives the package being reorganised. In docs/reference.md, each flag shown
 in the section of a command (`## quiesce <command>`) must also exist on that command.
 Flags of other tools (fly, flyctl, redis-cli, bundle, docker...) are ignored.
+
+A page may show a wrong command on purpose (the typo `doctor` catches): mark that one line
+with `<!-- docs-check: wrong on purpose -->` at its end (prose), or a trailing
+`# wrong on purpose` comment (a code block line). Only that line is skipped; a marked line
+that shows no quiesce invocation at all is itself a problem, so markers cannot pile up.
 """
 
 from __future__ import annotations
@@ -24,7 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Pages other engineers are writing: a link to one may dangle until it lands, and is
 # checked like any other as soon as the file exists.
-PENDING_PAGES = {"docs/install.md"}
+PENDING_PAGES: set[str] = set()
+# The one way to show a deliberately wrong command (see the module docstring).
+_WRONG_ON_PURPOSE = re.compile(
+    r"<!-- docs-check: wrong on purpose -->\s*$|\s# wrong on purpose\s*$"
+)
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _INLINE = re.compile(r"(`+)(.+?)\1")
@@ -109,12 +118,16 @@ def accepts_hidden(command: str, flag: str) -> bool:
 
 def _code_texts(page: str, text: str) -> list[tuple[int, str, bool]]:
     """(line number, code text, is a whole code-block line) for every code block line and
-    every inline code span, continuation lines of a block joined to their command."""
+    every inline code span, continuation lines of a block joined to their command. Lines
+    marked wrong on purpose are left out."""
     found: list[tuple[int, str, bool]] = []
     fenced = False
     for number, line in enumerate(text.splitlines(), 1):
         if _FENCE.match(line):
             fenced = not fenced
+            continue
+        if _WRONG_ON_PURPOSE.search(line):
+            found.append((number, "", False))  # ends a block command; shows nothing
             continue
         if fenced:
             previous = found[-1] if found and found[-1][2] else None
@@ -219,8 +232,24 @@ def reference_problems(page: str, text: str) -> list[str]:
     return found
 
 
+def marker_problems(page: str, text: str) -> list[str]:
+    """A wrong-on-purpose marker on a line that shows no quiesce invocation hides nothing:
+    it is stale, and would only make the next real mistake on that line invisible."""
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if _WRONG_ON_PURPOSE.search(line):
+            unmarked = _WRONG_ON_PURPOSE.sub("", line)
+            fence = "```\n" if not _INLINE.search(unmarked) else ""
+            if not invocations(page, fence + unmarked + ("\n```" if fence else "")):
+                found.append(
+                    f"{page}:{number}: marked wrong on purpose but shows no quiesce command"
+                )
+    return found
+
+
 def check_page(page: str, text: str) -> list[str]:
     found = [p for shown in invocations(page, text) for p in problems_with(shown)]
+    found += marker_problems(page, text)
     if page.endswith("reference.md"):
         found += reference_problems(page, text)
     return found
@@ -313,6 +342,23 @@ def test_checker_catches_made_up_commands_and_flags() -> None:
 def test_checker_accepts_real_and_hidden_flags() -> None:
     sample = "`quiesce -v status -m --tls-insecure` and `quiesce quiet --no-wait --no-mark`"
     assert check_page("ok.md", sample) == []
+
+
+def test_a_line_marked_wrong_on_purpose_is_skipped_and_only_that_line() -> None:
+    sample = (
+        "doctor names `quiesce qiuet` with quiesce's own message. <!-- docs-check: wrong on purpose -->\n"
+        "but `quiesce qiuet` on the next line is still caught.\n"
+        "```sh\n"
+        "quiesce quiet --bogus-flag   # wrong on purpose\n"
+        "quiesce quiet --other-bogus\n"
+        "```\n"
+        "A stale marker on prose. <!-- docs-check: wrong on purpose -->\n"
+    )
+    found = check_page("marked.md", sample)
+    assert len(found) == 3, found
+    assert "marked.md:2" in found[0] and "no command 'qiuet'" in found[0]
+    assert "marked.md:5" in found[1] and "no flag --other-bogus" in found[1]
+    assert "marked.md:7" in found[2] and "shows no quiesce command" in found[2]
 
 
 def test_reference_check_catches_a_flag_under_the_wrong_command() -> None:
