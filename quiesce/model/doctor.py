@@ -14,19 +14,29 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
+import math
 import posixpath
 import re
 import shlex
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from quiesce.errors import ConfigError
+from quiesce.model.drain import running_jobs
 from quiesce.model.fleet import ProcessRecord
+from quiesce.model.release_command import (
+    EXPANSION,
+    QuiesceCall,
+    is_operator,
+    quiesce_calls,
+    shell_words,
+    shell_wrapped,
+)
 from quiesce.model.report import DEFAULT_QUIET_TIMEOUT_S
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.text import parse_duration as parse_cli_duration
+from quiesce.text import parse_duration as text_duration
 from quiesce.text import plural
 
 ArgvCheck = Callable[[Sequence[str]], str | None]
@@ -55,30 +65,8 @@ _SIGNAL_EFFECT = {
     "SIGUSR2": "only reopens logs (or nothing): Sidekiq never exits, Fly kills it",
     "SIGHUP": "is not a Sidekiq shutdown signal",
 }
-_SHELL_OPERATORS = frozenset({"&&", "||", ";", "|", ">", "<", "&"})
-_SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh"})
-_PUNCTUATION = frozenset("();<>|&")
-_REDIRECTS = frozenset({">", ">>", "<", ">&", "<&", "&>", ">|", "&>>", "<<", "<<<"})
-_EXPANSION = re.compile(r"\$\{[^}]*\}?|\$\(|\$[A-Za-z_][A-Za-z0-9_]*|\$[0-9?#@*!$-]|`")
-"""``$VAR``, ``${VAR}``, ``$(cmd)``, backticks: no shell runs a release_command, so they
-reach the program as they are written."""
 STRATEGIES = ("rolling", "immediate", "canary", "bluegreen")
 """flyctl's strategies (docs/fly.md: anything else falls into the rolling branch)."""
-_VALUE_OPTIONS = frozenset(
-    {
-        "-r",
-        "--redis-url",
-        "--namespace",
-        "--tls-ca-cert",
-        "--tls-cert",
-        "--tls-key",
-        "--connect-timeout",
-        "--read-timeout",
-    }
-)
-"""Connection options that take a value (they may come before the command)."""
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _RELEASE_LABEL = re.compile(r"registry\.fly\.io/|:deployment-|^release[:=-]|^v\d+$")
 
 
@@ -108,40 +96,6 @@ class Finding:
         }
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class QuiesceCall:
-    """One ``quiesce ...`` invocation found in a release_command or a process command."""
-
-    argv: tuple[str, ...]
-    """From the word after ``quiesce`` on."""
-    command: str | None
-    """The subcommand (``quiet``), ``None`` when only options were given."""
-    global_flags: tuple[str, ...]
-    """Option names before the subcommand."""
-    flags: tuple[str, ...]
-    """Option names after the subcommand (``--timeout=30`` counts as ``--timeout``)."""
-
-    def value(self, flag: str) -> str | None:
-        """The value of the last ``flag VALUE`` or ``flag=VALUE``, if any."""
-        found = None
-        for i, word in enumerate(self.argv):
-            if word.startswith(f"{flag}="):
-                found = word.split("=", 1)[1]
-            elif word == flag and i + 1 < len(self.argv):
-                found = self.argv[i + 1]
-        return found
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BusyJob:
-    identity: str
-    hostname: str
-    job_class: str
-    queue: str
-    run_at: float
-    """Epoch seconds on the process's clock."""
-
-
 # -- reading --------------------------------------------------------------------------------
 def parse_fly_toml(text: str, *, name: str = "fly.toml") -> dict[str, Any]:
     try:
@@ -153,115 +107,17 @@ def parse_fly_toml(text: str, *, name: str = "fly.toml") -> dict[str, Any]:
 
 
 def parse_duration(value: object) -> float | None:
-    """Seconds from a fly.toml duration (``30``, ``"30s"``, ``"5m"``, ``"1h30m"``);
-    ``None`` for no limit (``"none"``, ``0``). Raises ``ValueError`` for anything else."""
-    if isinstance(value, bool):
+    """Seconds from a fly.toml duration (``30``, ``"30s"``, ``"5m"``, ``"1h30m"``: the one
+    parser, ``text.parse_duration``); ``None`` for no limit (``"none"``, ``0``). Raises
+    ``ValueError`` for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        return float(value) if value > 0 else None
-    if not isinstance(value, str):
-        raise ValueError(f"not a duration: {value!r}")
-    text = value.strip().lower()
-    if text in ("none", "0", ""):
+    if isinstance(value, str) and value.strip().lower() in ("none", ""):
         return None
-    if text.isdigit():
-        return float(text)
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
+    seconds = float(value) if not isinstance(value, str) else text_duration(value)
+    if not math.isfinite(seconds):
         raise ValueError(f"not a duration: {value!r}")
-    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     return seconds if seconds > 0 else None
-
-
-def shell_words(command: str) -> list[str] | None:
-    """``command`` split as a shell would split it into words and operators (``2>&1`` is
-    ``2``, ``>&``, ``1``); None when its quotes do not close."""
-    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
-    lexer.whitespace_split = True
-    try:
-        return list(lexer)
-    except ValueError:
-        return None
-
-
-def _is_operator(word: str) -> bool:
-    return bool(word) and set(word) <= _PUNCTUATION
-
-
-def shell_wrapped(words: Sequence[str]) -> str | None:
-    """The script of ``sh -c '<script>'`` (or bash, dash ...), else None."""
-    if len(words) >= 3 and posixpath.basename(words[0]) in _SHELLS and "-c" in words:
-        inner = words[words.index("-c") + 1 :]
-        return inner[0] if inner else ""
-    return None
-
-
-def quiesce_calls(command: str) -> list[QuiesceCall]:
-    """Every ``quiesce`` invocation in ``command`` (also inside ``sh -c '... && ...'``),
-    its redirections (``2>&1``, ``> log``) left out."""
-    words = shell_words(command)
-    if words is None:
-        return []
-    script = shell_wrapped(words)
-    if script is not None:
-        return quiesce_calls(script) if script else []
-    calls = []
-    segment: list[str] = []
-    skip = False
-    for i, word in enumerate([*words, "&&"]):
-        if skip:
-            skip = False
-            continue
-        if word in _REDIRECTS:
-            if segment and segment[-1].isdigit() and i > 0:
-                segment.pop()  # the file descriptor of 2>&1
-            skip = True  # the redirection's target
-            continue
-        if not _is_operator(word):
-            segment.append(word)
-            continue
-        for j, w in enumerate(segment):
-            if posixpath.basename(w) == "quiesce":
-                calls.append(_call(tuple(segment[j + 1 :])))
-                break
-        segment = []
-    return calls
-
-
-def _call(argv: tuple[str, ...]) -> QuiesceCall:
-    command = None
-    global_flags: list[str] = []
-    flags: list[str] = []
-    skip = False
-    for word in argv:
-        if skip:
-            skip = False
-            continue
-        if word.startswith("-"):
-            name = word.split("=", 1)[0]
-            (flags if command else global_flags).append(name)
-            skip = command is None and name in _VALUE_OPTIONS and "=" not in word
-        elif command is None:
-            command = word
-    return QuiesceCall(argv, command, tuple(global_flags), tuple(flags))
-
-
-def parse_busy(identity: str, hostname: str, raw: str) -> BusyJob | None:
-    """One ``<identity>:work`` entry (``{"queue", "payload", "run_at"}``; payload a job
-    object up to 6.0.1, its JSON string after). ``None`` when unreadable."""
-    try:
-        entry = json.loads(raw)
-        payload = entry.get("payload")
-        if isinstance(payload, str):
-            payload = json.loads(payload)
-        run_at = float(entry["run_at"])
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-    if run_at > 1e11:  # milliseconds: no Sidekiq writes them here today, but never misread
-        run_at /= 1000.0
-    job = payload if isinstance(payload, dict) else {}
-    job_class = str(job.get("wrapped") or job.get("class") or "?")
-    return BusyJob(identity, hostname, job_class, str(entry.get("queue", "?")), run_at)
 
 
 # -- judging fly.toml -------------------------------------------------------------------------
@@ -497,8 +353,8 @@ def _shell_checks(command: str, words: Sequence[str]) -> list[Finding]:
     """Shell syntax where no shell runs: Fly splits the string into words and execs them."""
     if shell_wrapped(words) is not None:
         return []
-    operators = sorted({w for w in words if _is_operator(w)})
-    expansions = sorted({m.group() for w in words for m in _EXPANSION.finditer(w)})
+    operators = sorted({w for w in words if is_operator(w)})
+    expansions = sorted({m.group() for w in words for m in EXPANSION.finditer(w)})
     if not operators and not expansions:
         return []
     program = posixpath.basename(words[0]) if words else "the program"
@@ -525,7 +381,7 @@ def _sh_c(command: str) -> str:
 def _argument_checks(calls: Sequence[QuiesceCall], parse: ArgvCheck) -> list[Finding]:
     out = []
     for call in calls:
-        if any(_EXPANSION.search(w) for w in call.argv):
+        if any(EXPANSION.search(w) for w in call.argv):
             continue  # a shell fills these in at run time: their values are unknown here
         problem = parse(call.argv)
         if problem is not None:
@@ -654,13 +510,13 @@ def _minutes(seconds: float) -> str:
 def check_fleet(
     d: Deploy,
     snapshot: FleetSnapshot,
-    busy: Iterable[BusyJob],
     *,
     releases: Sequence[str] = (),
 ) -> list[Finding]:
     """Embedded processes, processes without a release label, the longest job running now
-    against kill_timeout. ``releases``: labels that count as release labels, beside the
-    latest deploy record's and anything shaped like a Fly image ref."""
+    against kill_timeout (``snapshot`` read with the work hashes: the one busy-jobs reader,
+    ``sidekiq.work``). ``releases``: labels that count as release labels, beside the latest
+    deploy record's and anything shaped like a Fly image ref."""
     live = [p for p in snapshot.processes if p.alive and p.problem is None]
     out = []
     embedded = [p for p in live if p.embedded]
@@ -689,19 +545,20 @@ def check_fleet(
                 "no-release-label",
                 f"{_processes_on(unlabelled)} carry no release label: rejoin can tell new "
                 "processes from old only by start time",
-                'label them: Sidekiq.configure_server { |c| c[:labels] << ENV["FLY_IMAGE_REF"] '
-                "} (or :labels: in sidekiq.yml)",
+                "label them with the image: the initializer in docs/after-deploy.md (one line "
+                "for every Sidekiq version; c[:labels] alone crashes Sidekiq before 6.5)",
             )
         )
-    longest = max(busy, key=lambda j: snapshot.taken_at - j.run_at, default=None)
-    if longest is not None:
-        running_s = snapshot.taken_at - longest.run_at
+    jobs = running_jobs(snapshot)
+    longest = jobs[0] if jobs and jobs[0].runtime_s is not None else None
+    if longest is not None and longest.runtime_s is not None:
+        running_s = longest.runtime_s
         if running_s > d.kill_timeout_s:
             out.append(
                 Finding(
                     Level.WARNING,
                     "job-longer-than-kill-timeout",
-                    f"{longest.job_class} on {longest.hostname} (queue {longest.queue}) has run "
+                    f"{longest.job_class} on {longest.machine} (queue {longest.queue}) has run "
                     f"{running_s:.0f} s, longer than kill_timeout {d.kill_timeout_s:g} s: a "
                     "deploy now interrupts it, and its retry starts over",
                     f"raise kill_timeout (max {FLY_KILL_TIMEOUT_MAX_S:g}) and Sidekiq's -t, or "

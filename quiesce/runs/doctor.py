@@ -1,6 +1,7 @@
-"""``quiesce doctor``'s file half: read fly.toml within bounds, then judge it
-(``quiesce.model.doctor``). The CLI passes its own argument parser in (``ArgvCheck``), so
-the release command is checked by the code that will run it.
+"""``quiesce doctor``'s reads: fly.toml within bounds, then judged
+(``quiesce.model.doctor``); the live fleet in one snapshot with its running jobs. The
+CLI passes its own argument parser in (``ArgvCheck``), so the release command is checked
+by the code that will run it.
 
 A fly.toml is a few kilobytes: reading at most ``MAX_FLY_TOML_BYTES`` keeps
 ``doctor /dev/zero`` (or a multi-gigabyte file given by mistake) a one-line error.
@@ -14,6 +15,7 @@ from typing import Any
 
 from quiesce.errors import ConfigError
 from quiesce.model import doctor as dr
+from quiesce.runs.read import FleetReader, read_fleet
 
 MAX_FLY_TOML_BYTES = 1_000_000
 
@@ -57,3 +59,12 @@ def check_fly_toml(
     config = read_fly_toml(path)
     deploy = dr.read_deploy(config, sidekiq_timeout_s=sidekiq_timeout_s, groups=groups)
     return ConfigCheck(config, deploy, dr.check_config(deploy, config, parse=parse))
+
+
+def check_live_fleet(
+    stores: Sequence[FleetReader], deploy: dr.Deploy, *, releases: Sequence[str] = ()
+) -> list[dr.Finding]:
+    """The live half: one fleet snapshot with the work hashes (the reader every command
+    shares: still one pipeline), judged against fly.toml. Reads only."""
+    snapshot = read_fleet(stores, allow_newer=True, jobs=True)
+    return dr.check_fleet(deploy, snapshot, releases=releases)

@@ -15,12 +15,11 @@ from quiesce.model.doctor import (
     Finding,
     Level,
     check_config,
-    parse_busy,
     parse_duration,
     parse_fly_toml,
-    quiesce_calls,
     read_deploy,
 )
+from quiesce.model.release_command import quiesce_calls
 from quiesce.sim.simulator import make_processes
 from tests.support import simulated_fleet
 from tests.support.cli import run
@@ -176,14 +175,6 @@ def test_quiesce_calls_skip_connection_option_values() -> None:
     assert call.global_flags == ("-r",)
     assert call.flags == ("--timeout", "--all")
     assert call.value("--timeout") == "90"
-
-
-def test_parse_busy_both_payload_shapes() -> None:
-    new = json.dumps({"queue": "q", "payload": json.dumps({"class": "A"}), "run_at": 100})
-    old = json.dumps({"queue": "q", "payload": {"class": "W", "wrapped": "B"}, "run_at": 100})
-    assert parse_busy("h:1:n", "h", new).job_class == "A"  # type: ignore[union-attr]
-    assert parse_busy("h:1:n", "h", old).job_class == "B"  # type: ignore[union-attr]
-    assert parse_busy("h:1:n", "h", "not json") is None
 
 
 # -- the CLI, with the live fleet -------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from quiesce.model.doctor import QuiesceCall, quiesce_calls
+from quiesce.model.release_command import QuiesceCall, quiesce_calls
 from tests.support.cli import run
 
 ROOT = Path(__file__).resolve().parents[2]

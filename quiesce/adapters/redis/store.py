@@ -534,30 +534,6 @@ class SidekiqStore:
             client_list=clients if client_list and isinstance(clients, str) else None,
         )
 
-    # -- doctor: busy jobs (minimal read; the drain feature reads these hashes too) ------
-    def busy_work(self, identities: Sequence[str]) -> list[tuple[str, str]]:
-        """``(identity, raw work entry)`` for every busy thread, in one round trip: HGETALL of
-        both work keys per process (``:work`` from 6.4.2, ``:workers`` before; one exists)."""
-        if not identities:
-            return []
-        commands: list[Command] = []
-        for ident in identities:
-            commands.append(("HGETALL", self.keys.work(ident)))
-            commands.append(("HGETALL", self.keys.workers(ident)))
-        results = self._pipeline(commands, deadline=None)
-        found: list[tuple[str, str]] = []
-        for i, ident in enumerate(identities):
-            for reply in results[2 * i : 2 * i + 2]:
-                self._refusal(reply)
-                if isinstance(reply, Mapping):
-                    values = list(reply.values())
-                elif isinstance(reply, list | tuple):  # unparsed: field, value, field, value
-                    values = list(reply[1::2])
-                else:  # a per-key error (wrong type): not a busy job
-                    values = []
-                found.extend((ident, str(value)) for value in values)
-        return found
-
     # -- writes: the closed list ------------------------------------------------------
     def push_quiet(
         self,

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quiesce.errors import ConfigError
-from quiesce.model.doctor import check_config, quiesce_calls, read_deploy
+from quiesce.model.doctor import check_config, read_deploy
+from quiesce.model.release_command import quiesce_calls
 
 scalars = st.one_of(st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
 values = st.recursive(
