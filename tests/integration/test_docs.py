@@ -310,7 +310,7 @@ def test_relative_links_resolve(page: Path) -> None:
 def test_the_docs_show_commands_at_all() -> None:
     """Guards the checker itself: it finds the README's release command."""
     shown = [s.text for s in invocations("README.md", (ROOT / "README.md").read_text())]
-    assert "quiesce quiet --strategy immediate --timeout 60" in shown
+    assert "quiesce quiet --strategy immediate --timeout 60s" in shown
     assert "quiesce rejoin --wait --timeout 20m" in shown
 
 
