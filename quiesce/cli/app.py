@@ -392,6 +392,17 @@ def _broken_pipe(*, best_effort: bool = False) -> NoReturn:
     raise typer.Exit(0 if best_effort else int(ExitCode.BROKEN_PIPE))
 
 
+def _echo_json(data: Any) -> None:
+    """Indented for a person at a terminal; otherwise one line from json's C encoder
+    (``indent`` forces the pure-Python one: ~40% of ``status --json`` at 10,000
+    processes). Same document, same ``": "`` and ``", "`` separators either way."""
+    try:
+        tty = sys.stdout.isatty()
+    except (AttributeError, ValueError):  # no stdout, or a closed one
+        tty = False
+    typer.echo(json.dumps(data, indent=2 if tty else None))
+
+
 @contextlib.contextmanager
 def _output(*, best_effort: bool = False) -> Iterator[None]:
     try:
@@ -736,7 +747,7 @@ def quiet(
             progress.close()
     with _output(best_effort=best_effort):
         if json_output:
-            typer.echo(json.dumps(report_json(report, best_effort), indent=2))
+            _echo_json(report_json(report, best_effort))
         else:
             typer.echo(
                 report_text(
@@ -859,7 +870,7 @@ def status(
                     data["excluded_by"] = dict(excluded)
                 if jobs:
                     add_jobs_json(data, snapshot, args=show_args)
-                typer.echo(json.dumps(data, indent=2))
+                _echo_json(data)
             else:
                 if watch and sys.stdout.isatty():
                     typer.echo("\x1b[H\x1b[2J", nl=False)
@@ -1159,7 +1170,7 @@ def rejoin(
                 progress.close()
     with _output():
         if json_output:
-            typer.echo(json.dumps(rejoin_json(report), indent=2))
+            _echo_json(rejoin_json(report))
         else:
             typer.echo(rejoin_text(report, show_all=show_all))
     raise typer.Exit(0 if report.whole else int(ExitCode.NOT_WHOLE))
@@ -1241,7 +1252,7 @@ def recover(
         )
     with _output():
         if json_output:
-            typer.echo(json.dumps(recover_json(report), indent=2))
+            _echo_json(recover_json(report))
         else:
             typer.echo(recover_text(report))
     raise typer.Exit(0 if report.ok else int(ExitCode.FLY_API))
@@ -1396,7 +1407,7 @@ def doctor(
                 "warnings": len(findings) - errors,
                 "findings": [f.as_json() for f in findings],
             }
-            typer.echo(json.dumps(doc, indent=2))
+            _echo_json(doc)
         else:
             for finding in findings:
                 typer.echo(safe(finding.line))
