@@ -395,12 +395,50 @@ def _broken_pipe(*, best_effort: bool = False) -> NoReturn:
 def _echo_json(data: Any) -> None:
     """Indented for a person at a terminal; otherwise one line from json's C encoder
     (``indent`` forces the pure-Python one: ~40% of ``status --json`` at 10,000
-    processes). Same document, same ``": "`` and ``", "`` separators either way."""
+    processes), written a Machine at a time so the whole text is never held twice (the
+    encoder's chunks, then its bytes): same document, same ``": "`` and ``", "``
+    separators either way."""
     try:
         tty = sys.stdout.isatty()
     except (AttributeError, ValueError):  # no stdout, or a closed one
         tty = False
-    typer.echo(json.dumps(data, indent=2 if tty else None))
+    if tty:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    out = sys.stdout
+    pending: list[str] = []
+    size = 0
+    for chunk in _json_chunks(data, depth=2):
+        pending.append(chunk)
+        size += len(chunk)
+        if size > 1 << 16:
+            out.write("".join(pending))
+            pending, size = [], 0
+    pending.append("\n")
+    out.write("".join(pending))
+    out.flush()
+
+
+def _json_chunks(value: Any, depth: int) -> Iterator[str]:
+    """``json.dumps(value)`` in pieces: containers ``depth`` levels down are opened here,
+    whatever lies below is encoded whole (a dict with a key that is not a string too:
+    json turns such keys into strings its own way)."""
+    if depth and isinstance(value, dict) and value and all(type(key) is str for key in value):
+        sep = "{"
+        for key, item in value.items():
+            yield f"{sep}{json.dumps(key)}: "
+            yield from _json_chunks(item, depth - 1)
+            sep = ", "
+        yield "}"
+    elif depth and isinstance(value, list) and value:
+        sep = "["
+        for item in value:
+            yield sep
+            yield from _json_chunks(item, depth - 1)
+            sep = ", "
+        yield "]"
+    else:
+        yield json.dumps(value)
 
 
 @contextlib.contextmanager
