@@ -383,7 +383,10 @@ def quiet_fleet(
     if not plan.targets:
         return report((), None)
 
-    run.preflight(plan.targets)
+    if options.wait:
+        # Only the wait polls: without it the plan's probe (``read_fleet``) has already
+        # asked for what this would, and at 10,000 processes it was a quarter of the run.
+        run.preflight(plan.targets)
     _warn_short_timeout(run, plan.targets)
     record = DeployRecord.start(
         deploy_id=new_deploy_id(fleet.taken_at, secrets.token_hex(3)),
