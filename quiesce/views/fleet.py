@@ -165,7 +165,7 @@ def summary_line(processes: Iterable[ProcessRecord]) -> str:
 
 def _states(procs: list[ProcessRecord]) -> str:
     counts = count_states(procs)
-    return ", ".join(f"{n} {state.value}" for state, n in counts.items() if n)
+    return ", ".join(f"{counts[state]} {value}" for state, value in _STATES if counts[state])
 
 
 def status_text(snapshot: FleetSnapshot, *, machines_only: bool = False) -> str:
