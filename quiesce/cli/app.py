@@ -886,7 +886,7 @@ def status(
     unreadable), busy/concurrency, time since the last beat, how long quiet (from
     the latest deploy record), pending signals and RSS. Reads only; writes nothing.
     """
-    from quiesce.runs.read import read_fleet
+    from quiesce.runs.read import no_cycle_collection, read_fleet
     from quiesce.views.fleet import status_json, status_text
     from quiesce.views.jobs import add_jobs_json, excluded_text, filter_snapshot, jobs_text
 
@@ -899,26 +899,27 @@ def status(
     )
     with _guard(), _stores(_settings(ctx)) as stores:
         while True:
-            snapshot = read_fleet(stores, allow_newer=allow_newer, jobs=jobs)
-            notes = _empty_fleet_notes(stores, snapshot, ctx)
-            snapshot, excluded = filter_snapshot(snapshot, excludes)
-            if json_output:
-                data = status_json(snapshot, machines_only=machines)
-                if excludes.active:
-                    data["excluded_by"] = dict(excluded)
-                if jobs:
-                    add_jobs_json(data, snapshot, args=show_args)
-                _echo_json(data)
-            else:
-                if watch and sys.stdout.isatty():
-                    typer.echo("\x1b[H\x1b[2J", nl=False)
-                typer.echo(status_text(snapshot, machines_only=machines))
-                if excluded:
-                    typer.echo(excluded_text(excluded))
-                if jobs:
-                    typer.echo("\n".join(jobs_text(snapshot, args=show_args)))
-                for note in notes:
-                    typer.echo(safe(f"note: {note}"))
+            with no_cycle_collection():  # back on between --watch rounds
+                snapshot = read_fleet(stores, allow_newer=allow_newer, jobs=jobs)
+                notes = _empty_fleet_notes(stores, snapshot, ctx)
+                snapshot, excluded = filter_snapshot(snapshot, excludes)
+                if json_output:
+                    data = status_json(snapshot, machines_only=machines)
+                    if excludes.active:
+                        data["excluded_by"] = dict(excluded)
+                    if jobs:
+                        add_jobs_json(data, snapshot, args=show_args)
+                    _echo_json(data)
+                else:
+                    if watch and sys.stdout.isatty():
+                        typer.echo("\x1b[H\x1b[2J", nl=False)
+                    typer.echo(status_text(snapshot, machines_only=machines))
+                    if excluded:
+                        typer.echo(excluded_text(excluded))
+                    if jobs:
+                        typer.echo("\n".join(jobs_text(snapshot, args=show_args)))
+                    for note in notes:
+                        typer.echo(safe(f"note: {note}"))
             if not watch:
                 break
             time.sleep(max(0.2, interval))
