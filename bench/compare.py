@@ -228,12 +228,14 @@ def reset_writes(client: redis.Redis) -> None:
         client.delete(*doomed[start : start + 10_000])
 
 
-def run_size(url: str, client: redis.Redis, runs: int, use_ruby: bool) -> dict[str, Run]:
+def run_size(
+    url: str, client: redis.Redis, runs: int, use_ruby: bool, only: Sequence[str] = ()
+) -> dict[str, Run]:
     """Every command once per round, ``runs`` rounds: on a shared machine the load
     changes by the second, and interleaving gives each side the same weather. The best
     wall time is kept (with the CPU time of that same run)."""
     got: dict[str, list[Run]] = {}
-    commands = [c for c in COMMANDS if use_ruby or not c.ruby]
+    commands = [c for c in COMMANDS if (use_ruby or not c.ruby) and (not only or c.name in only)]
     for _ in range(runs):
         dirty = True
         for command in commands:
@@ -439,9 +441,16 @@ def main() -> None:
     parser.add_argument("--ruby-hold-s", type=float, default=0.01)
     parser.add_argument("--no-round-trips", action="store_true")
     parser.add_argument("--profile", metavar="COMMAND", help="e.g. 'status --json'")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="command names as in the table, comma-separated (e.g. 'status --json,ruby listing');"
+        " no floor, no ledger",
+    )
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     use_ruby = not args.no_ruby
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
     if use_ruby and shutil.which("ruby") is None:
         sys.exit("bench: ruby is not on PATH (apt-get install ruby-sidekiq), or pass --no-ruby")
     server: Any = importlib.import_module("tests.support").RedisServer()
@@ -462,7 +471,7 @@ def main() -> None:
             _load.populate(url, n, n)
             print(f"seeded {n:,} processes and queues in {time.perf_counter() - started:.1f} s")
             prepare_reads(url, client)
-            curve[n] = run_size(url, client, args.runs, use_ruby)
+            curve[n] = run_size(url, client, args.runs, use_ruby, only)
             if not args.no_round_trips:
                 trips[n] = round_trips(
                     server.port, client, n, use_ruby, args.ruby_round_trips_max, args.ruby_hold_s
@@ -470,6 +479,8 @@ def main() -> None:
         n = max(sizes)  # the database still holds the largest fleet
         print_table(n, curve[n])
         print_curve(sizes, curve, trips)
+        if only:
+            return
         print_floor(n, curve[n], floor(url, server.port, client, args.runs))
         print_ledger(n, args.runs, ledger_after(url, client, args.runs))
     finally:
