@@ -403,7 +403,7 @@ def _echo_json(data: Any) -> None:
     except (AttributeError, ValueError):  # no stdout, or a closed one
         tty = False
     if tty:
-        typer.echo(json.dumps(data, indent=2))
+        typer.echo(json.dumps(data, indent=2, default=_lazy_list))
         return
     out = sys.stdout
     pending: list[str] = []
@@ -430,15 +430,22 @@ def _json_chunks(value: Any, depth: int) -> Iterator[str]:
             yield from _json_chunks(item, depth - 1)
             sep = ", "
         yield "}"
-    elif depth and isinstance(value, list) and value:
+    elif depth and isinstance(value, list | Iterator):  # an iterator: a lazy list
         sep = "["
         for item in value:
             yield sep
             yield from _json_chunks(item, depth - 1)
             sep = ", "
-        yield "]"
+        yield "[]" if sep == "[" else "]"
     else:
-        yield json.dumps(value)
+        yield json.dumps(value, default=_lazy_list)
+
+
+def _lazy_list(value: object) -> list[Any]:
+    """An iterator in a document is a list built while it is written (``lazy`` views)."""
+    if isinstance(value, Iterator):
+        return list(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 @contextlib.contextmanager
@@ -904,7 +911,8 @@ def status(
                 notes = _empty_fleet_notes(stores, snapshot, ctx)
                 snapshot, excluded = filter_snapshot(snapshot, excludes)
                 if json_output:
-                    data = status_json(snapshot, machines_only=machines)
+                    # --jobs edits the process entries once they are built: not lazily.
+                    data = status_json(snapshot, machines_only=machines, lazy=not jobs)
                     if excludes.active:
                         data["excluded_by"] = dict(excluded)
                     if jobs:

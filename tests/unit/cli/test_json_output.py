@@ -27,3 +27,16 @@ DOCS: list[Any] = [
 @pytest.mark.parametrize("depth", [0, 1, 2, 3])
 def test_chunks_join_to_json_dumps(doc: Any, depth: int) -> None:
     assert "".join(_json_chunks(doc, depth)) == json.dumps(doc)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_a_lazy_list_is_written_as_the_list(depth: int) -> None:
+    doc = {"version": 1, "machines": [{"machine": "m", "n": [1, 2]}, {"machine": "n"}], "e": []}
+    machines: list[dict[str, Any]] = [{"machine": "m", "n": [1, 2]}, {"machine": "n"}]
+    lazy = {**doc, "machines": iter(machines), "e": iter([])}
+    assert "".join(_json_chunks(lazy, depth)) == json.dumps(doc)
+
+
+def test_anything_else_unknown_still_fails() -> None:
+    with pytest.raises(TypeError):
+        "".join(_json_chunks({"a": {1, 2}}, 2))
