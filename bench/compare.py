@@ -9,9 +9,10 @@ It starts a private redis-server on a free port (``tests.support.RedisServer``; 
 the machine's Redis on 6379) and, for each size N, registers N simulated Sidekiq 7.3.10
 heartbeats (``bench/load.py``'s ``populate``: 10 threads, two queues each; Sidekiq
 6.4.1's ``ProcessSet`` reads these hashes as it reads its own) and N queues holding one
-job each. Each command then runs ``--runs`` times as its own child process (start-up
-included, as an operator sees it); the best wall time is kept, with that run's CPU time
-and the child's peak RSS (``os.wait4``'s ``ru_maxrss``):
+job each. Each command then runs as its own child process (start-up included, as an operator
+sees it), every command once per round, ``--runs`` rounds (interleaved: on a shared
+machine both sides get the same load); the best wall time is kept, with that run's CPU
+time (user + system) and peak RSS (both from ``/usr/bin/time``):
 
 * ``status --json`` vs ``Sidekiq::ProcessSet.new.map { its attributes }`` +
   ``JSON.generate`` (the listing);
@@ -22,11 +23,12 @@ and the child's peak RSS (``os.wait4``'s ``ru_maxrss``):
   ``GET /metrics`` does) vs the Ruby listing;
 * ``status`` (text) and one ``rejoin`` poll (``--no-fly``), against ``status --json``.
 
-The floor: ``python -c pass``, ``quiesce --version``, and a child process doing only
-``status``'s read with redis-py + hiredis (SSCAN, then one pipeline of the same
-HMGET/PTTL/LRANGE commands, replies parsed and dropped), and the same read sent as
-pre-packed RESP over a socket and parsed by hiredis; plus the time redis-server itself
-spent on the commands of one ``status --json`` (``INFO commandstats``, reset before).
+The floor, measured in the same rounds: ``python -c pass``, ``quiesce --version``, a
+child process doing only ``status``'s read with redis-py + hiredis (SSCAN, then one
+pipeline of the same HMGET/PTTL/LRANGE commands, replies parsed and dropped), and the
+same read sent as pre-packed RESP over a socket and parsed by hiredis; plus the time
+redis-server itself spent on the commands of one ``status --json`` (``INFO
+commandstats``, reset before).
 
 Round trips are counted on the wire by ``tests.support.RoundTripProxy`` (connection
 set-up apart), for quiesce at every size and for Ruby up to ``--ruby-round-trips-max``
@@ -54,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,6 +150,9 @@ class Command:
     argv: Callable[[str], list[str]]
     ruby: bool = False
     writes: bool = False
+    floor: bool = False
+    """Not a command of either tool: what they are measured against (stdout: the read's
+    own time, for the reads)."""
 
 
 def quiesce(*args: str) -> Callable[[str], list[str]]:
@@ -165,7 +171,24 @@ COMMANDS = [
     Command("exporter scrape", lambda url: [sys.executable, "-c", _load._SCRAPE, url]),
     Command("status", quiesce("status")),
     Command("rejoin (one poll)", quiesce("rejoin", "--no-fly")),
+    Command("python -c pass", lambda url: [sys.executable, "-c", "pass"], floor=True),
+    Command("quiesce --version", quiesce("--version"), floor=True),
+    Command(
+        "floor: redis-py read",
+        lambda url: [sys.executable, "-c", _FLOOR, url, ",".join(k.PROCESS_FIELDS)],
+        floor=True,
+    ),
+    Command(
+        "floor: raw RESP read",
+        lambda url: [sys.executable, "-c", _RAW, *_host_port(url), ",".join(k.PROCESS_FIELDS)],
+        floor=True,
+    ),
 ]
+
+
+def _host_port(url: str) -> list[str]:
+    parts = urllib.parse.urlsplit(url)
+    return [parts.hostname or "127.0.0.1", str(parts.port or 6379)]
 
 
 def measure(argv: list[str], url: str, *, capture: bool = False) -> Run:
@@ -245,7 +268,8 @@ def run_size(
                 prepare_reads(url, client)
             dirty = command.writes
             refresh(client)
-            got.setdefault(command.name, []).append(measure(command.argv(url), url))
+            run = measure(command.argv(url), url, capture=command.floor)
+            got.setdefault(command.name, []).append(run)
     return {name: best(runs_of) for name, runs_of in got.items()}
 
 
@@ -262,7 +286,7 @@ def round_trips(
     counts: dict[str, int] = {}
     for command in COMMANDS:
         is_ruby = command.ruby
-        if is_ruby and (not use_ruby or n > ruby_max):
+        if command.floor or (is_ruby and (not use_ruby or n > ruby_max)):
             continue
         with support.RoundTripProxy(port, hold_s=ruby_hold_s if is_ruby else 0.1) as proxy:
             if command.writes:
@@ -276,31 +300,15 @@ def round_trips(
     return counts
 
 
-def floor(url: str, port: int, client: redis.Redis, runs: int) -> dict[str, tuple[Run, float]]:
-    fields = ",".join(k.PROCESS_FIELDS)
-    out: dict[str, tuple[Run, float]] = {}
-    for name, argv in (
-        ("python -c pass", [sys.executable, "-c", "pass"]),
-        ("quiesce --version", [sys.executable, "-m", "quiesce", "--version"]),
-        ("redis-py+hiredis read", [sys.executable, "-c", _FLOOR, url, fields]),
-        ("raw RESP + hiredis read", [sys.executable, "-c", _RAW, "127.0.0.1", str(port), fields]),
-    ):
-        tries = []
-        for _ in range(runs):
-            refresh(client)
-            tries.append(measure(argv, url, capture=True))
-        got = best(tries)
-        inner = float(got.out.strip()) if name.endswith("read") else float("nan")
-        out[name] = (got, inner)
-    # What redis-server itself spent on status --json's commands.
+def server_cpu(url: str, client: redis.Redis) -> tuple[float, int]:
+    """What redis-server itself spent on one ``status --json`` (``INFO commandstats``):
+    seconds, commands."""
     refresh(client)
     client.config_resetstat()
     measure(quiesce("status", "--json")(url), url)
     stats = client.info("commandstats")
     usec = sum(int(v["usec"]) for v in stats.values())
-    calls = sum(int(v["calls"]) for v in stats.values())
-    out["redis-server CPU (status --json)"] = (Run(usec / 1e6, usec / 1e6, 0.0, 0), calls)
-    return out
+    return usec / 1e6, sum(int(v["calls"]) for v in stats.values())
 
 
 def ledger(client: redis.Redis, prefix: str = "quiesce:") -> list[tuple[str, str, int]]:
@@ -391,23 +399,28 @@ def print_curve(
             print(f"{command.name:<28}" + "".join(f"{c:>28}" for c in cells))
 
 
-def print_floor(n: int, runs: dict[str, Run], floors: dict[str, tuple[Run, float]]) -> None:
-    print(f"\nfloor at {n:,} processes")
-    for name, (run, inner) in floors.items():
-        if name.startswith("redis-server"):
-            print(f"  {name:<34} {run.wall:.3f} s in {inner:,.0f} commands")
-        elif name.endswith("read"):
-            print(
-                f"  {name:<34} {run.wall:.2f} s whole process ({run.rss_mb:.0f} MB),"
-                f" {inner:.3f} s the read itself"
-            )
-        else:
-            print(f"  {name:<34} {run.wall:.2f} s ({run.rss_mb:.0f} MB)")
-    whole = floors["redis-py+hiredis read"][0].wall
+def print_floor(n: int, runs: dict[str, Run], server: tuple[float, int]) -> None:
+    print(f"\nthe floor at {n:,} processes (measured in the same rounds as the commands)")
     for name, run in runs.items():
-        if not name.startswith("ruby"):
-            over = f"{run.wall - whole:+.2f} s ({run.wall / whole:.1f}x)"
-            print(f"  {name:<34} {over} against the redis-py+hiredis read")
+        if name.startswith("floor:"):
+            inner = run.out.strip()
+            print(
+                f"  {name:<28} {run.wall:.2f} s whole process ({run.cpu:.2f} s CPU,"
+                f" {run.rss_mb:.0f} MB), {inner} s the read itself"
+            )
+        elif name in ("python -c pass", "quiesce --version"):
+            print(f"  {name:<28} {run.wall:.2f} s ({run.cpu:.2f} s CPU, {run.rss_mb:.0f} MB)")
+    print(f"  {'redis-server, status --json':<28} {server[0]:.3f} s CPU for {server[1]:,} commands")
+    whole = runs.get("floor: redis-py read")
+    if whole is None:
+        return
+    for name, run in runs.items():
+        if name.startswith(("ruby", "floor", "python", "quiesce --version")):
+            continue
+        print(
+            f"  {name:<28} {run.wall - whole.wall:+.2f} s wall, {run.cpu - whole.cpu:+.2f} s CPU"
+            f" over the redis-py read ({run.cpu / whole.cpu:.1f}x its CPU)"
+        )
 
 
 def print_ledger(n: int, deploys: int, rows: list[tuple[str, str, int]]) -> None:
@@ -481,7 +494,7 @@ def main() -> None:
         print_curve(sizes, curve, trips)
         if only:
             return
-        print_floor(n, curve[n], floor(url, server.port, client, args.runs))
+        print_floor(n, curve[n], server_cpu(url, client))
         print_ledger(n, args.runs, ledger_after(url, client, args.runs))
     finally:
         client.close()
