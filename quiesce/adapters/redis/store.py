@@ -811,6 +811,8 @@ def _exchange(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     commands; redis-py's packer cost as much as decoding them all). Error replies come
     back in place. No reply callbacks either way: our command names go out as bytes,
     which redis-py's callback table never matched."""
+    if not commands:  # as an empty pipeline: no connection, nothing sent
+        return []
     pack: Callable[[tuple[bytes, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
     packed = b"".join([pack(tuple(map(_arg_bytes, command))) for command in commands])
     pool = client.connection_pool

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fakeredis
 import pytest
+import redis
 import redis.exceptions as rex
 
 from quiesce.adapters.redis.store import _exchange
@@ -38,3 +39,9 @@ def test_keys_keep_bytes_that_are_not_utf8(fake: fakeredis.FakeRedis) -> None:
     key = b"host\xff:1:abc".decode("utf-8", "surrogateescape")
     fake.set(key.encode("utf-8", "surrogateescape"), "v")
     assert _exchange(fake, [("GET", key)]) == ["v"]
+
+
+def test_nothing_to_send_opens_no_connection() -> None:
+    # A client whose server does not exist: any connection attempt would fail.
+    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    assert _exchange(client, []) == []
