@@ -413,18 +413,21 @@ def _echo_json(data: Any) -> None:
         typer.echo(json.dumps(data, indent=2, default=_lazy_list))
         return
     sys.stdout.flush()  # anything already written as text goes first
-    out = sys.stdout.buffer
+    binary = getattr(sys.stdout, "buffer", None)
+    write: Callable[[bytes], Any] = (
+        binary.write if binary is not None else lambda b: sys.stdout.write(b.decode("utf-8"))
+    )
     pending: list[bytes] = []
     size = 0
     for chunk in _json_chunks(data, depth=2):
         pending.append(chunk)
         size += len(chunk)
         if size > 1 << 16:
-            out.write(b"".join(pending))
+            write(b"".join(pending))
             pending, size = [], 0
     pending.append(b"\n")
-    out.write(b"".join(pending))
-    out.flush()
+    write(b"".join(pending))
+    (binary or sys.stdout).flush()
 
 
 def _json_chunks(value: Any, depth: int) -> Iterator[bytes]:

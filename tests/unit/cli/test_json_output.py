@@ -60,3 +60,13 @@ def test_a_lazy_list_is_written_as_the_list(depth: int) -> None:
 def test_anything_else_unknown_still_fails() -> None:
     with pytest.raises(TypeError):
         _written({"a": {1, 2}}, 2)
+
+
+def test_a_text_only_stdout_gets_the_same_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    out = io.StringIO()  # no .buffer, not a terminal
+    monkeypatch.setattr("sys.stdout", out)
+    cli_app._echo_json({"version": 1, "machines": iter([{"machine": "é"}])})
+    assert json.loads(out.getvalue()) == {"version": 1, "machines": [{"machine": "é"}]}
+    assert out.getvalue().endswith("}\n")
