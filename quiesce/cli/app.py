@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import json
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ import typer
 
 from quiesce import __version__
 from quiesce.cli.guard import guard, open_stores, output
+from quiesce.cli.json_output import echo_json
 from quiesce.cli.options import (
     AppContext,
     Strategy,
@@ -403,7 +403,7 @@ def quiet(
             progress.close()
     with output(best_effort=best_effort):
         if json_output:
-            typer.echo(json.dumps(report_json(report, best_effort), indent=2))
+            echo_json(report_json(report, best_effort))
         else:
             typer.echo(
                 report_text(
@@ -531,7 +531,7 @@ def status(
     unreadable), busy/concurrency, time since the last beat, how long quiet (from
     the latest deploy record), pending signals and RSS. Reads only; writes nothing.
     """
-    from quiesce.runs.read import read_fleet
+    from quiesce.runs.read import no_cycle_collection, read_fleet
     from quiesce.views.fleet import status_json, status_text
     from quiesce.views.jobs import add_jobs_json, excluded_text, filter_snapshot, jobs_text
 
@@ -550,27 +550,30 @@ def status(
     with guard(), open_stores(settings := _settings(ctx)) as stores:
         scope = _scope(settings, app_name, None)
         while True:
-            snapshot = read_fleet(stores, allow_newer=allow_newer, jobs=jobs, scope=scope)
-            _refuse_unmatched(snapshot, excludes)
-            notes = _empty_fleet_notes(stores, snapshot, ctx)
-            snapshot, excluded = filter_snapshot(snapshot, excludes)
-            if json_output:
-                data = status_json(snapshot, machines_only=machines)
-                if excludes.active:
-                    data["excluded_by"] = dict(excluded)
-                if jobs:
-                    add_jobs_json(data, snapshot, args=show_args)
-                typer.echo(json.dumps(data, indent=2))
-            else:
-                if watch and sys.stdout.isatty():
-                    typer.echo("\x1b[H\x1b[2J", nl=False)
-                typer.echo(status_text(snapshot, machines_only=machines, width=_columns()))
-                if excluded:
-                    typer.echo(excluded_text(excluded))
-                if jobs:
-                    typer.echo("\n".join(jobs_text(snapshot, args=show_args, width=_columns())))
-                for note in [*notes, *_scope_notes(snapshot)]:
-                    typer.echo(safe(f"note: {note}"))
+            with no_cycle_collection():  # back on between --watch rounds
+                snapshot = read_fleet(stores, allow_newer=allow_newer, jobs=jobs, scope=scope)
+                _refuse_unmatched(snapshot, excludes)
+                notes = _empty_fleet_notes(stores, snapshot, ctx)
+                snapshot, excluded = filter_snapshot(snapshot, excludes)
+                if json_output:
+                    # --jobs edits the process entries once they are built: not lazily.
+                    data = status_json(snapshot, machines_only=machines, lazy=not jobs)
+                    if excludes.active:
+                        data["excluded_by"] = dict(excluded)
+                    if jobs:
+                        add_jobs_json(data, snapshot, args=show_args)
+                    echo_json(data)
+                else:
+                    if watch and sys.stdout.isatty():
+                        typer.echo("\x1b[H\x1b[2J", nl=False)
+                    typer.echo(status_text(snapshot, machines_only=machines, width=_columns()))
+                    if excluded:
+                        typer.echo(excluded_text(excluded))
+                    if jobs:
+                        text = jobs_text(snapshot, args=show_args, width=_columns())
+                        typer.echo("\n".join(text))
+                    for note in [*notes, *_scope_notes(snapshot)]:
+                        typer.echo(safe(f"note: {note}"))
             if not watch:
                 break
             time.sleep(max(0.2, interval))
@@ -888,7 +891,7 @@ def rejoin(
                 progress.close()
     with output():
         if json_output:
-            typer.echo(json.dumps(rejoin_json(report), indent=2))
+            echo_json(rejoin_json(report))
         else:
             typer.echo(rejoin_text(report, show_all=show_all, width=_columns()))
     if watch.interrupted:
@@ -1017,7 +1020,7 @@ def recover(
         )
     with output():
         if json_output:
-            typer.echo(json.dumps(recover_json(report), indent=2))
+            echo_json(recover_json(report))
         else:
             typer.echo(recover_text(report))
     raise typer.Exit(0 if report.ok else int(ExitCode.FLY_API))
@@ -1180,7 +1183,7 @@ def doctor(
                 "warnings": len(findings) - errors,
                 "findings": [f.as_json() for f in findings],
             }
-            typer.echo(json.dumps(doc, indent=2))
+            echo_json(doc)
         else:
             for finding in findings:
                 typer.echo(safe(finding.line))

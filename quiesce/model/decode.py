@@ -199,9 +199,13 @@ def _float_field(fields: Mapping[str, str | None], name: str) -> float | None:
 
 def _str_list(info: Mapping[str, Any], key: str) -> tuple[str, ...]:
     value = info.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    # JSON gives exact types: one set of them checks the whole list in C.
+    if type(value) is not list or not set(map(type, value)) <= _STR_ONLY:
         raise _Unreadable(f"info.{key} is not a list of strings")
     return tuple(dict.fromkeys(value))
+
+
+_STR_ONLY = frozenset({str})
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -271,8 +275,10 @@ def decode_process(
 ) -> ProcessRecord:
     """Never raises: whatever the row holds, the result is a record, with ``problem`` set
     (state ``unreadable``) when the row cannot be trusted."""
-    hostname, pid = split_identity(raw.identity)
-    alive = raw.pttl_ms != -2 and any(v is not None for v in raw.fields.values())
+    fields = raw.fields
+    alive = raw.pttl_ms != -2 and (
+        fields.get("info") is not None or any(v is not None for v in fields.values())
+    )
     problem = raw.error
     if alive and problem is None:
         try:
@@ -286,6 +292,7 @@ def decode_process(
             if bad_identity is None:
                 return record
             return dataclasses.replace(record, problem=bad_identity)
+    hostname, pid = split_identity(raw.identity)
     beat = parse_float(raw.fields.get("beat"))
     return ProcessRecord(
         identity=raw.identity,

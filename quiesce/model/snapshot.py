@@ -126,8 +126,12 @@ class FleetSnapshot:
         return machines
 
 
+_STATES = tuple(ProcessState)
+"""Iterating an enum class runs Python code per member: views count per Machine."""
+
+
 def count_states(processes: Iterable[ProcessRecord]) -> dict[ProcessState, int]:
-    counts = dict.fromkeys(ProcessState, 0)
+    counts = dict.fromkeys(_STATES, 0)
     for proc in processes:
         counts[proc.state] += 1
     return counts

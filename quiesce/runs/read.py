@@ -104,6 +104,12 @@ def _no_cycle_collection() -> Iterator[None]:
             gc.enable()
 
 
+no_cycle_collection = _no_cycle_collection
+"""For a one-shot command that renders what it read: the views build ~10,000 dicts and
+strings more, none in a cycle (measured: ~20% of the status views' time at 10,000
+processes went to the collector). Nests: an inner use leaves the collector off."""
+
+
 def read_fleet(
     stores: Sequence[FleetReader],
     *,

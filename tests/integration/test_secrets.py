@@ -265,9 +265,7 @@ def test_every_command_keeps_the_redis_password_and_the_fly_token_out(
             assert_clean(label, text)
         # They did run: with Redis, and with the Fly API (which refused the restart).
         assert outputs["status"][0] == 0, outputs["status"]
-        assert (
-            outputs["rejoin --json"][0] == 7 and '"with_fly": true' in outputs["rejoin --json"][1]
-        )
+        assert outputs["rejoin --json"][0] == 7 and '"with_fly":true' in outputs["rejoin --json"][1]
         restart_code, restart_text = outputs["recover --after 0.1s --yes --restart"]
         assert restart_code == 8 and "refused the token" in restart_text, restart_text
         assert "***" in restart_text
