@@ -346,7 +346,8 @@ def test_checker_accepts_real_and_hidden_flags() -> None:
 
 def test_a_line_marked_wrong_on_purpose_is_skipped_and_only_that_line() -> None:
     sample = (
-        "doctor names `quiesce qiuet` with quiesce's own message. <!-- docs-check: wrong on purpose -->\n"
+        "doctor names `quiesce qiuet` with quiesce's own message. "
+        "<!-- docs-check: wrong on purpose -->\n"
         "but `quiesce qiuet` on the next line is still caught.\n"
         "```sh\n"
         "quiesce quiet --bogus-flag   # wrong on purpose\n"
