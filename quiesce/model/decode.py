@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeGuard
 
 from quiesce.model.fleet import ProcessRecord, ServerInfo, SidekiqVersion, split_identity
-from quiesce.model.record import has_surrogates, select_history
+from quiesce.model.ledger import select_history
+from quiesce.model.record_fields import has_surrogates
 from quiesce.model.snapshot import FleetSnapshot, mark_quieting
 from quiesce.sidekiq.keys import HEARTBEAT_TTL_S
 from quiesce.sidekiq.rows import RawProcess, RawSnapshot

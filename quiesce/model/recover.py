@@ -28,8 +28,9 @@ from collections.abc import Mapping, Sequence
 
 from quiesce.model.filters import NO_FILTERS, Filters
 from quiesce.model.fleet import ProcessRecord, ProcessState
+from quiesce.model.ledger import quiet_since_any
 from quiesce.model.machines import FlyMachine
-from quiesce.model.record import DeployRecord, quiet_since_any
+from quiesce.model.record import DeployRecord
 from quiesce.model.rejoin import NO_TARGET, Target
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.text import duration, plural

@@ -65,7 +65,8 @@ from quiesce.model.machine_states import (
     Target,
 )
 from quiesce.model.machines import FlyMachine
-from quiesce.model.record import DeployRecord, DeployState, FleetEntry
+from quiesce.model.record import DeployRecord, DeployState
+from quiesce.model.record_entries import FleetEntry
 from quiesce.model.snapshot import FleetSnapshot, is_quieting
 
 __all__ = [

@@ -7,7 +7,8 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 from quiesce.model.fleet import BEAT_CLOCK_SLACK_S, ProcessRecord, ProcessState, ServerInfo
-from quiesce.model.record import LEDGER_SIZE, DeployRecord
+from quiesce.model.ledger import LEDGER_SIZE
+from quiesce.model.record import DeployRecord
 from quiesce.sidekiq.keys import SIGNAL_TTL_S
 from quiesce.sidekiq.versions import QUIET_SIGNAL
 

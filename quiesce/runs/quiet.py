@@ -40,6 +40,7 @@ from quiesce.errors import (
 from quiesce.model.drain import Grace, advice, drain_plan, longest
 from quiesce.model.filters import Filters, scope_of, unmatched_filters
 from quiesce.model.fleet import ProcessRecord
+from quiesce.model.ledger import LEDGER_SIZE, quiet_since_any
 from quiesce.model.machines import FlyMachine
 from quiesce.model.quiet import (
     FAILED_OUTCOMES,
@@ -49,16 +50,8 @@ from quiesce.model.quiet import (
     plan_quiet,
     shrink_warning,
 )
-from quiesce.model.record import (
-    LEDGER_SIZE,
-    DeployRecord,
-    FlyTarget,
-    MachineEntry,
-    OutcomeEntry,
-    mark_stamp,
-    new_deploy_id,
-    quiet_since_any,
-)
+from quiesce.model.record import DeployRecord, mark_stamp, new_deploy_id
+from quiesce.model.record_entries import FlyTarget, MachineEntry, OutcomeEntry
 from quiesce.model.report import (
     Event,
     Notice,

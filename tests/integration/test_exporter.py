@@ -201,7 +201,7 @@ def test_generations_release_and_quiet_age(raw: redis.Redis, redis_url: str) -> 
         servers=snapshot.servers,
         quiesce_version="test",
     )
-    from quiesce.model.record import OutcomeEntry
+    from quiesce.model.record_entries import OutcomeEntry
 
     record = record.with_outcomes(
         {p.identity: OutcomeEntry("confirmed", started + 1, started + 11, 1) for p in old}

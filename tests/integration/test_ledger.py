@@ -9,8 +9,9 @@ import redis
 
 from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.model.filters import scope_of
+from quiesce.model.ledger import LEDGER_SIZE, quiet_since_any
 from quiesce.model.quiet import Outcome
-from quiesce.model.record import LEDGER_SIZE, DeployState, quiet_since_any
+from quiesce.model.record import DeployState
 from quiesce.model.report import QuietOptions
 from quiesce.model.verdict import Until
 from quiesce.runs.quiet import quiet_fleet

@@ -14,7 +14,8 @@ import pytest
 from quiesce.adapters.fly import FlyClient, FlyConfig
 from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.model.filters import scope_of
-from quiesce.model.record import DeployRecord, MachineEntry
+from quiesce.model.record import DeployRecord
+from quiesce.model.record_entries import MachineEntry
 from quiesce.model.report import QuietOptions, QuietReport
 from quiesce.runs.quiet import quiet_fleet
 from quiesce.runs.read import read_fleet

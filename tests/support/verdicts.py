@@ -8,7 +8,8 @@ from typing import Any
 
 from quiesce.model.fleet import ProcessRecord, SidekiqVersion
 from quiesce.model.machines import FlyMachine
-from quiesce.model.record import DeployRecord, FleetEntry, FlyTarget, MachineEntry, OutcomeEntry
+from quiesce.model.record import DeployRecord
+from quiesce.model.record_entries import FleetEntry, FlyTarget, MachineEntry, OutcomeEntry
 from quiesce.sim.fly import machine_json as sim_machine_json
 
 T0 = 1_800_000_000.0

@@ -13,12 +13,12 @@ from quiesce.model.quiet import Outcome, plan_quiet
 from quiesce.model.record import (
     DeployRecord,
     DeployState,
-    OutcomeEntry,
     mark_stamp,
     new_deploy_id,
     parse_deploy_record,
     quiet_since,
 )
+from quiesce.model.record_entries import OutcomeEntry
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.model.verdict import (
     Target,

@@ -9,7 +9,8 @@ import pytest
 from quiesce.model.decode import decode_snapshot
 from quiesce.model.fleet import ProcessRecord, ProcessState, SidekiqVersion
 from quiesce.model.gate import check_expect
-from quiesce.model.record import DeployRecord, OutcomeEntry
+from quiesce.model.record import DeployRecord
+from quiesce.model.record_entries import OutcomeEntry
 from quiesce.model.snapshot import FleetSnapshot, is_quieting, mark_quieting
 from quiesce.sidekiq.rows import RawSnapshot
 from tests.support.captures import load, raw_row

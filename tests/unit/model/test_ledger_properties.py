@@ -11,17 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quiesce.model.filters import Filters, scope_of
-from quiesce.model.record import (
-    LEDGER_SIZE,
-    DeployRecord,
-    DeployState,
-    FlyTarget,
-    MachineEntry,
-    OutcomeEntry,
-    parse_deploy_record,
-    quiet_since_any,
-    select_history,
-)
+from quiesce.model.ledger import LEDGER_SIZE, quiet_since_any, select_history
+from quiesce.model.record import DeployRecord, DeployState, parse_deploy_record
+from quiesce.model.record_entries import FlyTarget, MachineEntry, OutcomeEntry
 from quiesce.sidekiq.keys import DEPLOY_RECORD_TTL_S, Keys
 
 NOW = 1_800_000_000.0

@@ -7,17 +7,9 @@ from typing import Any
 
 import pytest
 
-from quiesce.model.record import (
-    CAP_IDENTITY,
-    CAP_LABELS,
-    CAP_TEXT,
-    DeployRecord,
-    DeployState,
-    FleetEntry,
-    OutcomeEntry,
-    ServerEntry,
-    parse_deploy_record,
-)
+from quiesce.model.record import DeployRecord, DeployState, parse_deploy_record
+from quiesce.model.record_entries import FleetEntry, OutcomeEntry, ServerEntry
+from quiesce.model.record_fields import CAP_IDENTITY, CAP_LABELS, CAP_TEXT
 
 # What quiesce 0.x (schema 1) wrote after a finished run.
 SCHEMA_1 = {

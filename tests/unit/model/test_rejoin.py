@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from quiesce.model.filters import Filters
 from quiesce.model.fleet import ProcessRecord, SidekiqVersion
 from quiesce.model.machines import FlyMachine
-from quiesce.model.record import DeployRecord, FleetEntry, OutcomeEntry
+from quiesce.model.record import DeployRecord
+from quiesce.model.record_entries import FleetEntry, OutcomeEntry
 from quiesce.model.recover import stranded
 from quiesce.model.rejoin import (
     MachineState,
