@@ -6,7 +6,8 @@ from __future__ import annotations
 from quiesce.model.fleet import ProcessRecord, SidekiqVersion
 from quiesce.model.report import QuietOptions
 from quiesce.model.verdict import Until
-from quiesce.runs.quiet import QuietRun, _warn_short_timeout
+from quiesce.runs.confirm import QuietRun
+from quiesce.runs.quiet import _warn_short_timeout
 
 INFERRED_6X = SidekiqVersion("6.2-7.0.1", True, 10.0, beat_interval_min_s=5.0)
 
