@@ -11,7 +11,7 @@ import pytest
 import redis
 import redis.exceptions as rex
 
-from quiesce.adapters.redis.store import _exchange
+from quiesce.adapters.redis.wire import _exchange
 
 
 def test_a_failed_read_leaves_no_reply_behind(

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import hiredis
 import redis
 import redis.exceptions as rex
 
@@ -36,12 +35,24 @@ from quiesce.adapters.redis.connect import (
     is_transient,
     one_line,
 )
+from quiesce.adapters.redis.hints import empty_fleet_hints
+from quiesce.adapters.redis.wire import (
+    _exchange,
+    _hash_reply,
+    _keyspace,
+    _ledger_commands,
+    _opt_int,
+    _parse_info,
+    _queue,
+    _summary,
+    _wire,
+    _work_hashes,
+)
 from quiesce.adapters.retry import redis_retry
 from quiesce.settings import RedisTarget, Settings
 from quiesce.sidekiq import keys as k
 from quiesce.sidekiq.rows import (
     EmptyFleetHints,
-    FleetElsewhere,
     LedgerWrite,
     Poll,
     PollRow,
@@ -55,20 +66,10 @@ from quiesce.sidekiq.rows import (
 
 log = logging.getLogger(__name__)
 
+
 SCAN_COUNT = 10_000
 """SSCAN hint: a fleet of up to this many processes is listed in one call."""
 
-HINT_SCAN_COUNT = 1_000
-"""One bounded ``SCAN`` looking for a namespaced ``*:processes`` when the fleet is empty."""
-
-HINT_MAX_DBS = 16
-"""Other databases looked into when the fleet is empty (Redis has 16 by default)."""
-
-HINT_MAX_SETS = 10
-"""Process sets found elsewhere whose members are sampled."""
-
-HINT_SAMPLE = 5
-"""Members of each such set checked for a live heartbeat."""
 
 T = TypeVar("T")
 
@@ -313,89 +314,8 @@ class SidekiqStore:
         return Poll(self._time_ms(results[0]), self._server(results[1]), tuple(rows))
 
     def empty_fleet_hints(self) -> EmptyFleetHints:
-        """Where a Sidekiq fleet might be when this target has none, in at most four
-        bounded round trips (only ever asked when the fleet is empty): ``INFO keyspace``
-        and one ``SCAN`` page for ``*processes`` here, the same in each other database
-        that holds keys, then a sample of each set found and whether its members still
-        beat. A refused ``SCAN`` still checks the plain ``processes`` of each database."""
-        own = self.keys.processes
-
-        def look() -> tuple[Any, Any]:
-            pipe = self._client.pipeline(transaction=False)
-            _queue(pipe, "INFO", "keyspace")
-            _queue(pipe, "SCAN", 0, "MATCH", "*processes", "COUNT", HINT_SCAN_COUNT)
-            info, scan = pipe.execute(raise_on_error=False)
-            return info, scan
-
-        info, scan = self._call(look)
-        dbs = {db: n for db, n in (_keyspace(info) or {}).items() if db != self.db and n > 0}
-        found: dict[tuple[int, str], None] = {}
-        if self.keys.namespace:
-            found[(self.db, "processes")] = None
-        found.update(((self.db, key), None) for key in _scanned(scan))
-        others = sorted(dbs)[:HINT_MAX_DBS]
-        if others:
-            commands: list[Command] = []
-            for db in others:
-                commands += [
-                    ("SELECT", db),
-                    ("SCAN", 0, "MATCH", "*processes", "COUNT", HINT_SCAN_COUNT),
-                ]
-            replies = self._in_dbs(commands)
-            for i, db in enumerate(others):
-                found[(db, "processes")] = None
-                if not isinstance(replies[2 * i], Exception):
-                    found.update(((db, key), None) for key in _scanned(replies[2 * i + 1]))
-        candidates = [c for c in found if c != (self.db, own)][:HINT_MAX_SETS]
-        namespaced = tuple(sorted(k for db, k in candidates if db == self.db and k != "processes"))
-        return EmptyFleetHints(
-            namespaced=namespaced[:5],
-            other_dbs=dbs,
-            elsewhere=self._live_sets(candidates),
-        )
-
-    def _in_dbs(self, commands: Sequence[Command]) -> list[Any]:
-        """One pipeline that ``SELECT``s other databases, and back to ours at its end (the
-        connection goes back to the pool). Its final ``SELECT`` reply is left off."""
-        return self._pipeline([*commands, ("SELECT", self.db)], deadline=None)[:-1]
-
-    def _live_sets(self, candidates: Sequence[tuple[int, str]]) -> tuple[FleetElsewhere, ...]:
-        """Per ``(db, key)``: up to ``HINT_SAMPLE`` members and how many still beat (their
-        heartbeat hash exists). A set the user may not read is no finding."""
-        if not candidates:
-            return ()
-        # SSCAN and PTTL, not SRANDMEMBER and EXISTS: the shipped ACL roles grant these.
-        commands: list[Command] = []
-        for db, key in candidates:
-            commands += [("SELECT", db), ("SSCAN", key, 0, "COUNT", HINT_SAMPLE)]
-        replies = self._in_dbs(commands)
-        samples: list[tuple[int, str, list[str]]] = []
-        for i, (db, key) in enumerate(candidates):
-            selected, scanned = replies[2 * i], replies[2 * i + 1]
-            if isinstance(selected, Exception) or not (
-                isinstance(scanned, list | tuple) and len(scanned) == 2
-            ):
-                continue  # not a set, refused, or the database could not be entered
-            members = [str(m) for m in scanned[1]][:HINT_SAMPLE]
-            if members:
-                samples.append((db, key, members))
-        if not samples:
-            return ()
-        commands = []
-        for db, key, members in samples:
-            prefix = key.removesuffix("processes")
-            commands.append(("SELECT", db))
-            commands += [("PTTL", prefix + m) for m in members]
-        replies = self._in_dbs(commands)
-        out, at = [], 0
-        for db, key, members in samples:
-            selected, ttls = replies[at], replies[at + 1 : at + 1 + len(members)]
-            at += 1 + len(members)
-            if isinstance(selected, Exception):
-                continue
-            live = sum(1 for t in ttls if isinstance(t, int) and t != -2)  # -2: no such key
-            out.append(FleetElsewhere(db, key, live, len(members), same_db=db == self.db))
-        return tuple(out)
+        """Where a Sidekiq fleet might be when this target has none (``hints``)."""
+        return empty_fleet_hints(self)
 
     # -- exporter: one scrape (processes, queues, job sets, clients) ---------------------
     def read_scrape(
@@ -637,162 +557,6 @@ class SidekiqStore:
         finishes its jobs and exits, and its supervisor (Fly's restart policy) starts a
         new one. Refusals are handled as for ``push_quiet``."""
         return self.push_quiet(identities, "TERM", deadline=deadline)
-
-
-def _ledger_commands(writes: Sequence[LedgerWrite]) -> list[Command]:
-    """``HSET`` the record, ``HDEL`` what the history no longer keeps, ``EXPIRE`` the hash
-    (a scope that stops deploying loses its history 14 days after its last deploy)."""
-    commands: list[Command] = []
-    for w in writes:
-        commands.append(("HSET", w.key, w.deploy_id, w.body))
-        drop = [d for d in w.drop if d != w.deploy_id]
-        if drop:
-            commands.append(("HDEL", w.key, *drop))
-        commands.append(("EXPIRE", w.key, w.ttl_s))
-    return commands
-
-
-def _queue(pipe: Any, *command: str | int | float) -> None:
-    """Queue one command on a pipeline (redis-py leaves ``execute_command`` untyped).
-
-    Strings go out as bytes we encode: hiredis' packer ignores ``encoding_errors``, and a
-    key built from a non-UTF-8 identity must reach Redis as the bytes Sidekiq wrote.
-    """
-    # Inlined _wire: a 10,000-process read queues 150,000 arguments.
-    pipe.execute_command(
-        *[
-            arg.encode("utf-8", "surrogateescape") if isinstance(arg, str) else arg
-            for arg in command
-        ]
-    )
-
-
-def _summary(commands: Sequence[Command], transaction: bool) -> str:
-    """``pipeline of 12 commands (HMGET x4, PTTL x4, ...)``: names only, for ``-v``."""
-    counts: dict[str, int] = {}
-    for command in commands:
-        name = str(command[0]).upper()
-        counts[name] = counts.get(name, 0) + 1
-    shown = ", ".join(f"{name} x{n}" if n > 1 else name for name, n in list(counts.items())[:8])
-    more = ", ..." if len(counts) > 8 else ""
-    kind = "transaction" if transaction else "pipeline"
-    return f"{kind} of {len(commands)} commands ({shown}{more})"
-
-
-def _exchange(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
-    """What a non-transactional ``pipeline().execute(raise_on_error=False)`` does, minus
-    its Python packing: hiredis packs each command (a 10,000-process read is ~30,000
-    commands; redis-py's packer cost as much as decoding them all). Error replies come
-    back in place. No reply callbacks either way: our command names go out as bytes,
-    which redis-py's callback table never matched."""
-    if not commands:  # as an empty pipeline: no connection, nothing sent
-        return []
-    pack: Callable[[tuple[bytes, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
-    packed = b"".join([pack(tuple(map(_arg_bytes, command))) for command in commands])
-    pool = client.connection_pool
-    connection: Any  # redis-py leaves send_packed_command and disconnect untyped
-    try:
-        connection = pool.get_connection()
-    except TypeError:  # pragma: no cover - redis-py before 5.3 wants a command name
-        connection = pool.get_connection("PIPELINE")
-    try:
-        connection.send_packed_command([packed])
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(connection.read_response())
-            except rex.ResponseError as exc:
-                replies.append(exc)
-    except BaseException:
-        # A reply left unread would answer the next command on this connection.
-        connection.disconnect()
-        raise
-    finally:
-        pool.release(connection)
-    return replies
-
-
-def _arg_bytes(arg: str | int | float | bytes) -> bytes:
-    """One argument as redis-py's encoder sends it (numbers as their ``repr``), strings
-    with ``surrogateescape`` (see ``_queue``)."""
-    if isinstance(arg, str):
-        return arg.encode("utf-8", "surrogateescape")
-    if isinstance(arg, bytes):
-        return arg
-    return repr(arg).encode("ascii")
-
-
-def _wire(arg: str | int | float) -> bytes | int | float:
-    return arg.encode("utf-8", "surrogateescape") if isinstance(arg, str) else arg
-
-
-def _work_hashes(
-    replies: Sequence[Any], suffixes: Sequence[str] = k.WORK_SUFFIXES
-) -> dict[str, dict[str, str]]:
-    """``HGETALL`` replies for ``suffixes``, by suffix (an error reply reads as absent)."""
-    out: dict[str, dict[str, str]] = {}
-    for suffix, reply in zip(suffixes, replies, strict=True):
-        if isinstance(reply, Mapping):
-            out[suffix] = {str(f): str(v) for f, v in reply.items()}
-        elif isinstance(reply, list | tuple):  # the raw RESP2 reply: field, value, ...
-            out[suffix] = {str(f): str(v) for f, v in zip(reply[::2], reply[1::2], strict=True)}
-    return out
-
-
-def _parse_info(reply: Any) -> dict[str, str]:
-    """An ``INFO`` reply as ``key -> value``; {} if it was refused or renamed away.
-
-    redis-py parses INFO itself when it recognises the command: accept both shapes.
-    """
-    if isinstance(reply, Mapping):
-        return {str(key): str(value) for key, value in reply.items()}
-    if not isinstance(reply, str):
-        return {}
-    pairs = (line.split(":", 1) for line in reply.splitlines() if ":" in line)
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
-def _scanned(reply: Any) -> list[str]:
-    """Sidekiq process sets in one ``SCAN`` page (``processes``, ``<namespace>:processes``)."""
-    if not (isinstance(reply, list | tuple) and len(reply) == 2):
-        return []
-    keys = sorted(str(x) for x in reply[1])
-    return [key for key in keys if key == "processes" or key.endswith(":processes")]
-
-
-def _keyspace(reply: Any) -> dict[int, int] | None:
-    """``INFO keyspace`` as db -> key count (``db3:keys=12,expires=0,...``); None: refused."""
-    if isinstance(reply, Exception) or reply is None:
-        return None
-    dbs: dict[int, int] = {}
-    parsed = reply.items() if isinstance(reply, Mapping) else _parse_info(reply).items()
-    for name, value in parsed:
-        name = str(name)
-        if not (name.startswith("db") and name[2:].isdigit()):
-            continue
-        if isinstance(value, Mapping):  # redis-py parsed it: {"keys": 12, ...}
-            count = str(value.get("keys", ""))
-        else:
-            count = str(value).split(",", 1)[0].removeprefix("keys=")
-        if count.isdigit():
-            dbs[int(name[2:])] = int(count)
-    return dbs
-
-
-def _hash_reply(reply: Any) -> dict[str, str]:
-    """An ``HGETALL`` reply as field -> value (a dict, or RESP2's flat list)."""
-    if isinstance(reply, Mapping):
-        return {str(f): str(v) for f, v in reply.items()}
-    if isinstance(reply, list | tuple):
-        return {str(f): str(v) for f, v in zip(reply[::2], reply[1::2], strict=False)}
-    return {}
-
-
-def _opt_int(value: Any) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
 
 
 def open_stores(settings: Settings) -> list[SidekiqStore]:

@@ -8,7 +8,7 @@ import pytest
 import redis
 import redis.exceptions as rex
 
-from quiesce.adapters.redis.store import _exchange
+from quiesce.adapters.redis.wire import _exchange
 
 
 @pytest.fixture
