@@ -1,7 +1,7 @@
 """PostgreSQL connection counts (optional): the only module that imports psycopg.
 
-Installed with the ``postgres`` extra (``pip install 'quiesce[postgres]'``). One query per
-read: client backends by ``application_name`` and ``max_connections``. quiesce's own
+Installed with the ``postgres`` extra (``pip install '.[postgres]'`` from a checkout). One
+query per read: client backends by ``application_name`` and ``max_connections``. quiesce's own
 connection says ``application_name=quiesce`` and is left out of the counts.
 """
 
@@ -41,7 +41,8 @@ class PostgresReader:
             import psycopg
         except ImportError:
             raise ConfigError(
-                "--postgres-url needs the postgres extra: pip install 'quiesce[postgres]'"
+                "--postgres-url needs the postgres extra: pip install '.[postgres]' in a "
+                "checkout of quiesce (docs/install.md)"
             ) from None
         self._psycopg: Any = psycopg
         self.url = url

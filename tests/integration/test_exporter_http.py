@@ -29,7 +29,8 @@ from quiesce.adapters.prometheus import (
     serve,
 )
 from quiesce.adapters.redis.store import SidekiqStore
-from quiesce.cli import app as cli
+from quiesce.cli import exporter as cli_exporter
+from quiesce.cli.app import app
 from quiesce.settings import build_settings
 from quiesce.sim.simulator import make_processes
 from tests.support import FIXTURES, free_port, load_fixture_keys, simulated_fleet
@@ -141,7 +142,7 @@ def test_listen_parsing_and_default_port() -> None:
     assert parse_listen("[::1]:9000") == ("::1", 9000)
     with pytest.raises(ValueError):
         parse_listen("host:http")
-    assert f"0.0.0.0:{DEFAULT_PORT}" == cli.EXPORTER_LISTEN
+    assert f"0.0.0.0:{DEFAULT_PORT}" == cli_exporter.EXPORTER_LISTEN
     # No other Sidekiq exporter's default port (docs: landscape, section 5.4).
     assert DEFAULT_PORT not in (9292, 9359, 9394, 9168, 9726, 7433, 9090)
 
@@ -277,6 +278,6 @@ def test_cli_refuses_two_redis_urls(redis_url: str) -> None:
     from typer.testing import CliRunner
 
     other = f"redis://127.0.0.1:{free_port()}/1"
-    result = CliRunner().invoke(cli.app, ["exporter", "-r", redis_url, "-r", other])
+    result = CliRunner().invoke(app, ["exporter", "-r", redis_url, "-r", other])
     assert result.exit_code == 2
     assert "one exporter per Redis URL" in result.stderr

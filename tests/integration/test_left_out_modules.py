@@ -39,7 +39,7 @@ def test_commands_needing_left_out_modules_refuse_in_one_line(
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"quiesce: error: {needs}"), done.stderr
-    assert "quiesce image" in lines[0] and "pip install quiesce" in lines[0]
+    assert "quiesce image" in lines[0] and "docs/install.md" in lines[0]
     assert "fo1_not-a-real-token" not in done.stderr + done.stdout
 
 

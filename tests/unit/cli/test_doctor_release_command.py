@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from quiesce.cli.app import refusal
+from quiesce.cli.doctor import refusal
 from tests.support.cli import one_line_error, run
 
 ROOT = Path(__file__).resolve().parents[3]
