@@ -433,7 +433,7 @@ def print_ledger(n: int, deploys: int, rows: list[tuple[str, str, int]]) -> None
 def profile(url: str, argv: list[str]) -> None:
     from typer.testing import CliRunner
 
-    from quiesce.cli.base import app
+    from quiesce.cli.app import app
 
     profiler = cProfile.Profile()
     profiler.enable()

@@ -137,7 +137,7 @@ def fill_history(url: str, earlier: int) -> None:
 def profile(url: str, name: str) -> None:
     from typer.testing import CliRunner
 
-    from quiesce.cli.base import app
+    from quiesce.cli.app import app
 
     argv = {c: a[5:] for c, a in commands(url) if a[1] == "-m"}[name]
     profiler = cProfile.Profile()

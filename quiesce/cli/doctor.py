@@ -14,6 +14,7 @@ from quiesce.cli.base import _settings, app
 from quiesce.cli.guard import guard, open_stores, output
 from quiesce.cli.json_output import echo_json
 from quiesce.cli.options import (
+    JsonOutput,
     connection_options,
     positive_duration,
 )
@@ -50,9 +51,7 @@ def doctor(
         list[str] | None,
         typer.Option(metavar="LABEL", help="A label that counts as a release label (repeat)."),
     ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the findings as JSON.")
-    ] = False,
+    json_output: JsonOutput = False,
 ) -> None:
     """Check fly.toml (and, given a Redis, the live fleet) for settings that lose jobs or
     stall deploys: kill_timeout, kill_signal, release_command(_timeout), bluegreen checks,

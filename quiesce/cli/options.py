@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from quiesce.model.filters import Filters
 from quiesce.settings import MAX_TIMEOUT_S, Settings, Tls, build_settings
 from quiesce.text import safe
 
@@ -286,3 +287,91 @@ def app_context(ctx: typer.Context) -> AppContext:
     obj = ctx.obj
     assert isinstance(obj, AppContext)
     return obj
+
+
+# -- options several commands take, declared once (same flag, same help everywhere) ------
+
+Hostnames = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--hostname", metavar="GLOB", help="Only hostnames (Fly Machine ids) matching this glob."
+    ),
+]
+Tags = Annotated[
+    list[str] | None, typer.Option("--tag", metavar="TAG", help="Only processes with this tag.")
+]
+Labels = Annotated[
+    list[str] | None,
+    typer.Option("--label", metavar="LABEL", help="Only processes with this label."),
+]
+Queues = Annotated[
+    list[str] | None,
+    typer.Option("--queue", metavar="QUEUE", help="Only processes that listen on this queue."),
+]
+Identities = Annotated[
+    list[str] | None,
+    typer.Option("--identity", metavar="IDENTITY", help="Only this process identity."),
+]
+ExcludeHostnames = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude-hostname",
+        metavar="GLOB",
+        help="Leave out hostnames (Fly Machine ids) matching this glob.",
+    ),
+]
+ExcludeTags = Annotated[
+    list[str] | None,
+    typer.Option("--exclude-tag", metavar="TAG", help="Leave out processes with this tag."),
+]
+ExcludeLabels = Annotated[
+    list[str] | None,
+    typer.Option("--exclude-label", metavar="LABEL", help="Leave out processes with this label."),
+]
+ExcludeQueues = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude-queue", metavar="QUEUE", help="Leave out processes that listen on this queue."
+    ),
+]
+JsonOutput = Annotated[
+    bool, typer.Option("--json", help="Print JSON (its fields: docs/reference.md).")
+]
+AppName = Annotated[
+    str | None,
+    typer.Option(
+        "--app",
+        metavar="NAME",
+        help="The Fly app: the scope of its deploy history, and whose Machines the Fly API "
+        "lists (with $FLY_API_TOKEN). Default: $FLY_APP_NAME.",
+        show_default=False,
+    ),
+]
+"""Filters repeat (any of several values); different filters must all match: a process
+is selected when it passes every inclusion and no exclusion (``model.filters.Filters``)."""
+
+
+def filters_of(
+    *,
+    hostname: list[str] | None = None,
+    tag: list[str] | None = None,
+    label: list[str] | None = None,
+    queue: list[str] | None = None,
+    identity: list[str] | None = None,
+    exclude_hostname: list[str] | None = None,
+    exclude_tag: list[str] | None = None,
+    exclude_label: list[str] | None = None,
+    exclude_queue: list[str] | None = None,
+) -> Filters:
+    """The one ``Filters`` from the filter options a command takes."""
+    return Filters(
+        hostnames=tuple(hostname or ()),
+        tags=tuple(tag or ()),
+        labels=tuple(label or ()),
+        queues=tuple(queue or ()),
+        identities=tuple(identity or ()),
+        exclude_hostnames=tuple(exclude_hostname or ()),
+        exclude_tags=tuple(exclude_tag or ()),
+        exclude_labels=tuple(exclude_label or ()),
+        exclude_queues=tuple(exclude_queue or ()),
+    )

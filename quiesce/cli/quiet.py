@@ -13,14 +13,25 @@ from quiesce.cli.base import _interrupt, _quiet_fly, _release_label, _scope, _se
 from quiesce.cli.guard import guard, open_stores, output
 from quiesce.cli.json_output import echo_json
 from quiesce.cli.options import (
+    AppName,
+    ExcludeHostnames,
+    ExcludeLabels,
+    ExcludeQueues,
+    ExcludeTags,
+    Hostnames,
+    Identities,
+    JsonOutput,
+    Labels,
+    Queues,
     Strategy,
+    Tags,
     any_duration,
     connection_options,
+    filters_of,
 )
 from quiesce.cli.progress import QuietProgress
 from quiesce.cli.usage import usage_error
 from quiesce.errors import ConfigError
-from quiesce.model.filters import Filters
 from quiesce.model.verdict import Until
 from quiesce.text import safe
 
@@ -78,42 +89,15 @@ def quiet(
     mark: Annotated[
         bool, typer.Option(help="Write Sidekiq's deploy mark (shown in its Web UI metrics).")
     ] = True,
-    hostname: Annotated[
-        list[str] | None,
-        typer.Option(metavar="GLOB", help="Only hostnames (Fly Machine ids) matching this glob."),
-    ] = None,
-    tag: Annotated[
-        list[str] | None, typer.Option("--tag", metavar="TAG", help="Only processes with this tag.")
-    ] = None,
-    label: Annotated[
-        list[str] | None,
-        typer.Option("--label", metavar="LABEL", help="Only processes with this label."),
-    ] = None,
-    queue: Annotated[
-        list[str] | None,
-        typer.Option("--queue", metavar="QUEUE", help="Only processes that listen on this queue."),
-    ] = None,
-    identity: Annotated[
-        list[str] | None,
-        typer.Option("--identity", metavar="IDENTITY", help="Only this process identity."),
-    ] = None,
-    exclude_hostname: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="GLOB", help="Leave alone hostnames (Machine ids) matching this glob."
-        ),
-    ] = None,
-    exclude_tag: Annotated[
-        list[str] | None, typer.Option(metavar="TAG", help="Leave alone processes with this tag.")
-    ] = None,
-    exclude_label: Annotated[
-        list[str] | None,
-        typer.Option(metavar="LABEL", help="Leave alone processes with this label."),
-    ] = None,
-    exclude_queue: Annotated[
-        list[str] | None,
-        typer.Option(metavar="QUEUE", help="Leave alone processes that listen on this queue."),
-    ] = None,
+    hostname: Hostnames = None,
+    tag: Tags = None,
+    label: Labels = None,
+    queue: Queues = None,
+    identity: Identities = None,
+    exclude_hostname: ExcludeHostnames = None,
+    exclude_tag: ExcludeTags = None,
+    exclude_label: ExcludeLabels = None,
+    exclude_queue: ExcludeQueues = None,
     kill_timeout: Annotated[
         float | None,
         typer.Option(
@@ -141,7 +125,7 @@ def quiet(
             "reporting them unreadable.",
         ),
     ] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    json_output: JsonOutput = False,
     show_all: Annotated[
         bool, typer.Option("--all", help="List every process, not only problems.")
     ] = False,
@@ -164,16 +148,7 @@ def quiet(
             show_default=False,
         ),
     ] = None,
-    app_name: Annotated[
-        str | None,
-        typer.Option(
-            "--app",
-            metavar="NAME",
-            help="Fly app being deployed: the deploy history's scope, and whose Machines "
-            "to record (with $FLY_API_TOKEN). Default: $FLY_APP_NAME.",
-            show_default=False,
-        ),
-    ] = None,
+    app_name: AppName = None,
     min_processes: Annotated[
         int | None,
         typer.Option(
@@ -212,16 +187,16 @@ def quiet(
     from quiesce.views.fleet import report_json, report_text
 
     options = QuietOptions(
-        filters=Filters(
-            hostnames=tuple(hostname or ()),
-            tags=tuple(tag or ()),
-            labels=tuple(label or ()),
-            queues=tuple(queue or ()),
-            identities=tuple(identity or ()),
-            exclude_hostnames=tuple(exclude_hostname or ()),
-            exclude_tags=tuple(exclude_tag or ()),
-            exclude_labels=tuple(exclude_label or ()),
-            exclude_queues=tuple(exclude_queue or ()),
+        filters=filters_of(
+            hostname=hostname,
+            tag=tag,
+            label=label,
+            queue=queue,
+            identity=identity,
+            exclude_hostname=exclude_hostname,
+            exclude_tag=exclude_tag,
+            exclude_label=exclude_label,
+            exclude_queue=exclude_queue,
         ),
         until=until,
         timeout_s=timeout,

@@ -9,11 +9,18 @@ from typing import Annotated
 
 import typer
 
-from quiesce.cli.base import _APP_HELP, _columns, _fly_client, _interrupt, _scope, _settings, app
+from quiesce.cli.base import _columns, _fly_client, _interrupt, _scope, _settings, app
 from quiesce.cli.guard import guard, open_stores, output
 from quiesce.cli.json_output import echo_json
 from quiesce.cli.options import (
+    AppName,
+    ExcludeHostnames,
+    ExcludeTags,
+    Hostnames,
+    JsonOutput,
+    Tags,
     connection_options,
+    filters_of,
     positive_duration,
 )
 from quiesce.cli.progress import RejoinProgress
@@ -48,30 +55,17 @@ def rejoin(
             parser=positive_duration,
         ),
     ] = 5.0,
-    app_name: Annotated[str | None, typer.Option("--app", metavar="NAME", help=_APP_HELP)] = None,
+    app_name: AppName = None,
     process_group: Annotated[
         str | None, typer.Option(metavar="GROUP", help="Only this Fly process group (e.g. worker).")
     ] = None,
     fly: Annotated[
         bool, typer.Option(help="Use the Fly Machines API when a token and app are known.")
     ] = True,
-    hostname: Annotated[
-        list[str] | None,
-        typer.Option(metavar="GLOB", help="Only hostnames (Machine ids) matching this glob."),
-    ] = None,
-    tag: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--tag", metavar="TAG", help="Only processes with this Sidekiq tag (other apps)."
-        ),
-    ] = None,
-    exclude_hostname: Annotated[
-        list[str] | None,
-        typer.Option(metavar="GLOB", help="Leave out hostnames (Machine ids) matching this glob."),
-    ] = None,
-    exclude_tag: Annotated[
-        list[str] | None, typer.Option(metavar="TAG", help="Leave out processes with this tag.")
-    ] = None,
+    hostname: Hostnames = None,
+    tag: Tags = None,
+    exclude_hostname: ExcludeHostnames = None,
+    exclude_tag: ExcludeTags = None,
     release: Annotated[
         str | None,
         typer.Option(metavar="LABEL", help="The new release label (default: the deploy record's)."),
@@ -79,7 +73,7 @@ def rejoin(
     allow_newer: Annotated[
         bool, typer.Option("--allow-newer-sidekiq", help="Treat versions after 8.x as 8.x.")
     ] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    json_output: JsonOutput = False,
     show_all: Annotated[
         bool, typer.Option("--all", help="List every Machine, not only those not back.")
     ] = False,
@@ -113,11 +107,11 @@ def rejoin(
             open_stores(settings := _settings(ctx)) as stores,
             _fly_client(app_name, use=fly) as (client, why),
         ):
-            filters = Filters(
-                tags=tuple(tag or ()),
-                hostnames=tuple(hostname or ()),
-                exclude_tags=tuple(exclude_tag or ()),
-                exclude_hostnames=tuple(exclude_hostname or ()),
+            filters = filters_of(
+                hostname=hostname,
+                tag=tag,
+                exclude_hostname=exclude_hostname,
+                exclude_tag=exclude_tag,
             )
             options = RejoinOptions(
                 filters=filters,
@@ -171,24 +165,12 @@ def recover(
             "--stop", help="Send TERM through Sidekiq's signal list (the supervisor restarts)."
         ),
     ] = False,
-    app_name: Annotated[str | None, typer.Option("--app", metavar="NAME", help=_APP_HELP)] = None,
-    hostname: Annotated[
-        list[str] | None,
-        typer.Option(metavar="GLOB", help="Only hostnames (Machine ids) matching this glob."),
-    ] = None,
-    tag: Annotated[
-        list[str] | None, typer.Option("--tag", metavar="TAG", help="Only processes with this tag.")
-    ] = None,
-    exclude_hostname: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="GLOB", help="Leave alone hostnames (Machine ids) matching this glob."
-        ),
-    ] = None,
-    exclude_tag: Annotated[
-        list[str] | None, typer.Option(metavar="TAG", help="Leave alone processes with this tag.")
-    ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    app_name: AppName = None,
+    hostname: Hostnames = None,
+    tag: Tags = None,
+    exclude_hostname: ExcludeHostnames = None,
+    exclude_tag: ExcludeTags = None,
+    json_output: JsonOutput = False,
 ) -> None:
     """Replace processes a failed deploy left quiet (Sidekiq cannot un-quiet them).
 
@@ -220,11 +202,11 @@ def recover(
         ):
             if restart and client is None:
                 raise ConfigError(f"--restart needs the Fly API: {why}")
-            filters = Filters(
-                tags=tuple(tag or ()),
-                hostnames=tuple(hostname or ()),
-                exclude_tags=tuple(exclude_tag or ()),
-                exclude_hostnames=tuple(exclude_hostname or ()),
+            filters = filters_of(
+                hostname=hostname,
+                tag=tag,
+                exclude_hostname=exclude_hostname,
+                exclude_tag=exclude_tag,
             )
             scope = _scope(
                 settings, app_name, Filters(hostnames=filters.hostnames, tags=filters.tags)

@@ -24,12 +24,23 @@ from quiesce.cli.base import (
 from quiesce.cli.guard import guard, open_stores
 from quiesce.cli.json_output import echo_json
 from quiesce.cli.options import (
+    AppName,
+    ExcludeHostnames,
+    ExcludeLabels,
+    ExcludeQueues,
+    ExcludeTags,
+    Hostnames,
+    Identities,
+    JsonOutput,
+    Labels,
+    Queues,
+    Tags,
     any_duration,
     connection_options,
+    filters_of,
     positive_duration,
 )
 from quiesce.errors import ConfigError, ExitCode
-from quiesce.model.filters import Filters
 from quiesce.text import safe
 
 
@@ -44,9 +55,7 @@ class Expect(enum.StrEnum):
 @connection_options
 def status(
     ctx: typer.Context,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print JSON (documented fields).")
-    ] = False,
+    json_output: JsonOutput = False,
     machines: Annotated[
         bool,
         typer.Option(
@@ -74,40 +83,15 @@ def status(
             "--args", help="With --jobs: show job arguments (they may hold personal data)."
         ),
     ] = False,
-    hostname: Annotated[
-        list[str] | None,
-        typer.Option(metavar="GLOB", help="Only hostnames (Fly Machine ids) matching this glob."),
-    ] = None,
-    tag: Annotated[
-        list[str] | None, typer.Option("--tag", metavar="TAG", help="Only processes with this tag.")
-    ] = None,
-    label: Annotated[
-        list[str] | None,
-        typer.Option("--label", metavar="LABEL", help="Only processes with this label."),
-    ] = None,
-    queue: Annotated[
-        list[str] | None,
-        typer.Option("--queue", metavar="QUEUE", help="Only processes that listen on this queue."),
-    ] = None,
-    identity: Annotated[
-        list[str] | None,
-        typer.Option("--identity", metavar="IDENTITY", help="Only this process identity."),
-    ] = None,
-    exclude_hostname: Annotated[
-        list[str] | None,
-        typer.Option(metavar="GLOB", help="Leave out hostnames (Machine ids) matching this glob."),
-    ] = None,
-    exclude_tag: Annotated[
-        list[str] | None, typer.Option(metavar="TAG", help="Leave out processes with this tag.")
-    ] = None,
-    exclude_label: Annotated[
-        list[str] | None,
-        typer.Option(metavar="LABEL", help="Leave out processes with this label."),
-    ] = None,
-    exclude_queue: Annotated[
-        list[str] | None,
-        typer.Option(metavar="QUEUE", help="Leave out processes that listen on this queue."),
-    ] = None,
+    hostname: Hostnames = None,
+    tag: Tags = None,
+    label: Labels = None,
+    queue: Queues = None,
+    identity: Identities = None,
+    exclude_hostname: ExcludeHostnames = None,
+    exclude_tag: ExcludeTags = None,
+    exclude_label: ExcludeLabels = None,
+    exclude_queue: ExcludeQueues = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
     interval: Annotated[
         float,
@@ -132,15 +116,7 @@ def status(
             "--min", min=1, help="With --expect running: how many live processes at least."
         ),
     ] = 1,
-    app_name: Annotated[
-        str | None,
-        typer.Option(
-            "--app",
-            metavar="NAME",
-            help="Fly app whose deploy history to read. Default: $FLY_APP_NAME.",
-            show_default=False,
-        ),
-    ] = None,
+    app_name: AppName = None,
 ) -> None:
     """Show every Sidekiq process, grouped by Machine, and its quiet state.
 
@@ -153,16 +129,16 @@ def status(
     from quiesce.views.jobs import add_jobs_json, excluded_text, filter_snapshot, jobs_text
 
     jobs = jobs or show_args
-    excludes = Filters(
-        hostnames=tuple(hostname or ()),
-        tags=tuple(tag or ()),
-        labels=tuple(label or ()),
-        queues=tuple(queue or ()),
-        identities=tuple(identity or ()),
-        exclude_hostnames=tuple(exclude_hostname or ()),
-        exclude_tags=tuple(exclude_tag or ()),
-        exclude_labels=tuple(exclude_label or ()),
-        exclude_queues=tuple(exclude_queue or ()),
+    excludes = filters_of(
+        hostname=hostname,
+        tag=tag,
+        label=label,
+        queue=queue,
+        identity=identity,
+        exclude_hostname=exclude_hostname,
+        exclude_tag=exclude_tag,
+        exclude_label=exclude_label,
+        exclude_queue=exclude_queue,
     )
     with guard(), open_stores(settings := _settings(ctx)) as stores:
         scope = _scope(settings, app_name, None)

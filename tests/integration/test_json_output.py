@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from quiesce.cli.base import app
+from quiesce.cli.app import app
 from quiesce.sim.simulator import SimulatedFleet, make_processes
 from tests.support import simulated_fleet
 

@@ -112,7 +112,7 @@ def test_bluegreen_preflight_reads_postgres(
 ) -> None:
     from typer.testing import CliRunner
 
-    from quiesce.cli.base import app
+    from quiesce.cli.app import app
 
     procs = make_processes(1, version="8.1.7", seed=22)
     sim = simulated_fleet(redis_url, procs)

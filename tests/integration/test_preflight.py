@@ -9,7 +9,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from quiesce.cli.base import app
+from quiesce.cli.app import app
 from quiesce.errors import ConnectionLimit, ExitCode
 from quiesce.model.capacity import (
     PostgresStats,

@@ -22,7 +22,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from quiesce.cli.base import app
+from quiesce.cli.app import app
 from tests.support import (
     FIXTURES,
     RedisServer,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from quiesce.cli.base import app
+from quiesce.cli.app import app
 from quiesce.settings import mask_url, validate_url
 from tests.support import RedisServer
 from tests.support.fly import fake_fly

@@ -13,7 +13,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from quiesce.cli.base import app
+from quiesce.cli.app import app
 from tests.support import RedisServer, free_port
 
 # redis-py before 5.1 (5.0 is the declared floor) does not close the socket when the TLS

@@ -19,7 +19,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from quiesce.cli.base import app
+from quiesce.cli.app import app
 from quiesce.errors import ExitCode
 from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
 from tests.support import simulated_fleet

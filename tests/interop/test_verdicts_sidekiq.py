@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from quiesce.cli.base import app
+from quiesce.cli.app import app
 from quiesce.errors import ExitCode
 from tests.support.fly import FakeFly, fake_fly
 from tests.support.machines import Machines, machines

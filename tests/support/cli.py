@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis
 from typer.testing import CliRunner
 
-from quiesce.cli.base import app
+from quiesce.cli.app import app
 
 runner = CliRunner()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from quiesce.cli.base import app
+from quiesce.cli.app import app
 from quiesce.errors import ExitCode
 
 
