@@ -183,10 +183,7 @@ def recover(
     failures) or --stop sends TERM so the supervisor starts a new process. Never touches
     a Machine that still runs a non-quiet process.
     """
-    from quiesce.model.recover import RecoverReport, stranded
-    from quiesce.model.rejoin import Target, deploy_target, filters_problem
-    from quiesce.runs.read import read_fleet
-    from quiesce.runs.recover import restart_all, stop_all
+    from quiesce.runs.recover import recover
     from quiesce.views.rejoin import recover_json, recover_text
 
     with guard():
@@ -194,7 +191,6 @@ def recover(
             raise ConfigError("choose one of --restart and --stop")
         if yes and not (restart or stop):
             raise ConfigError("--yes needs --restart or --stop")
-        after_s = after
         action = "restart" if restart else "stop" if stop else "none"
         with (
             open_stores(settings := _settings(ctx)) as stores,
@@ -211,44 +207,19 @@ def recover(
             scope = _scope(
                 settings, app_name, Filters(hostnames=filters.hostnames, tags=filters.tags)
             )
-            snapshot = read_fleet(stores, jobs=True, scope=scope)
-            problem = filters_problem(filters, snapshot, snapshot.latest_deploy)
-            if problem is not None:
-                raise ConfigError(problem)
-            notes: list[str] = []
-            machines = None
-            if client is not None:
-                machines = client.list_machines()
-            else:
-                notes.append(f"Fly API not used ({why}): the Machines' state and image not checked")
-            target = Target()
-            if snapshot.latest_deploy is not None:
-                # The record's target only: Fly's newest release may be the very one the
-                # stranded Machines run when the deploy failed before updating any.
-                target, _ = deploy_target(snapshot.latest_deploy, None)
-            candidates, skipped = stranded(
-                snapshot,
-                snapshot.history,
-                after_s=after_s,
+            report = recover(
+                stores,
+                client,
                 filters=filters,
-                machines=machines,
-                target=target,
+                scope=scope,
+                after_s=after,
+                action=action,
+                apply=yes,
+                fly_note=why,
+                on_result=None
+                if json_output
+                else lambda m, r: print(safe(f"restart {m}: {r}"), file=sys.stderr),
             )
-            notes.extend(skipped)
-            results: dict[str, str] = {}
-            if yes and candidates and restart:
-                results = restart_all(
-                    client,
-                    candidates,
-                    None
-                    if json_output
-                    else lambda m, r: print(safe(f"restart {m}: {r}"), file=sys.stderr),
-                )
-            elif yes and candidates and stop:
-                results = stop_all(stores, candidates)
-        report = RecoverReport(
-            action, yes and bool(candidates), tuple(candidates), results, tuple(notes)
-        )
     with output():
         if json_output:
             echo_json(recover_json(report))

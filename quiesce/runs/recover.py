@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from quiesce.errors import FlyProblem, QuiesceError, RedisRefused
+from quiesce.errors import ConfigError, FlyProblem, QuiesceError, RedisRefused
+from quiesce.model.filters import Filters
 from quiesce.model.machines import FlyMachine
-from quiesce.model.recover import Candidate
-from quiesce.runs.read import FleetReader
+from quiesce.model.recover import Candidate, RecoverReport, stranded
+from quiesce.model.rejoin import Target, deploy_target, filters_problem
+from quiesce.runs.read import FleetReader, read_fleet
 from quiesce.sidekiq.rows import Push
 
 
@@ -78,3 +80,58 @@ def stop_all(stores: Sequence[StopStore], candidates: Sequence[Candidate]) -> di
             else:
                 results.setdefault(machine, "stopped (TERM sent)")
     return results
+
+
+class RecoverFly(Restarter, Protocol):
+    def list_machines(
+        self, process_group: str | None = None, *, budget_s: float | None = None
+    ) -> list[FlyMachine]: ...
+
+
+def recover(
+    stores: Sequence[StopStore],
+    fly: RecoverFly | None,
+    *,
+    filters: Filters,
+    scope: str,
+    after_s: float,
+    action: str,
+    apply: bool,
+    fly_note: str | None = None,
+    on_result: Callable[[str, str], None] | None = None,
+) -> RecoverReport:
+    """One recovery: read the fleet with its running jobs and the scope's history, check
+    Fly's view when there is one, choose the stranded Machines (``model.recover``), and
+    with ``apply`` restart or stop them. Filters that match nothing are a ``ConfigError``."""
+    snapshot = read_fleet(stores, jobs=True, scope=scope)
+    problem = filters_problem(filters, snapshot, snapshot.latest_deploy)
+    if problem is not None:
+        raise ConfigError(problem)
+    notes: list[str] = []
+    machines = None
+    if fly is not None:
+        machines = fly.list_machines()
+    else:
+        notes.append(f"Fly API not used ({fly_note}): the Machines' state and image not checked")
+    target = Target()
+    if snapshot.latest_deploy is not None:
+        # The record's target only: Fly's newest release may be the very one the stranded
+        # Machines run when the deploy failed before updating any.
+        target, _ = deploy_target(snapshot.latest_deploy, None)
+    candidates, skipped = stranded(
+        snapshot,
+        snapshot.history,
+        after_s=after_s,
+        filters=filters,
+        machines=machines,
+        target=target,
+    )
+    notes.extend(skipped)
+    results: dict[str, str] = {}
+    if apply and candidates and action == "restart" and fly is not None:
+        results = restart_all(fly, candidates, on_result)
+    elif apply and candidates and action == "stop":
+        results = stop_all(stores, candidates)
+    return RecoverReport(
+        action, apply and bool(candidates), tuple(candidates), results, tuple(notes)
+    )
