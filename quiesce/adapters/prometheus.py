@@ -67,7 +67,7 @@ class SidekiqSource(Protocol):
     round_trips: int
 
     def read_scrape(
-        self, *, client_list: bool = True, deadline: float | None = None
+        self, *, client_list: bool = True, deadline: float | None = None, scope: str | None = None
     ) -> tuple[RawSnapshot, RawQueues]: ...
 
 
@@ -103,8 +103,12 @@ class QuiesceCollector:
         per_machine: bool = False,
         allow_newer: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        scope: str | None = None,
     ) -> None:
         self.store = store
+        self.scope = scope
+        """Whose deploy history the deploy and rejoin metrics follow (the Fly app): two
+        apps sharing a Redis each get their own exporter's view."""
         self.postgres = postgres
         self.per_machine = per_machine
         self.allow_newer = allow_newer
@@ -185,7 +189,7 @@ class QuiesceCollector:
         error: str | None = None
         fleet = queues = None
         try:
-            raw, queues = self.store.read_scrape()
+            raw, queues = self.store.read_scrape(scope=self.scope)
             fleet = decode_snapshot(raw, allow_newer=self.allow_newer)
         except QuiesceError as exc:
             error = str(exc)

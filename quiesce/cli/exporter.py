@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from quiesce.cli.base import _LEFT_OUT, _left_out, _root, _settings, app
+from quiesce.cli.base import _LEFT_OUT, _left_out, _root, _scope, _settings, app
 from quiesce.cli.guard import guard, open_stores
 from quiesce.cli.options import (
+    AppName,
     connection_options,
 )
 from quiesce.errors import ConfigError
@@ -51,6 +52,7 @@ def exporter(
     allow_newer: Annotated[
         bool, typer.Option("--allow-newer-sidekiq", help="Treat versions after 8.x as 8.x.")
     ] = False,
+    app_name: AppName = None,
 ) -> None:
     """Serve Prometheus metrics about the fleet, its queues and its deploys.
 
@@ -89,7 +91,11 @@ def exporter(
             else None
         )
         collector = QuiesceCollector(
-            stores[0], postgres=reader, per_machine=per_machine, allow_newer=allow_newer
+            stores[0],
+            postgres=reader,
+            per_machine=per_machine,
+            allow_newer=allow_newer,
+            scope=_scope(settings, app_name, None),
         )
         try:
             server = ExporterServer(address, collector)

@@ -319,7 +319,7 @@ class SidekiqStore:
 
     # -- exporter: one scrape (processes, queues, job sets, clients) ---------------------
     def read_scrape(
-        self, *, client_list: bool = True, deadline: float | None = None
+        self, *, client_list: bool = True, deadline: float | None = None, scope: str | None = None
     ) -> tuple[RawSnapshot, RawQueues]:
         """What one exporter scrape needs, in two round trips whatever the fleet and queue
         count (one more per further ``SSCAN`` page past ``SCAN_COUNT`` processes).
@@ -329,7 +329,8 @@ class SidekiqStore:
         commands, then per queue ``LLEN`` + ``LINDEX -1``, the due scheduled and retry
         jobs, Sidekiq Pro's ``paused`` set and ``CLIENT LIST``. ``CLIENT LIST``, the job
         sets and INFO degrade to None when refused (some managed Redis disable
-        ``CLIENT``); a refused process or queue read raises.
+        ``CLIENT``); a refused process or queue read raises. ``scope``: whose deploy
+        history the deploy and rejoin metrics follow (as ``read_fleet``).
         """
         keys = self.keys
         first = self._pipeline(
@@ -352,7 +353,7 @@ class SidekiqStore:
         now_ms = self._time_ms(now_reply)
         names = sorted(str(n) for n in names_reply)
         bound = f"{now_ms / 1000.0:.3f}"
-        fleet_commands = self._fleet_commands(members)
+        fleet_commands = self._fleet_commands(members, scope=scope)
         commands: list[Command] = [
             *fleet_commands,
             ("ZCOUNT", keys.schedule, "-inf", bound),
@@ -365,7 +366,7 @@ class SidekiqStore:
             commands.append(("LINDEX", keys.queue(name), -1))
         results = self._pipeline(commands, deadline=deadline)
         split = len(fleet_commands)
-        snapshot = self._fleet_snapshot(members, results[:split])
+        snapshot = self._fleet_snapshot(members, results[:split], scope=scope)
         return snapshot, self._queues(now_ms, names, results[split:], client_list)
 
     def _fleet_commands(
