@@ -4,10 +4,9 @@ bytes), and the parsers of the few replies that are not plain values."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import hiredis
 import redis
 import redis.exceptions as rex
 
@@ -60,6 +59,15 @@ def _summary(commands: Sequence[Command], transaction: bool) -> str:
     return f"{kind} of {len(commands)} commands ({shown}{more})"
 
 
+_hiredis_pack: Any  # hiredis.pack_command (its stub types a 1-tuple), or None
+try:
+    import hiredis
+
+    _hiredis_pack = hiredis.pack_command
+except ImportError:  # the release binary leaves hiredis out (bin/build-binary)
+    _hiredis_pack = None
+
+
 def _exchange(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     """What a non-transactional ``pipeline().execute(raise_on_error=False)`` does, minus
     its Python packing: hiredis packs each command (a 10,000-process read is ~30,000
@@ -68,8 +76,7 @@ def _exchange(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     which redis-py's callback table never matched."""
     if not commands:  # as an empty pipeline: no connection, nothing sent
         return []
-    pack: Callable[[tuple[bytes, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
-    packed = b"".join([pack(tuple(map(_arg_bytes, command))) for command in commands])
+    args = [tuple(map(_arg_bytes, command)) for command in commands]
     pool = client.connection_pool
     connection: Any  # redis-py leaves send_packed_command and disconnect untyped
     try:
@@ -77,7 +84,10 @@ def _exchange(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     except TypeError:  # pragma: no cover - redis-py before 5.3 wants a command name
         connection = pool.get_connection("PIPELINE")
     try:
-        connection.send_packed_command([packed])
+        if _hiredis_pack is not None:
+            connection.send_packed_command([b"".join([_hiredis_pack(a) for a in args])])
+        else:  # redis-py's own packer: slower, same bytes
+            connection.send_packed_command(connection.pack_commands(args))
         replies: list[Any] = []
         for _ in commands:
             try:
