@@ -48,3 +48,12 @@ def test_rejoin_without_a_token_still_works_from_heartbeats(redis_url: str) -> N
     # No deploy record in this empty Redis: a usage error about that, not about httpx.
     assert done.returncode == 2
     assert "no quiesce deploy record" in done.stderr and "httpx" not in done.stderr
+
+
+def test_the_release_command_goes_on_without_the_fly_client(redis_url: str) -> None:
+    """The signal matters more than what Fly would add to the record: quiet in the
+    release binary, with a token set, says Fly's view was not recorded and exits 0."""
+    done = without_extras("-r", redis_url, "quiet", "--timeout", "5s", token=True)
+    assert done.returncode == 0, done.stderr
+    assert "no Fly API client" in done.stdout + done.stderr
+    assert "fo1_not-a-real-token" not in done.stderr + done.stdout
