@@ -211,6 +211,7 @@ def simulate(
     duration: Annotated[
         float,
         typer.Option(
+            "--duration",  # typer 0.27 makes a metavar equal to the name the option's name
             metavar="DURATION",
             help="Stop after this many seconds (0: Ctrl-C).",
             parser=any_duration,
@@ -261,8 +262,8 @@ def simulate(
         )
         # A background job ignores SIGINT in a non-interactive shell: TERM must stop it cleanly.
         signal.signal(signal.SIGTERM, _interrupt)
-        fleet.start()
         try:
+            fleet.start()  # inside: a TERM during the first beat still leaves the registry
             deadline = time.monotonic() + duration if duration > 0 else None
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(0.2)
