@@ -12,82 +12,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
-from typer.testing import CliRunner
 
-from quiesce.cli.app import app
 from quiesce.errors import ExitCode
 from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
-from tests.support import simulated_fleet
+from tests.support.cli import run
 from tests.support.fly import FakeFly, fake_fly
+from tests.support.rejoin import Fleets, wait_until
 from tests.support.verdicts import APP, NEW_RELEASE, OLD_RELEASE, machine_json
 
 __all__ = ["fake_fly"]  # the fixture
 
-BEAT_S = 0.3
-WAIT_LIMIT_S = 60.0
 LIST = f"/v1/apps/{APP}/machines"
-runner = CliRunner()
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def _wait_for(what: str, probe: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_LIMIT_S
-    while not probe():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-class Fleets:
-    """Simulated processes, each fleet heartbeating on its own thread."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.fleets: list[SimulatedFleet] = []
-        self.counter = 100
-
-    def start(self, processes: list[SimulatedProcess]) -> SimulatedFleet:
-        fleet: SimulatedFleet = simulated_fleet(self.url, processes, beat_interval_s=BEAT_S)
-        fleet.start()
-        self.fleets.append(fleet)
-        return fleet
-
-    def new(
-        self, hostname: str, *, tag: str = "", started_at: float | None = None
-    ) -> SimulatedProcess:
-        """A new process (new pid, new nonce) on ``hostname``."""
-        self.counter += 1
-        process = SimulatedProcess(
-            identity=f"{hostname}:{self.counter}:n{self.counter:010x}",
-            hostname=hostname,
-            pid=self.counter,
-            version="6.4.1",
-            tag=tag,
-            started_at=time.time() if started_at is None else started_at,
-        )
-        self.start([process])
-        return process
-
-    def close(self) -> None:
-        for fleet in self.fleets:
-            fleet.stop()
-            fleet.client.close()
-
-
-@pytest.fixture
-def fleets(redis_url: str) -> Iterator[Fleets]:
-    f = Fleets(redis_url)
-    yield f
-    f.close()
 
 
 @pytest.fixture(autouse=True)
@@ -163,7 +103,7 @@ def test_a_machine_reverted_to_the_old_release_is_old_image_and_exit_7(
     _leave(fleet, *old)
     for host in (a, b, c):
         fleets.new(host)  # C: a fresh Sidekiq on the old image, after the quiet
-    _wait_for("the new processes to keep beating", _settled(redis_url))
+    wait_until("the new processes to keep beating", _settled(redis_url))
     code, report = _rejoin(redis_url)
     assert code == ExitCode.NOT_WHOLE
     assert _states(report) == {a: "rejoined", b: "rejoined", c: "old-image"}
@@ -191,7 +131,7 @@ def test_bluegreen_with_default_tags_is_whole_and_blues_replaced_everywhere(
     for green in greens:
         fleets.new(green)
     # The blues are still quiet (flyctl destroys them last): heartbeats alone.
-    _wait_for("the greens to keep beating", _settled(redis_url, "--no-fly"))
+    wait_until("the greens to keep beating", _settled(redis_url, "--no-fly"))
     code, report = _rejoin(redis_url, "--no-fly")
     assert code == 0, report
     assert sorted(_states(report).values()) == ["new"] * 3 + ["replaced"] * 3
@@ -225,7 +165,7 @@ def test_immediate_deploy_that_gave_a_machine_a_new_id_is_whole(
     _leave(fleet, *old)
     fleets.new(a)
     fleets.new("e00000000000ff")
-    _wait_for("the new processes to keep beating", _settled(redis_url))
+    wait_until("the new processes to keep beating", _settled(redis_url))
     code, report = _rejoin(redis_url)
     assert code == 0, report
     assert _states(report) == {a: "rejoined", b: "replaced", "e00000000000ff": "new"}
@@ -306,7 +246,7 @@ def test_recover_reads_the_history_two_failed_deploys_in_a_row(
     for p in (*app1, *app2):
         assert f"{p.hostname}: stopped (TERM sent)" in out
     assert "not touched" not in out
-    _wait_for("the processes to take TERM", lambda: all(p.stopped for p in (*app1, *app2)))
+    wait_until("the processes to take TERM", lambda: all(p.stopped for p in (*app1, *app2)))
 
 
 # -- Why 5: filters that match nothing ----------------------------------------------------
@@ -338,7 +278,7 @@ def test_a_stopped_machine_is_not_back_unless_stopped_ok(
     fly_env.answer("GET", LIST, 200, [machine_json(a), machine_json(b, state="stopped")])
     _leave(fleet, *old)
     fleets.new(a)
-    _wait_for("the new process to keep beating", _settled(redis_url))
+    wait_until("the new process to keep beating", _settled(redis_url))
     code, report = _rejoin(redis_url)
     assert code == ExitCode.NOT_WHOLE and _states(report)[b] == "stopped"
     code, report = _rejoin(redis_url, "--stopped-ok")
@@ -357,7 +297,7 @@ def test_a_process_claiming_a_stopped_machine_is_a_conflict(
     _leave(fleet, *old)
     fleets.new(a)
     fleets.new(b)  # runs elsewhere with DYNO=<b>
-    _wait_for("the new processes to keep beating", _settled(redis_url))
+    wait_until("the new processes to keep beating", _settled(redis_url))
     code, report = _rejoin(redis_url)
     assert code == ExitCode.NOT_WHOLE
     assert _states(report)[b] == "conflict"
@@ -373,7 +313,7 @@ def test_a_process_that_beat_once_and_hung_is_never_back(
     _quiet(redis_url)
     _leave(fleet, *old)
     once = fleets.new(old[0].hostname)
-    _wait_for("its first beat", lambda: bool(raw.exists(once.identity)))
+    wait_until("its first beat", lambda: bool(raw.exists(once.identity)))
     once.stalled = True  # no beat after the first
     code, report = _rejoin(redis_url)
     assert code == ExitCode.NOT_WHOLE
@@ -391,7 +331,7 @@ def test_a_process_started_1_7_s_before_the_quiet_is_not_new(
     quiet_at = float(report["quiet_at"])
     _leave(fleet, *old)
     early = fleets.new(old[0].hostname, started_at=quiet_at - 1.7)
-    _wait_for("its beats", lambda: bool(raw.exists(early.identity)))
+    wait_until("its beats", lambda: bool(raw.exists(early.identity)))
     code, report = _rejoin(redis_url)
     assert code == ExitCode.NOT_WHOLE
     assert _states(report) == {old[0].hostname: "old-running"}
@@ -440,7 +380,7 @@ def test_the_release_commands_fly_target_judges_machines_merely_restarted_on_the
     _leave(fleet, *old)
     fleets.new(a)
     fleets.new(b)
-    _wait_for("the restarted processes to keep beating", _settled(redis_url))
+    wait_until("the restarted processes to keep beating", _settled(redis_url))
     code, report = _rejoin(redis_url)
     assert code == ExitCode.NOT_WHOLE, report
     assert report["target"] == {

@@ -58,6 +58,22 @@ class Fleets:
         self.start([new])
         return new.identity
 
+    def new(
+        self, hostname: str, *, tag: str = "", started_at: float | None = None
+    ) -> SimulatedProcess:
+        """A new Sidekiq 6.4.1 process (new pid, new nonce) on ``hostname``."""
+        self.counter += 1
+        process = SimulatedProcess(
+            identity=f"{hostname}:{self.counter}:n{self.counter:010x}",
+            hostname=hostname,
+            pid=self.counter,
+            version="6.4.1",
+            tag=tag,
+            started_at=time.time() if started_at is None else started_at,
+        )
+        self.start([process])
+        return process
+
     def close(self) -> None:
         for fleet in self.fleets:
             fleet.stop()
