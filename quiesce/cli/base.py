@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -27,7 +27,6 @@ from quiesce.model.filters import Filters
 from quiesce.settings import Settings, Tls
 
 if TYPE_CHECKING:
-    from quiesce.adapters.redis.store import SidekiqStore
     from quiesce.model.snapshot import FleetSnapshot
 
 
@@ -100,17 +99,6 @@ def _settings(ctx: typer.Context) -> Settings:
     return app_context(ctx).settings()
 
 
-def _empty_fleet_notes(
-    stores: Sequence[SidekiqStore], snapshot: FleetSnapshot, ctx: typer.Context
-) -> list[str]:
-    """Where Sidekiq might be when nothing is registered here (bounded lookups)."""
-    from quiesce.runs.read import empty_fleet_notes
-
-    if any(p.alive for p in snapshot.processes):
-        return []
-    return empty_fleet_notes(stores, default_url=_settings(ctx).default_url)
-
-
 def _scope(settings: Settings, app_name: str | None, filters: Filters | None) -> str:
     """The fleet's scope (whose deploy history to read and write): the Fly app when known
     (--app, $FLY_APP_NAME), else the namespace and the filters that define the fleet."""
@@ -129,15 +117,6 @@ def _scope_notes(snapshot: FleetSnapshot) -> list[str]:
         f"no deploy recorded for {snapshot.scope}; the newest deploy in this Redis is of "
         f"{other}{hint}"
     ]
-
-
-def _refuse_unmatched(snapshot: FleetSnapshot, filters: Filters) -> None:
-    """Filters that leave nothing of a live fleet are a typo: exit 2, listing what exists."""
-    from quiesce.model.filters import unmatched_filters
-
-    problem = unmatched_filters(snapshot.processes, filters)
-    if problem is not None:
-        raise ConfigError(problem)
 
 
 def _release_label(explicit: str | None) -> str | None:

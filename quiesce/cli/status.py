@@ -12,9 +12,7 @@ import typer
 
 from quiesce.cli.base import (
     _columns,
-    _empty_fleet_notes,
     _interrupt,
-    _refuse_unmatched,
     _scope,
     _scope_notes,
     _settings,
@@ -124,9 +122,9 @@ def status(
     unreadable), busy/concurrency, time since the last beat, how long quiet (from
     the latest deploy record), pending signals and RSS. Reads only; writes nothing.
     """
-    from quiesce.runs.read import no_cycle_collection, read_fleet
+    from quiesce.runs.status import StatusRound, read_status, rounds
     from quiesce.views.fleet import status_json, status_text
-    from quiesce.views.jobs import add_jobs_json, excluded_text, filter_snapshot, jobs_text
+    from quiesce.views.jobs import add_jobs_json, excluded_text, jobs_text
 
     jobs = jobs or show_args
     excludes = filters_of(
@@ -140,36 +138,44 @@ def status(
         exclude_label=exclude_label,
         exclude_queue=exclude_queue,
     )
+
+    def show(r: StatusRound) -> None:
+        snapshot = r.snapshot
+        if json_output:
+            # --jobs edits the process entries once they are built: not lazily.
+            data = status_json(snapshot, machines_only=machines, lazy=not jobs)
+            if excludes.active:
+                data["excluded_by"] = dict(r.excluded)
+            if jobs:
+                add_jobs_json(data, snapshot, args=show_args)
+            echo_json(data)
+            return
+        if watch and sys.stdout.isatty():
+            typer.echo("\x1b[H\x1b[2J", nl=False)
+        typer.echo(status_text(snapshot, machines_only=machines, width=_columns()))
+        if r.excluded:
+            typer.echo(excluded_text(list(r.excluded)))
+        if jobs:
+            typer.echo("\n".join(jobs_text(snapshot, args=show_args, width=_columns())))
+        for note in [*r.notes, *_scope_notes(r.whole)]:
+            typer.echo(safe(f"note: {note}"))
+
     with guard(), open_stores(settings := _settings(ctx)) as stores:
         scope = _scope(settings, app_name, None)
-        while True:
-            with no_cycle_collection():  # back on between --watch rounds
-                snapshot = read_fleet(stores, allow_newer=allow_newer, jobs=jobs, scope=scope)
-                _refuse_unmatched(snapshot, excludes)
-                notes = _empty_fleet_notes(stores, snapshot, ctx)
-                snapshot, excluded = filter_snapshot(snapshot, excludes)
-                if json_output:
-                    # --jobs edits the process entries once they are built: not lazily.
-                    data = status_json(snapshot, machines_only=machines, lazy=not jobs)
-                    if excludes.active:
-                        data["excluded_by"] = dict(excluded)
-                    if jobs:
-                        add_jobs_json(data, snapshot, args=show_args)
-                    echo_json(data)
-                else:
-                    if watch and sys.stdout.isatty():
-                        typer.echo("\x1b[H\x1b[2J", nl=False)
-                    typer.echo(status_text(snapshot, machines_only=machines, width=_columns()))
-                    if excluded:
-                        typer.echo(excluded_text(excluded))
-                    if jobs:
-                        text = jobs_text(snapshot, args=show_args, width=_columns())
-                        typer.echo("\n".join(text))
-                    for note in [*notes, *_scope_notes(snapshot)]:
-                        typer.echo(safe(f"note: {note}"))
-            if not watch:
-                break
-            time.sleep(max(0.2, interval))
+        last = rounds(
+            lambda: read_status(
+                stores,
+                filters=excludes,
+                scope=scope,
+                allow_newer=allow_newer,
+                jobs=jobs,
+                default_url=settings.default_url,
+            ),
+            show,
+            watch=watch,
+            interval_s=interval,
+        )
+        snapshot = last.snapshot
     if expect is not None:
         from quiesce.model.gate import check_expect
 

@@ -6,13 +6,11 @@ Every Redis-derived string goes through ``text.safe`` before it reaches a termin
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
 
 from quiesce.model.drain import longest, running_jobs
-from quiesce.model.filters import Filters
 from quiesce.model.fleet import ProcessRecord
 from quiesce.model.snapshot import FleetSnapshot
 from quiesce.sidekiq.work import RunningJob, longest_first
@@ -152,15 +150,6 @@ def add_jobs_json(data: dict[str, Any], snapshot: FleetSnapshot, *, args: bool =
         "longest_on_quiet_s": None if top is None or top.runtime_s is None else top.runtime_s,
         "longest_on_quiet": job_json(top) if top else None,
     }
-
-
-def filter_snapshot(
-    snapshot: FleetSnapshot, filters: Filters
-) -> tuple[FleetSnapshot, list[tuple[str, int]]]:
-    """``status`` with filters: the processes they leave, and per filter how many it took
-    out (``Filters.split``, the count ``quiet`` reports too)."""
-    kept, by_filter = filters.split(snapshot.processes)
-    return dataclasses.replace(snapshot, processes=tuple(kept)), list(by_filter)
 
 
 def excluded_text(by_filter: Sequence[tuple[str, int]]) -> str | None:
