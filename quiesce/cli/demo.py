@@ -66,11 +66,12 @@ def demo(
         float,
         typer.Option(
             metavar="DURATION",
-            help="How long the rejoin tracking waits (15s, 1m).",
+            help="How long the rejoin tracking waits (30s, 1m): it ends as soon as the fleet "
+            "is whole.",
             parser=positive_duration,
-            show_default="15s",
+            show_default="30s",
         ),
-    ] = 15.0,
+    ] = 30.0,
     metrics_port: Annotated[
         int,
         typer.Option(

@@ -63,7 +63,7 @@ class DemoOptions:
     fail_machine: int | None = None
     """1-based index of the Machine that does not come back."""
     beat_interval_s: float = 1.0
-    rejoin_timeout_s: float = 15.0
+    rejoin_timeout_s: float = 30.0
     metrics_port: int = 0
     """0: a free port."""
     redis: Kind = "auto"
