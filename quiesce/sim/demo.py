@@ -221,6 +221,8 @@ def run_demo(
             say.rejoin(report, remaining_s)
 
         rejoined = watch.wait(progress)
+        if watch.interrupted:  # the watch keeps its report; the demo stops as on Ctrl-C
+            raise KeyboardInterrupt
         sim.deploy_done.wait(timeout=KILL_TIMEOUT_S + max(SLOW_BOOT_S) + GREEN_WAIT_S)
         sim.check()
 

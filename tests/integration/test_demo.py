@@ -155,3 +155,26 @@ def test_demo_refuses_a_fail_machine_beyond_the_fleet() -> None:
     code, _, err = run("demo", "--machines", "3", "--fail-machine", "4")
     assert code == ExitCode.USAGE
     assert "--fail-machine 4: there are 3 Machines" in err
+
+
+def test_demo_stopped_by_term_during_the_rejoin_wait_exits_130() -> None:
+    """The rejoin watch keeps its report when interrupted (``rejoin --wait`` prints it);
+    the demo must still stop as interrupted, not judge the fleet "NOT whole"."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quiesce", "demo", "--rejoin-timeout", "2m", "--fail-machine", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline()]
+    port = _port(lines[0])
+    while not lines[-1].startswith("rejoin: "):  # the wait has begun
+        lines.append(proc.stdout.readline())
+        assert lines[-1], "".join(lines)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=LIMIT_S)
+    assert proc.returncode == ExitCode.INTERRUPTED, "".join(lines) + rest
+    assert "quiesce: interrupted" in rest
+    assert "NOT whole" not in rest
+    _nothing_left_on(port)
