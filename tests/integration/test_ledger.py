@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
-import pytest
 import redis
 
-from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.model.filters import scope_of
 from quiesce.model.ledger import LEDGER_SIZE, quiet_since_any
 from quiesce.model.quiet import Outcome
@@ -16,31 +12,10 @@ from quiesce.model.report import QuietOptions
 from quiesce.model.verdict import Until
 from quiesce.runs.quiet import quiet_fleet
 from quiesce.runs.read import read_fleet
-from quiesce.settings import build_settings
 from quiesce.sidekiq import keys as k
-from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
-from tests.support import simulated_fleet
-
-FleetFactory = Callable[..., SimulatedFleet]
-
-
-def store_for(url: str, namespace: str = "") -> SidekiqStore:
-    settings = build_settings(urls=[url], environ={}, namespace=namespace)
-    return SidekiqStore(settings.redis[0], settings)
-
-
-@pytest.fixture
-def start_fleet(redis_url: str) -> Iterator[FleetFactory]:
-    fleets: list[SimulatedFleet] = []
-
-    def start(processes: list[SimulatedProcess], beat: float | None = 0.3) -> SimulatedFleet:
-        fleet: SimulatedFleet = simulated_fleet(redis_url, processes, beat_interval_s=beat, seed=1)
-        fleets.append(fleet.start())
-        return fleet
-
-    yield start
-    for fleet in fleets:
-        fleet.stop()
+from quiesce.sim.simulator import make_processes
+from tests.support.fleets import FleetFactory
+from tests.support.stores import store_for
 
 
 def quiet(url: str, scope: str, **options: object) -> object:

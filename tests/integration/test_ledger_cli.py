@@ -5,33 +5,14 @@ against the code before the ledger (where each of these tests fails)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-
-import pytest
 
 from quiesce.adapters.redis.store import SidekiqStore
 from quiesce.errors import ExitCode
 from quiesce.runs.read import read_fleet
 from quiesce.settings import build_settings
-from quiesce.sim.simulator import SimulatedFleet, SimulatedProcess, make_processes
-from tests.support import simulated_fleet
+from quiesce.sim.simulator import make_processes
 from tests.support.cli import run
-
-FleetFactory = Callable[..., SimulatedFleet]
-
-
-@pytest.fixture
-def start_fleet(redis_url: str) -> Iterator[FleetFactory]:
-    fleets: list[SimulatedFleet] = []
-
-    def start(processes: list[SimulatedProcess], beat: float | None = 0.3) -> SimulatedFleet:
-        fleet: SimulatedFleet = simulated_fleet(redis_url, processes, beat_interval_s=beat, seed=1)
-        fleets.append(fleet.start())
-        return fleet
-
-    yield start
-    for fleet in fleets:
-        fleet.stop()
+from tests.support.fleets import FleetFactory
 
 
 def latest_release(url: str, app: str) -> str | None:
